@@ -1,0 +1,71 @@
+# Stockade. `make run` and `make test` do all set-up on a fresh machine (see README.md).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CLUSTER := e2e/cluster.sh
+BIN = $(shell $(CLUSTER) bindir)
+STAMP := $(VENV)/.installed
+
+help:
+	@echo "make run     start the local cluster (unless KUBECONFIG is set), install the CRDs, run the operator"
+	@echo "make test    unit tests, lint and typing, then the e2e suite against the local cluster"
+	@echo "make bench   speed figures (not part of make test)"
+	@echo "make crds    regenerate crds/ from the pydantic models"
+	@echo "make cluster / cluster-down   start / stop the local kwok cluster"
+
+$(STAMP): pyproject.toml
+	@command -v python3.11 >/dev/null || command -v python3 >/dev/null
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+# Debian packages the tests use as real peers: dnsmasq (DNS for egress hosts), Prometheus.
+deps:
+	@missing=""; for p in dnsmasq prometheus; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends$$missing >/dev/null; \
+	  for s in dnsmasq prometheus; do $$SUDO systemctl disable --now $$s >/dev/null 2>&1 || true; done; \
+	fi
+
+cluster:
+	$(CLUSTER) up
+
+cluster-down:
+	$(CLUSTER) down
+
+crds: $(STAMP)
+	$(PY) -m stockade.api.crd > crds/agentruns.stockade.io.yaml
+
+run: $(STAMP)
+	@if [ -z "$$KUBECONFIG" ]; then \
+	  export KUBECONFIG=$$($(CLUSTER) up); KUBECTL=$(BIN)/kubectl; \
+	  echo "using the local kwok cluster: export KUBECONFIG=$$KUBECONFIG"; \
+	else KUBECTL=$$(command -v kubectl || echo $(BIN)/kubectl); echo "using KUBECONFIG=$$KUBECONFIG"; fi; \
+	$$KUBECTL apply --server-side --field-manager=stockade-install -f crds/ && \
+	$$KUBECTL wait --for=condition=Established crd/agentruns.stockade.io --timeout=60s && \
+	exec $(VENV)/bin/stockade run $(RUN_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check operator tests e2e bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests
+
+e2e: $(STAMP) deps
+	@export KUBECONFIG=$$($(CLUSTER) up) STOCKADE_BIN=$(BIN); \
+	$(VENV)/bin/pytest -q e2e $(PYTEST_ARGS)
+
+test: unit lint e2e
+
+bench: $(STAMP) deps
+	@export KUBECONFIG=$$($(CLUSTER) up) STOCKADE_BIN=$(BIN); $(PY) bench/run.py $(BENCH_ARGS)
+
+.PHONY: help venv deps cluster cluster-down crds run lint unit e2e test bench

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# A real local Kubernetes control plane for tests and `make run`.
+#
+#   e2e/cluster.sh build    build the pinned binaries from their Go modules into the cache (once)
+#   e2e/cluster.sh up       build if needed, start a kwok cluster, add fake CPU/GPU nodes (idempotent)
+#   e2e/cluster.sh down     stop every process it started and remove its state
+#   e2e/cluster.sh status   say whether the cluster is up
+#   e2e/cluster.sh env      print `export KUBECONFIG=...` (eval it) and the binary dir for PATH
+#
+# No Docker here, so kind cannot run: the control plane is real (kube-apiserver, controller-manager,
+# scheduler, etcd) and the nodes are kwok's fakes, so pods get scheduled and become Running without a
+# kubelet. With STOCKADE_CLUSTER=kind (a user's machine with Docker) a kind cluster is used instead.
+set -euo pipefail
+
+K8S_VERSION=${K8S_VERSION:-v1.37.2}
+ETCD_VERSION=${ETCD_VERSION:-v3.7.3}
+KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
+HELM_VERSION=${HELM_VERSION:-v3.22.0}
+CYCLONUS_VERSION=${CYCLONUS_VERSION:-v0.5.6}
+
+CLUSTER_NAME=${STOCKADE_CLUSTER_NAME:-stockade}
+CACHE_ROOT=${STOCKADE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stockade}
+VERSIONS_KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_cyclonus-${CYCLONUS_VERSION}"
+BIN_DIR="$CACHE_ROOT/$VERSIONS_KEY/bin"
+SRC_DIR="$CACHE_ROOT/$VERSIONS_KEY/src"
+export KWOK_WORKDIR="$CACHE_ROOT/kwok"
+KUBECONFIG_FILE="$CACHE_ROOT/$CLUSTER_NAME.kubeconfig"
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+export GOTOOLCHAIN=local CGO_ENABLED=0
+GOFLAGS_BUILD=(-trimpath)
+
+log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+need_go() {
+  command -v go >/dev/null || { log "go is required to build the control plane (apt-get install golang or https://go.dev)"; exit 1; }
+}
+
+have_all_binaries() {
+  local b
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl helm cyclonus; do
+    [ -x "$BIN_DIR/$b" ] || return 1
+  done
+}
+
+build_kubernetes() {
+  local names=(kube-apiserver kube-controller-manager kube-scheduler kubectl) missing=0 n
+  for n in "${names[@]}"; do [ -x "$BIN_DIR/$n" ] || missing=1; done
+  [ "$missing" = 1 ] || return 0
+  local mod="$SRC_DIR/kubernetes" minor
+  minor=$(echo "$K8S_VERSION" | cut -d. -f2)
+  mkdir -p "$mod"
+  log "kubernetes $K8S_VERSION: resolving the module (staging modules replaced by v0.${K8S_VERSION#v1.})"
+  (
+    cd "$mod"
+    rm -f go.mod go.sum
+    go mod init stockade.local/k8s-tools >/dev/null 2>&1
+    local gomod
+    gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')
+    [ -f "$gomod" ] || { log "could not download k8s.io/kubernetes@$K8S_VERSION"; exit 1; }
+    # Every module the real go.mod points at ./staging/src/... becomes the same module at v0.<minor>.<patch>.
+    local args=(-require="k8s.io/kubernetes@$K8S_VERSION") staging
+    while read -r staging; do
+      args+=(-replace="$staging=$staging@v0.${K8S_VERSION#v1.}")
+    done < <(grep -E '^[[:space:]]*[^[:space:]]+[[:space:]]+=>[[:space:]]+\./staging/' "$gomod" | awk '{print $1}')
+    log "kubernetes: ${#args[@]} requirements and replacements derived from $gomod"
+    go mod edit "${args[@]}"
+    cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubectl/pkg/cmd"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+    log "kubernetes: go mod tidy (downloads about 2 GB of modules on a cold cache)"
+    go mod tidy
+    local ld="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
+    for n in "${names[@]}"; do
+      [ -x "$BIN_DIR/$n" ] && continue
+      log "kubernetes: building $n (kube-apiserver takes about 6 minutes cold on 2 cores)"
+      go build "${GOFLAGS_BUILD[@]}" -ldflags "$ld" -o "$BIN_DIR/$n.tmp" "k8s.io/kubernetes/cmd/$n"
+      mv "$BIN_DIR/$n.tmp" "$BIN_DIR/$n"
+    done
+  )
+}
+
+build_etcd() {
+  [ -x "$BIN_DIR/etcd" ] && return 0
+  local mod="$SRC_DIR/etcd"
+  mkdir -p "$mod"
+  log "etcd $ETCD_VERSION: building"
+  (
+    cd "$mod"
+    rm -f go.mod go.sum
+    go mod init stockade.local/etcd-tools >/dev/null 2>&1
+    cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/server/v3"
+GO
+    go mod edit -require="go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+    go mod tidy
+    go build "${GOFLAGS_BUILD[@]}" -ldflags "-s -w" -o "$BIN_DIR/etcd.tmp" go.etcd.io/etcd/server/v3
+    mv "$BIN_DIR/etcd.tmp" "$BIN_DIR/etcd"
+  )
+}
+
+go_install() { # name package@version
+  [ -x "$BIN_DIR/$1" ] && return 0
+  log "$1: go install $2"
+  GOBIN="$BIN_DIR" go install "${GOFLAGS_BUILD[@]}" -ldflags "-s -w" "$2"
+}
+
+cmd_build() {
+  if have_all_binaries; then log "binaries present in $BIN_DIR"; return 0; fi
+  need_go
+  mkdir -p "$BIN_DIR" "$SRC_DIR"
+  local start=$SECONDS
+  go_install kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  go_install kwokctl "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
+  build_etcd
+  go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  go_install cyclonus "github.com/mattfenwick/cyclonus/cmd/cyclonus@$CYCLONUS_VERSION"
+  build_kubernetes
+  log "build done in $((SECONDS - start)) s: $BIN_DIR"
+}
+
+kubectl_() { "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+
+cluster_up_p() {
+  [ -f "$KUBECONFIG_FILE" ] && kubectl_ get --raw=/readyz >/dev/null 2>&1
+}
+
+cmd_up() {
+  if [ "${STOCKADE_CLUSTER:-kwok}" = kind ]; then kind_up; return; fi
+  cmd_build
+  local start=$SECONDS
+  if cluster_up_p; then
+    log "cluster $CLUSTER_NAME already up"
+  else
+    # A stale cluster (processes gone after a reboot) is removed before a clean start.
+    "$BIN_DIR/kwokctl" delete cluster --name "$CLUSTER_NAME" >/dev/null 2>&1 || true
+    log "starting kwok cluster $CLUSTER_NAME"
+    PATH="$BIN_DIR:$PATH" "$BIN_DIR/kwokctl" create cluster --name "$CLUSTER_NAME" --runtime binary \
+      --kube-apiserver-binary "$BIN_DIR/kube-apiserver" \
+      --kube-controller-manager-binary "$BIN_DIR/kube-controller-manager" \
+      --kube-scheduler-binary "$BIN_DIR/kube-scheduler" \
+      --kwok-controller-binary "$BIN_DIR/kwok" \
+      --etcd-binary "$BIN_DIR/etcd" \
+      --kubectl-binary "$BIN_DIR/kubectl" \
+      --kubeconfig "$KUBECONFIG_FILE" \
+      --wait 180s >&2
+  fi
+  kubectl_ apply -f "$HERE/cluster/nodes.yaml" >/dev/null
+  # Node status is a subresource: advertise capacity (GPUs included) with a status patch.
+  local node
+  for node in $(kubectl_ get nodes -l stockade.io/fake-node=true -o name); do
+    kubectl_ patch "$node" --subresource=status --type=merge \
+      -p "$(kubectl_ get "$node" -o jsonpath='{.metadata.annotations.stockade\.io/capacity}')" >/dev/null
+  done
+  log "cluster ready in $((SECONDS - start)) s; KUBECONFIG=$KUBECONFIG_FILE"
+  echo "$KUBECONFIG_FILE"
+}
+
+kind_up() {
+  # Users' machines with Docker only: this cannot run where no Docker engine exists.
+  command -v kind >/dev/null || { log "STOCKADE_CLUSTER=kind needs kind and Docker"; exit 1; }
+  kind get clusters | grep -qx "$CLUSTER_NAME" || kind create cluster --name "$CLUSTER_NAME" --kubeconfig "$KUBECONFIG_FILE"
+  kubectl --kubeconfig "$KUBECONFIG_FILE" apply -f "$HERE/cluster/kind-labels.yaml"
+  echo "$KUBECONFIG_FILE"
+}
+
+cmd_down() {
+  if [ "${STOCKADE_CLUSTER:-kwok}" = kind ]; then kind delete cluster --name "$CLUSTER_NAME"; rm -f "$KUBECONFIG_FILE"; return; fi
+  if [ -x "$BIN_DIR/kwokctl" ]; then
+    "$BIN_DIR/kwokctl" delete cluster --name "$CLUSTER_NAME" >&2 || true
+  fi
+  rm -rf "$KWOK_WORKDIR/clusters/$CLUSTER_NAME" "$KUBECONFIG_FILE"
+  log "cluster $CLUSTER_NAME down"
+}
+
+cmd_status() {
+  if cluster_up_p; then echo "up: KUBECONFIG=$KUBECONFIG_FILE"; else echo "down"; return 1; fi
+}
+
+cmd_env() {
+  echo "export KUBECONFIG=$KUBECONFIG_FILE"
+  echo "export STOCKADE_BIN=$BIN_DIR"
+  echo "export PATH=$BIN_DIR:\$PATH"
+}
+
+case "${1:-}" in
+  build) cmd_build ;;
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  bindir) echo "$BIN_DIR" ;;
+  kubeconfig) echo "$KUBECONFIG_FILE" ;;
+  *) echo "usage: $0 build|up|down|status|env|bindir|kubeconfig" >&2; exit 2 ;;
+esac

@@ -1,0 +1,279 @@
+"""E2e fixtures: the real local cluster, the operator as a process, a real DNS server.
+
+Every assertion reads what the API server holds (kubectl against the live cluster); nothing here
+fakes the API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def _bin_dir() -> Path:
+    found = os.environ.get("STOCKADE_BIN")
+    if found:
+        return Path(found)
+    out = subprocess.run([str(ROOT / "e2e/cluster.sh"), "bindir"], check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip())
+
+
+BIN = _bin_dir()
+
+
+def _kubeconfig() -> str:
+    found = os.environ.get("KUBECONFIG")
+    if found:
+        return found
+    out = subprocess.run([str(ROOT / "e2e/cluster.sh"), "up"], check=True, capture_output=True, text=True)
+    os.environ["KUBECONFIG"] = out.stdout.strip().splitlines()[-1]
+    return os.environ["KUBECONFIG"]
+
+
+KUBECONFIG = _kubeconfig()
+
+
+class KubectlError(Exception):
+    def __init__(self, args: list[str], code: int, stderr: str) -> None:
+        super().__init__(f"kubectl {' '.join(args)} exited {code}: {stderr}")
+        self.stderr = stderr
+
+
+def kubectl(*args: str, stdin: str | None = None, as_user: str | None = None, check: bool = True) -> str:
+    cmd = [str(BIN / "kubectl"), "--kubeconfig", KUBECONFIG, *args]
+    if as_user:
+        cmd += ["--as", as_user]
+    result = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60, check=False)
+    if check and result.returncode != 0:
+        raise KubectlError(list(args), result.returncode, result.stderr)
+    return result.stdout
+
+
+def apply(obj: dict[str, Any] | list[dict[str, Any]], as_user: str | None = None, server_side: bool = False) -> str:
+    docs = obj if isinstance(obj, list) else [obj]
+    args = ["apply", "-f", "-"] + (["--server-side", "--field-manager=e2e"] if server_side else [])
+    return kubectl(*args, stdin=yaml.safe_dump_all(docs), as_user=as_user)
+
+
+def create(obj: dict[str, Any], as_user: str | None = None) -> str:
+    return kubectl("create", "-f", "-", stdin=yaml.safe_dump(obj), as_user=as_user)
+
+
+def get(kind: str, name: str | None = None, namespace: str | None = None, selector: str | None = None) -> Any:
+    args = ["get", kind]
+    if name:
+        args.append(name)
+    if namespace:
+        args += ["-n", namespace]
+    if selector:
+        args += ["-l", selector]
+    args += ["-o", "json", "--ignore-not-found"]
+    out = kubectl(*args)
+    return json.loads(out) if out.strip() else None
+
+
+def wait_for(check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> T:
+    """Poll until ``check`` returns something truthy; fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except KubectlError as err:
+            last = err
+        if last:
+            return last  # type: ignore[return-value]
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last value {last!r}")
+
+
+def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond["type"] == kind:
+            return dict(cond)
+    return {}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def crds() -> None:
+    kubectl("apply", "--server-side", "--field-manager=stockade-install", "-f", str(ROOT / "crds"))
+    kubectl("wait", "--for=condition=Established", "crd/agentruns.stockade.io", "--timeout=60s")
+
+
+class Dnsmasq:
+    """A real DNS server on loopback whose records the tests change (dnsmasq from Debian)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.hosts = workdir / "hosts"
+        self.hosts.write_text("")
+        binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+        self.proc = subprocess.Popen(
+            [binary, "--keep-in-foreground", "--no-resolv", "--no-hosts", f"--addn-hosts={self.hosts}",
+             "--local=/test/", "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={self.port}",
+             "--local-ttl=1", "--user=root", "--pid-file=", "--log-facility=-"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, timeout=10, what="dnsmasq to answer")
+
+    def _answers(self) -> bool:
+        import dns.message
+        import dns.query
+
+        try:
+            dns.query.udp(dns.message.make_query("probe.invalid", "A"), "127.0.0.1", port=self.port, timeout=0.5)
+        except (OSError, dns.exception.Timeout):
+            return False
+        return True
+
+    def set(self, records: dict[str, list[str]]) -> None:
+        lines = [f"{address} {host}" for host, addresses in records.items() for address in addresses]
+        self.hosts.write_text("\n".join(lines) + "\n")
+        self.proc.send_signal(signal.SIGHUP)  # dnsmasq re-reads addn-hosts on SIGHUP
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def dnsmasq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsmasq]:
+    server = Dnsmasq(tmp_path_factory.mktemp("dns"))
+    yield server
+    server.stop()
+
+
+class Operator:
+    """The operator as a real process (`stockade run`), restartable and killable mid-flight."""
+
+    def __init__(self, logdir: Path, env: dict[str, str]) -> None:
+        self.logdir = logdir
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = int(env["STOCKADE_METRICS_PORT"])
+        self.health_port = free_port()
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = (self.logdir / f"operator-{self.starts}.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stockade.cli", "run", "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"],
+            env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        wait_for(self._healthy, timeout=60, what="the operator's liveness endpoint")
+
+    def _healthy(self) -> bool:
+        import urllib.request
+
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {self.proc.returncode}: {self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no graceful exit, as if the node died."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def log_tail(self, lines: int = 60) -> str:
+        logs = sorted(self.logdir.glob("operator-*.log"))
+        return "\n".join(logs[-1].read_text(errors="replace").splitlines()[-lines:]) if logs else ""
+
+
+def operator_env(dnsmasq: Dnsmasq) -> dict[str, str]:
+    return {
+        "STOCKADE_METRICS_PORT": str(free_port()),
+        "STOCKADE_DNS_SERVERS": json.dumps([f"127.0.0.1:{dnsmasq.port}"]),
+        "STOCKADE_DNS_MIN_REFRESH_SECONDS": "1",
+        "KUBECONFIG": KUBECONFIG,
+    }
+
+
+@pytest.fixture(scope="session")
+def operator(crds: None, dnsmasq: Dnsmasq, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    op = Operator(tmp_path_factory.mktemp("operator"), operator_env(dnsmasq))
+    op.start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def team_namespace() -> Iterator[str]:
+    """A fresh namespace for the team that owns the AgentRun."""
+    name = f"team-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "agentruns", "--all", "-n", name, "--wait=false", check=False)
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def agentrun(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "stockade.io/v1alpha1", "kind": "AgentRun",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def simple_spec(**grant: Any) -> dict[str, Any]:
+    base_grant: dict[str, Any] = {"cpu": "2", "memory": "4Gi", "pods": 1}
+    base_grant.update(grant)
+    return {
+        "template": {"spec": {"containers": [{"name": "agent", "image": "registry.example/agent:1"}]}},
+        "grant": base_grant,
+    }
+
+
+def gpu_spec(**grant: Any) -> dict[str, Any]:
+    spec = simple_spec(gpu=1, gpuResource="nvidia.com/gpu", **grant)
+    spec["template"]["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "1", "memory": "2Gi",
+                                                                         "nvidia.com/gpu": "1"}}
+    return spec
+
+
+def ready(namespace: str, name: str) -> dict[str, Any] | None:
+    obj = get("agentrun", name, namespace)
+    if obj and condition(obj, "Ready").get("status") == "True" and \
+            obj["status"].get("observedGeneration") == obj["metadata"]["generation"]:
+        return dict(obj)
+    return None

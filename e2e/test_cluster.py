@@ -1,0 +1,90 @@
+"""The local cluster is a real control plane: scheduler, quota, PodSecurity, namespace and GC controllers.
+
+Each of these fails against a fake API: the scheduler must bind, the quota controller must fill in
+status, the API server must refuse, the controllers must delete.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from .conftest import KubectlError, create, get, kubectl, wait_for
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    name = f"cluster-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def gpu_pod(name: str, namespace: str, gpus: int) -> dict:
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "c", "image": "cuda:12",
+                            "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}],
+        },
+    }
+
+
+def test_gpu_pod_is_scheduled_to_a_gpu_node_and_runs(namespace: str) -> None:
+    create(gpu_pod("one-gpu", namespace, 1))
+    pod = wait_for(lambda: (p := get("pod", "one-gpu", namespace)) and p["status"].get("phase") == "Running" and p,
+                   timeout=30, what="the GPU pod to run")
+    node = get("node", pod["spec"]["nodeName"])
+    assert node["metadata"]["labels"]["nvidia.com/gpu.present"] == "true"
+    assert node["status"]["allocatable"]["nvidia.com/gpu"] == "8"
+
+
+def test_pod_asking_for_nine_gpus_stays_pending_unschedulable(namespace: str) -> None:
+    create(gpu_pod("nine-gpus", namespace, 9))
+
+    def unschedulable() -> dict | None:
+        pod = get("pod", "nine-gpus", namespace)
+        for cond in pod["status"].get("conditions") or []:
+            if cond["type"] == "PodScheduled" and cond["status"] == "False" and cond["reason"] == "Unschedulable":
+                return pod
+        return None
+
+    pod = wait_for(unschedulable, timeout=30, what="the scheduler to mark the pod unschedulable")
+    assert pod["status"]["phase"] == "Pending"
+    assert "nodeName" not in pod["spec"]
+
+
+def test_quota_status_is_filled_and_enforced(namespace: str) -> None:
+    create({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q", "namespace": namespace},
+            "spec": {"hard": {"pods": "1", "requests.nvidia.com/gpu": "1"}}})
+    quota = wait_for(lambda: (q := get("resourcequota", "q", namespace)) and q.get("status", {}).get("hard") and q,
+                     timeout=30, what="the quota controller to fill status.hard")
+    assert quota["status"]["hard"]["pods"] == "1"
+    create(gpu_pod("first", namespace, 1))
+    with pytest.raises(KubectlError, match="exceeded quota"):
+        create(gpu_pod("second", namespace, 1))
+
+
+def test_restricted_namespace_refuses_a_privileged_pod(namespace: str) -> None:
+    kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "root", "namespace": namespace},
+           "spec": {"containers": [{"name": "c", "image": "x", "securityContext": {"privileged": True}}]}}
+    with pytest.raises(KubectlError, match="violates PodSecurity \"restricted"):
+        create(pod)
+
+
+def test_namespace_deletion_completes_and_owned_objects_are_collected() -> None:
+    name = f"gc-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", name)
+    kubectl("create", "configmap", "owner", "-n", name)
+    owner = get("configmap", "owner", name)
+    create({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "owned", "namespace": name, "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}]}})
+    kubectl("delete", "configmap", "owner", "-n", name)
+    wait_for(lambda: get("configmap", "owned", name) is None, timeout=30, what="garbage collection")
+    kubectl("delete", "namespace", name, "--wait=false")
+    wait_for(lambda: get("namespace", name) is None, timeout=60, what="the namespace controller")

@@ -1,0 +1,138 @@
+"""Generate the AgentRun CustomResourceDefinition from the pydantic models.
+
+``python -m stockade.api.crd`` (or ``stockade crds``) prints it; ``make crds`` writes
+``crds/agentruns.stockade.io.yaml``, and a unit test fails when the committed file differs.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+import yaml
+
+from stockade.api.models import GROUP, KIND, PLURAL, VERSION, AgentRunSpec, AgentRunStatus
+
+# Keys pydantic emits that a Kubernetes structural schema does not take.
+_DROP = {"title", "$defs", "additionalProperties_", "examples"}
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    """Inline $refs and turn pydantic's JSON Schema into a Kubernetes structural schema."""
+    if isinstance(node, list):
+        return [_structural(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = defs[node["$ref"].split("/")[-1]]
+        merged = {**copy.deepcopy(target), **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs)
+    any_of = node.get("anyOf")
+    non_null = [option for option in any_of or [] if option.get("type") != "null"]
+    if any_of and not node.get("x-kubernetes-int-or-string") and len(non_null) == 1:
+        # Optional[X] is anyOf [X, null]: Kubernetes expresses "may be absent" by not requiring it.
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        return _structural({**non_null[0], **rest}, defs)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP:
+            continue
+        if key == "const":
+            out["enum"] = [value]
+            continue
+        if key == "default" and value is None:
+            continue
+        if key == "properties":
+            out[key] = {name: _structural(prop, defs) for name, prop in value.items()}
+        elif (key == "additionalProperties" and isinstance(value, dict)) or key in {"items", "anyOf", "allOf", "oneOf"}:
+            out[key] = _structural(value, defs)
+        else:
+            out[key] = value
+    # Structural schemas take no boolean additionalProperties: "false" is the default (prune),
+    # "true" is spelt x-kubernetes-preserve-unknown-fields.
+    if isinstance(out.get("additionalProperties"), bool) and out.pop("additionalProperties"):
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    return out
+
+
+def _schema_of(model: type[Any]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.pop("$defs", {})
+    result: dict[str, Any] = _structural(raw, defs)
+    return result
+
+
+def openapi_schema() -> dict[str, Any]:
+    spec = _schema_of(AgentRunSpec)
+    status = _schema_of(AgentRunStatus)
+    return {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+
+
+def _printer_columns() -> list[dict[str, Any]]:
+    return [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+        {"name": "GPUs", "type": "integer", "jsonPath": ".spec.grant.gpu"},
+        {"name": "Namespace", "type": "string", "jsonPath": ".status.runNamespace", "priority": 1},
+        {"name": "Enforcement", "type": "string", "jsonPath": ".spec.enforcement", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+
+def agentrun_crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{PLURAL}.{GROUP}",
+            "labels": {"app.kubernetes.io/name": "stockade", "app.kubernetes.io/component": "crd"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": KIND.lower(),
+                "shortNames": ["ar"],
+                "categories": ["stockade"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": _printer_columns(),
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                }
+            ],
+        },
+    }
+
+
+def render() -> str:
+    header = "# Generated from operator/stockade/api/models.py by `make crds`. Do not edit by hand.\n"
+    return header + yaml.safe_dump(agentrun_crd(), sort_keys=False, width=120)
+
+
+def main() -> None:
+    sys.stdout.write(render())
+
+
+if __name__ == "__main__":
+    main()

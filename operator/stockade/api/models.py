@@ -1,0 +1,238 @@
+"""The AgentRun API (stockade.io/v1alpha1): the single source of the CRD.
+
+Field names follow the contract in DESIGN.md. Validation that the API server can do lives here as
+OpenAPI bounds and CEL rules (``x-kubernetes-validations``), so a bad object is refused by
+``kubectl apply`` with a message naming the field, before the operator ever sees it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from stockade.quantity import parse_quantity
+
+GROUP = "stockade.io"
+VERSION = "v1alpha1"
+KIND = "AgentRun"
+PLURAL = "agentruns"
+
+# Kubernetes' own Quantity pattern (k8s.io/apimachinery resource.Quantity, as controller-gen emits it).
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)"
+    r"|(\.[0-9]+))))?$"
+)
+# Go's time.ParseDuration syntax without a sign: "4h", "1h30m", "90s", "500ms".
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$"
+EXTENDED_RESOURCE_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)/[A-Za-z0-9._-]+$"
+
+
+def _quantity_schema(schema: dict[str, Any]) -> None:
+    schema.pop("type", None)
+    schema.update(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+            "pattern": QUANTITY_PATTERN,
+        }
+    )
+
+
+def _normalise_quantity(value: object) -> str:
+    text = str(value)
+    parse_quantity(text)  # raises ValueError with a readable message
+    return text
+
+
+Quantity = Annotated[str, Field(json_schema_extra=_quantity_schema)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+
+class EgressRule(_Model):
+    """One destination the agent may reach: exactly one of cidr and host."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.cidr) != has(self.host)",
+                    "message": "an egress entry has exactly one of cidr and host",
+                },
+                {
+                    "rule": "!has(self.cidr) || isCIDR(self.cidr)",
+                    "message": "cidr must be an IPv4 or IPv6 CIDR such as 10.42.0.0/16 or 2001:db8::/32",
+                    "fieldPath": ".cidr",
+                },
+            ]
+        },
+        extra="forbid",
+    )
+
+    cidr: str | None = Field(default=None, max_length=64, description="An IPv4 or IPv6 CIDR.")
+    host: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description="A DNS name, resolved to IPv4 and IPv6 addresses and kept fresh as its records change.",
+    )
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+        min_length=1, max_length=64, description="Destination ports, 1-65535."
+    )
+    protocol: Literal["TCP", "UDP", "SCTP"] = Field(default="TCP", description="Transport protocol.")
+
+
+class PolicyRule(_Model):
+    """An RBAC rule granted to the agent's ServiceAccount, namespaced to the run."""
+
+    apiGroups: list[Annotated[str, Field(max_length=253)]] = Field(default_factory=list, max_length=32)
+    resources: list[Annotated[str, Field(max_length=253)]] = Field(min_length=1, max_length=64)
+    verbs: list[
+        Literal["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
+    ] = Field(min_length=1, max_length=8)
+    resourceNames: list[Annotated[str, Field(max_length=253)]] | None = Field(default=None, max_length=64)
+
+
+class Grant(_Model):
+    """What the agent is granted. Anything not named here is denied."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.gpu) || self.gpu == 0 || has(self.gpuResource)",
+                    "message": "gpu > 0 needs gpuResource (for example nvidia.com/gpu)",
+                    "fieldPath": ".gpuResource",
+                },
+                {
+                    "rule": "!has(self.duration) || duration(self.duration) > duration('0s')",
+                    "message": "duration must be a positive duration such as 4h or 90m",
+                    "fieldPath": ".duration",
+                },
+            ]
+        },
+        extra="forbid",
+    )
+
+    cpu: Quantity = Field(description="CPU across all of the run's pods (quota on requests and limits).")
+    memory: Quantity = Field(description="Memory across all of the run's pods.")
+    gpu: int = Field(default=0, ge=0, le=64, description="GPUs across all of the run's pods.")
+    gpuResource: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=EXTENDED_RESOURCE_PATTERN,
+        description="The extended resource the GPUs come as: nvidia.com/gpu or a MIG resource.",
+    )
+    ephemeralStorage: Quantity = Field(default="10Gi", description="Ephemeral storage across all pods.")
+    pods: int = Field(default=1, ge=1, le=1000, description="Most pods that may exist at once.")
+    egress: list[EgressRule] = Field(
+        default_factory=list, max_length=256, description="The only destinations a pod may reach."
+    )
+    dns: bool = Field(default=False, description="Allow DNS to the cluster resolver (and nowhere else).")
+    kubernetesAPI: list[PolicyRule] = Field(
+        default_factory=list,
+        max_length=64,
+        description="RBAC rules for the agent's ServiceAccount; empty: no token is mounted.",
+    )
+    duration: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=DURATION_PATTERN,
+        description="After this the run is Expired and its pods are gone (Go duration: 4h, 90m).",
+    )
+    runtimeClassNames: list[Annotated[str, Field(max_length=253)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="RuntimeClasses a pod may name (for example nvidia). None are allowed unless granted.",
+    )
+
+    @field_validator("cpu", "memory", "ephemeralStorage", mode="before")
+    @classmethod
+    def _quantity(cls, value: object) -> str:
+        return _normalise_quantity(value)
+
+
+Enforcement = Literal["enforce", "audit"]
+ResponseStep = Literal["isolate", "freeze", "evict"]
+WorkloadKind = Literal["Pod", "Job"]
+Phase = Literal["Pending", "Running", "Quarantined", "Succeeded", "Failed", "Expired"]
+
+
+def _template_schema(schema: dict[str, Any]) -> None:
+    schema.clear()
+    schema.update(
+        {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": True,
+            "description": "A PodTemplateSpec: the agent's pod. Checked against the grant before it runs.",
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.spec) && has(self.spec.containers) && size(self.spec.containers) > 0",
+                    "message": "template.spec.containers needs at least one container",
+                }
+            ],
+        }
+    )
+
+
+class AgentRunSpec(_Model):
+    template: dict[str, Any] = Field(json_schema_extra=_template_schema)
+    grant: Grant
+    enforcement: Enforcement = Field(
+        default="enforce", description="enforce: refuse and quarantine; audit: detect and report only."
+    )
+    response: list[ResponseStep] = Field(
+        default_factory=lambda: list[ResponseStep](["isolate", "evict"]),
+        max_length=3,
+        json_schema_extra={"default": ["isolate", "evict"]},
+        description="The quarantine ladder applied to a violation, in order.",
+    )
+    workload: WorkloadKind = Field(default="Pod", description="Run the template as a Pod or as a Job.")
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    observedGeneration: int | None = None
+    lastTransitionTime: str | None = None
+
+
+class Violation(_Model):
+    time: str
+    kind: str
+    severity: Literal["low", "medium", "high", "critical"] = "high"
+    pod: str | None = None
+    detail: str
+    source: Literal["admission", "api", "runtime", "metrics", "signal"]
+    action: str = "none"
+    evidence: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+
+
+class AgentRunStatus(_Model):
+    model_config = ConfigDict(extra="ignore")
+
+    phase: Phase | None = None
+    runNamespace: str | None = None
+    observedGeneration: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    violations: list[Violation] = Field(default_factory=list)
+    startTime: str | None = None
+    expiresAt: str | None = None
+    workload: str | None = None
+    resolvedEgress: dict[str, list[str]] | None = Field(
+        default=None, description="Addresses that each granted host resolved to, as enforced now."
+    )
+
+
+class AgentRun(_Model):
+    """The whole object, for the CRD generator; the operator reads spec and status separately."""
+
+    spec: AgentRunSpec
+    status: AgentRunStatus | None = None

@@ -1,0 +1,126 @@
+"""Status from observations: pure functions, one status write per change.
+
+Conditions follow the Kubernetes conventions (and kstatus, so Flux and Argo CD read health):
+``Ready``, ``GuardrailsReady``, ``Reconciling``, ``Stalled`` and ``Quarantined``, each with the
+generation it was computed for. A condition keeps its ``lastTransitionTime`` until its status flips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+WorkloadPhase = str  # Pending | Running | Succeeded | Failed
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the reconciler saw and did this round."""
+
+    generation: int
+    run_namespace: str | None
+    invalid: str | None = None  # the spec cannot be used at all (reason: message)
+    blocked: tuple[str, str] | None = None  # (reason, message): the fence cannot be built yet
+    refusals: Sequence[str] = ()  # the template asks for more than the grant
+    guardrails_ready: bool = False
+    guardrails_message: str = ""
+    workload_phase: WorkloadPhase | None = None
+    workload_message: str = ""
+    expired: bool = False
+    quarantined: tuple[str, str] | None = None  # (reason, message)
+    terminal_phase: str | None = None  # a phase reached earlier that the run keeps
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _cond(kind: str, ok: bool | None, reason: str, message: str, generation: int) -> dict[str, Any]:
+    status = "Unknown" if ok is None else ("True" if ok else "False")
+    return {"type": kind, "status": status, "reason": reason, "message": message, "observedGeneration": generation}
+
+
+def compute_phase(obs: Observed) -> str:
+    if obs.expired:
+        return "Expired"
+    if obs.quarantined:
+        return "Quarantined"
+    if obs.terminal_phase in ("Succeeded", "Failed"):
+        return obs.terminal_phase
+    if obs.invalid or obs.refusals or obs.blocked:
+        return "Pending"
+    if obs.workload_phase in ("Running", "Succeeded", "Failed"):
+        return obs.workload_phase
+    return "Pending"
+
+
+def compute_conditions(obs: Observed) -> list[dict[str, Any]]:
+    gen = obs.generation
+    phase = compute_phase(obs)
+    if obs.invalid:
+        reason, _, message = obs.invalid.partition(": ")
+        return [
+            _cond("Ready", False, reason, message, gen),
+            _cond("GuardrailsReady", False, reason, message, gen),
+            _cond("Reconciling", False, reason, message, gen),
+            _cond("Stalled", True, reason, message, gen),
+        ]
+    if obs.blocked:
+        reason, message = obs.blocked
+        return [
+            _cond("Ready", False, reason, message, gen),
+            _cond("GuardrailsReady", False, reason, message, gen),
+            _cond("Reconciling", False, reason, message, gen),
+            _cond("Stalled", True, reason, message, gen),
+        ]
+    guard = _cond("GuardrailsReady", obs.guardrails_ready,
+                  "GuardrailsApplied" if obs.guardrails_ready else "GuardrailsPending", obs.guardrails_message, gen)
+    conditions = [guard]
+    stalled: tuple[str, str] | None = None
+    if obs.refusals:
+        message = "the template asks for what the grant does not give: " + " | ".join(obs.refusals)
+        ready = _cond("Ready", False, "TemplateExceedsGrant", message, gen)
+        stalled = ("TemplateExceedsGrant", message)
+    elif obs.expired:
+        ready = _cond("Ready", False, "Expired", "the run's duration has passed; its pods were deleted", gen)
+    elif obs.quarantined:
+        ready = _cond("Ready", False, obs.quarantined[0], obs.quarantined[1], gen)
+    elif phase == "Failed":
+        ready = _cond("Ready", False, "WorkloadFailed", obs.workload_message or "the agent's workload failed", gen)
+        stalled = ("WorkloadFailed", ready["message"])
+    elif phase == "Succeeded":
+        ready = _cond("Ready", True, "Succeeded", "the agent's workload completed", gen)
+    elif not obs.guardrails_ready:
+        ready = _cond("Ready", False, "GuardrailsPending", obs.guardrails_message or "building the fence", gen)
+    elif phase == "Running":
+        ready = _cond("Ready", True, "Running", "the agent is running inside its fence", gen)
+    else:
+        ready = _cond("Ready", False, "WorkloadPending",
+                      obs.workload_message or "waiting for the agent to start", gen)
+    conditions.insert(0, ready)
+    settled = ready["status"] == "True" or stalled is not None or obs.expired or obs.quarantined is not None
+    conditions.append(_cond("Reconciling", not settled, ready["reason"], ready["message"] if not settled else "", gen))
+    stalled_reason, stalled_message = stalled or ("AsExpected", "")
+    conditions.append(_cond("Stalled", stalled is not None, stalled_reason, stalled_message, gen))
+    quarantined = obs.quarantined
+    conditions.append(
+        _cond("Quarantined", quarantined is not None, quarantined[0] if quarantined else "NotQuarantined",
+              quarantined[1] if quarantined else "", gen)
+    )
+    return conditions
+
+
+def merge_conditions(
+    previous: Sequence[Mapping[str, Any]], current: Sequence[dict[str, Any]], now: str
+) -> list[dict[str, Any]]:
+    """Carry lastTransitionTime over from the previous conditions when a status did not change."""
+    before = {c.get("type"): c for c in previous}
+    merged = []
+    for cond in current:
+        old = before.get(cond["type"])
+        stamp = old.get("lastTransitionTime") if old and old.get("status") == cond["status"] else None
+        merged.append({**cond, "lastTransitionTime": stamp or now})
+    return merged
+
+
+def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """True when any field of ``new`` differs from what ``old`` has (what the status write would change)."""
+    return any(old.get(key) != value for key, value in new.items())

@@ -1,0 +1,326 @@
+"""Is this pod within the grant? Pure checks shared by the planner and the admission webhook.
+
+The rule is an allowlist: a pod may set only the fields listed here, only the volume types listed
+here, and only the resources the grant names, up to what the grant has left. Anything else is a
+finding with the field, what the grant allows and how to change the grant.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from stockade import labels
+from stockade.api.models import Grant
+from stockade.quantity import parse_quantity
+
+# Fields of a PodSpec an agent pod may set. Values the API server defaults on create (dnsPolicy,
+# schedulerName, priority, ...) are allowed with their default values only.
+POD_FIELDS = {
+    "containers", "initContainers", "restartPolicy", "terminationGracePeriodSeconds",
+    "activeDeadlineSeconds", "dnsPolicy", "nodeSelector", "serviceAccountName", "serviceAccount",
+    "automountServiceAccountToken", "securityContext", "affinity", "tolerations", "schedulerName",
+    "volumes", "enableServiceLinks", "runtimeClassName", "hostname", "subdomain", "priority",
+    "preemptionPolicy", "topologySpreadConstraints", "dnsConfig", "readinessGates", "os",
+    "imagePullSecrets", "setHostnameAsFQDN", "resourceClaims", "hostUsers", "schedulingGates",
+}
+CONTAINER_FIELDS = {
+    "name", "image", "command", "args", "workingDir", "ports", "env", "envFrom", "resources",
+    "volumeMounts", "livenessProbe", "readinessProbe", "startupProbe", "lifecycle",
+    "terminationMessagePath", "terminationMessagePolicy", "imagePullPolicy", "securityContext",
+    "stdin", "stdinOnce", "tty", "resizePolicy", "restartPolicy",
+}
+VOLUME_TYPES = {"emptyDir", "configMap", "secret", "projected", "downwardAPI"}
+BASE_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+# Environment that exposes GPUs through the NVIDIA container runtime without a GPU request.
+GPU_VISIBILITY_ENV = ("NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES")
+GPU_HIDDEN = "void"
+DEFAULTED: dict[str, set[Any]] = {
+    "dnsPolicy": {"ClusterFirst"},
+    "schedulerName": {"default-scheduler"},
+    "priority": {0},
+    "preemptionPolicy": {"PreemptLowerPriority", "Never"},
+    "hostUsers": {False},
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the pod asks for that the grant does not give."""
+
+    kind: str
+    field: str
+    message: str
+    allowed: str = ""
+    hint: str = ""
+
+    def text(self) -> str:
+        parts = [f"{self.field}: {self.message}"]
+        if self.allowed:
+            parts.append(f"the grant allows {self.allowed}")
+        if self.hint:
+            parts.append(self.hint)
+        return "; ".join(parts)
+
+
+@dataclass
+class Usage:
+    """Resources already taken by the run's other pods (admission passes it; the planner does not)."""
+
+    amounts: dict[str, Decimal] = field(default_factory=dict)
+    pods: int = 0
+
+
+def granted_amounts(grant: Grant) -> dict[str, Decimal]:
+    amounts = {
+        "cpu": parse_quantity(grant.cpu),
+        "memory": parse_quantity(grant.memory),
+        "ephemeral-storage": parse_quantity(grant.ephemeralStorage),
+    }
+    if grant.gpu and grant.gpuResource:
+        amounts[grant.gpuResource] = Decimal(grant.gpu)
+    return amounts
+
+
+def _quantity(value: Any) -> Decimal | None:
+    try:
+        return parse_quantity(value)
+    except ValueError:
+        return None
+
+
+def pod_amounts(spec: Mapping[str, Any], which: str) -> dict[str, Decimal]:
+    """Effective pod requests or limits: max(sum of containers, largest init container)."""
+    totals: dict[str, Decimal] = {}
+    for container in spec.get("containers") or []:
+        for name, value in ((container.get("resources") or {}).get(which) or {}).items():
+            amount = _quantity(value)
+            if amount is not None:
+                totals[name] = totals.get(name, Decimal(0)) + amount
+    for container in spec.get("initContainers") or []:
+        for name, value in ((container.get("resources") or {}).get(which) or {}).items():
+            amount = _quantity(value)
+            if amount is not None and amount > totals.get(name, Decimal(0)):
+                totals[name] = amount
+    return totals
+
+
+def _all_containers(spec: Mapping[str, Any], path: str) -> Iterable[tuple[str, dict[str, Any]]]:
+    for key in ("initContainers", "containers"):
+        for index, container in enumerate(spec.get(key) or []):
+            yield f"{path}.{key}[{index}]", container
+
+
+def _container_gpu(container: Mapping[str, Any], grant: Grant) -> bool:
+    resources = container.get("resources") or {}
+    for which in ("limits", "requests"):
+        for name, value in (resources.get(which) or {}).items():
+            if name == grant.gpuResource and (_quantity(value) or 0) > 0:
+                return True
+    return False
+
+
+def _grant_hint(field_name: str) -> str:
+    return f"to allow it, raise spec.grant.{field_name} on the AgentRun"
+
+
+def check_pod_spec(
+    spec: Mapping[str, Any], grant: Grant, *, path: str = "spec", usage: Usage | None = None
+) -> list[Finding]:
+    """Everything in the pod spec that the grant does not allow (empty: allowed)."""
+    findings: list[Finding] = []
+    findings += _check_fields(spec, path)
+    findings += _check_host_access(spec, path)
+    findings += _check_volumes(spec, path)
+    findings += _check_identity(spec, grant, path)
+    for cpath, container in _all_containers(spec, path):
+        findings += _check_container(container, grant, cpath)
+    findings += _check_totals(spec, grant, path, usage or Usage())
+    return findings
+
+
+def _check_fields(spec: Mapping[str, Any], path: str) -> list[Finding]:
+    out = []
+    for key in sorted(set(spec) - POD_FIELDS):
+        out.append(
+            Finding("FieldNotAllowed", f"{path}.{key}", "is not a field an agent pod may set",
+                    "only ordinary pod fields", "remove the field from the template")
+        )
+    for key, allowed in DEFAULTED.items():
+        if key in spec and spec[key] not in allowed:
+            out.append(
+                Finding("FieldNotAllowed", f"{path}.{key}", f"{spec[key]!r} is not allowed",
+                        " or ".join(repr(v) for v in sorted(allowed, key=str)), "leave the field unset")
+            )
+    if spec.get("priorityClassName"):
+        out.append(Finding("FieldNotAllowed", f"{path}.priorityClassName",
+                           "a priority class could preempt other workloads", "none", "leave it unset"))
+    if spec.get("nodeName"):
+        out.append(Finding("FieldNotAllowed", f"{path}.nodeName", "bypasses the scheduler", "none",
+                           "use nodeSelector or affinity instead"))
+    return out
+
+
+def _check_host_access(spec: Mapping[str, Any], path: str) -> list[Finding]:
+    out = []
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            out.append(Finding("HostAccess", f"{path}.{key}", "host namespaces are never granted", "false"))
+    for cpath, container in _all_containers(spec, path):
+        for index, port in enumerate(container.get("ports") or []):
+            if port.get("hostPort"):
+                out.append(Finding("HostAccess", f"{cpath}.ports[{index}].hostPort",
+                                   "host ports are never granted", "none"))
+    return out
+
+
+def _check_volumes(spec: Mapping[str, Any], path: str) -> list[Finding]:
+    out = []
+    for index, volume in enumerate(spec.get("volumes") or []):
+        kinds = set(volume) - {"name"}
+        for kind in sorted(kinds - VOLUME_TYPES):
+            what = "host paths are never granted" if kind == "hostPath" else "this volume type is not granted"
+            out.append(Finding("VolumeNotAllowed", f"{path}.volumes[{index}].{kind}", what,
+                               ", ".join(sorted(VOLUME_TYPES))))
+    return out
+
+
+def _check_identity(spec: Mapping[str, Any], grant: Grant, path: str) -> list[Finding]:
+    out = []
+    account = spec.get("serviceAccountName") or spec.get("serviceAccount")
+    if account not in (None, "", labels.SERVICE_ACCOUNT):
+        out.append(Finding("ServiceAccountNotAllowed", f"{path}.serviceAccountName",
+                           f"{account!r} is not the agent's ServiceAccount", repr(labels.SERVICE_ACCOUNT)))
+    if spec.get("automountServiceAccountToken") and not grant.kubernetesAPI:
+        out.append(Finding("APIAccessNotGranted", f"{path}.automountServiceAccountToken",
+                           "mounts an API token but no Kubernetes API access is granted", "false",
+                           _grant_hint("kubernetesAPI")))
+    runtime = spec.get("runtimeClassName")
+    if runtime and runtime not in grant.runtimeClassNames:
+        out.append(Finding("RuntimeClassNotGranted", f"{path}.runtimeClassName",
+                           f"runtime class {runtime!r} is not granted",
+                           ", ".join(grant.runtimeClassNames) or "none", _grant_hint("runtimeClassNames")))
+    security = spec.get("securityContext") or {}
+    if (security.get("seccompProfile") or {}).get("type") == "Unconfined":
+        out.append(Finding("PrivilegeNotAllowed", f"{path}.securityContext.seccompProfile.type",
+                           "unconfined seccomp is never granted", "RuntimeDefault or Localhost"))
+    if security.get("runAsUser") == 0:
+        out.append(Finding("PrivilegeNotAllowed", f"{path}.securityContext.runAsUser",
+                           "root is never granted", "a non-zero user"))
+    if security.get("sysctls"):
+        out.append(Finding("PrivilegeNotAllowed", f"{path}.securityContext.sysctls",
+                           "sysctls are never granted", "none"))
+    return out
+
+
+def _check_container(container: Mapping[str, Any], grant: Grant, path: str) -> list[Finding]:
+    out = []
+    for key in sorted(set(container) - CONTAINER_FIELDS):
+        out.append(Finding("FieldNotAllowed", f"{path}.{key}", "is not a field an agent container may set",
+                           "ordinary container fields", "remove the field from the template"))
+    security = container.get("securityContext") or {}
+    if security.get("privileged"):
+        out.append(Finding("PrivilegeNotAllowed", f"{path}.securityContext.privileged",
+                           "privileged containers are never granted", "false"))
+    if security.get("allowPrivilegeEscalation"):
+        out.append(Finding("PrivilegeNotAllowed", f"{path}.securityContext.allowPrivilegeEscalation",
+                           "privilege escalation is never granted", "false"))
+    if (security.get("capabilities") or {}).get("add"):
+        out.append(Finding("PrivilegeNotAllowed", f"{path}.securityContext.capabilities.add",
+                           "added capabilities are never granted", "none (drop ALL)"))
+    if security.get("runAsUser") == 0:
+        out.append(Finding("PrivilegeNotAllowed", f"{path}.securityContext.runAsUser",
+                           "root is never granted", "a non-zero user"))
+    if security.get("procMount") not in (None, "Default"):
+        out.append(Finding("PrivilegeNotAllowed", f"{path}.securityContext.procMount",
+                           "an unmasked /proc is never granted", "Default"))
+    if (security.get("seccompProfile") or {}).get("type") == "Unconfined":
+        out.append(Finding("PrivilegeNotAllowed", f"{path}.securityContext.seccompProfile.type",
+                           "unconfined seccomp is never granted", "RuntimeDefault or Localhost"))
+    resources = container.get("resources") or {}
+    allowed = set(BASE_RESOURCES) | ({grant.gpuResource} if grant.gpu and grant.gpuResource else set())
+    for which in ("requests", "limits"):
+        for name in sorted(set(resources.get(which) or {}) - allowed):
+            is_gpu = "gpu" in name or "mig-" in name
+            hint = (_grant_hint("gpu and spec.grant.gpuResource") if is_gpu
+                    else "only cpu, memory, ephemeral-storage and the granted GPU resource can be granted")
+            out.append(Finding("GPUNotGranted" if is_gpu else "ResourceNotGranted",
+                               f"{path}.resources.{which}.{name}", f"resource {name!r} is not granted",
+                               ", ".join(sorted(allowed)), hint))
+    if not _container_gpu(container, grant):
+        for index, env in enumerate(container.get("env") or []):
+            if env.get("name") in GPU_VISIBILITY_ENV and env.get("value", "") not in ("", GPU_HIDDEN, "none"):
+                out.append(Finding("GPUNotGranted", f"{path}.env[{index}]",
+                                   f"{env['name']}={env.get('value', '')!r} exposes GPUs to a container "
+                                   "without a GPU request", f"{env['name']}={GPU_HIDDEN}",
+                                   "request the GPU resource in this container's limits instead"))
+    return out
+
+
+def _check_totals(spec: Mapping[str, Any], grant: Grant, path: str, usage: Usage) -> list[Finding]:
+    out = []
+    granted = granted_amounts(grant)
+    if usage.pods + 1 > grant.pods:
+        out.append(Finding("PodsExceedGrant", path, f"the run already has {usage.pods} pod(s)",
+                           f"{grant.pods} pod(s)", _grant_hint("pods")))
+    for which in ("requests", "limits"):
+        for name, amount in sorted(pod_amounts(spec, which).items()):
+            if name not in granted:
+                continue  # reported per container above
+            left = granted[name] - usage.amounts.get(name, Decimal(0))
+            if amount > left:
+                field_name = {"cpu": "cpu", "memory": "memory", "ephemeral-storage": "ephemeralStorage"}.get(
+                    name, "gpu")
+                out.append(Finding(
+                    "ResourceExceedsGrant", f"{path}.containers[*].resources.{which}.{name}",
+                    f"asks for {amount.normalize():f} {name} in total",
+                    f"{left.normalize():f} more ({granted[name].normalize():f} granted)",
+                    _grant_hint(field_name)))
+    return out
+
+
+def harden_pod_spec(spec: Mapping[str, Any], grant: Grant) -> dict[str, Any]:
+    """Safe defaults where the template is silent; explicit unsafe settings stay (and are refused).
+
+    PodSecurity ``restricted`` would reject a pod that merely omits these fields, so the operator
+    fills them in rather than make every user spell them out.
+    """
+    out = copy.deepcopy(dict(spec))
+    out.setdefault("restartPolicy", "Never")
+    out["serviceAccountName"] = out.get("serviceAccountName") or labels.SERVICE_ACCOUNT
+    out.pop("serviceAccount", None)
+    if not grant.kubernetesAPI:
+        out.setdefault("automountServiceAccountToken", False)
+    security = out.setdefault("securityContext", {})
+    security.setdefault("runAsNonRoot", True)
+    security.setdefault("seccompProfile", {"type": "RuntimeDefault"})
+    for key in ("initContainers", "containers"):
+        for container in out.get(key) or []:
+            csec = container.setdefault("securityContext", {})
+            csec.setdefault("allowPrivilegeEscalation", False)
+            csec.setdefault("capabilities", {}).setdefault("drop", ["ALL"])
+            if not _container_gpu(container, grant):
+                hide_gpus(container)
+    if grant.gpu and grant.gpuResource:
+        tolerations = out.setdefault("tolerations", [])
+        if not any(t.get("key") == grant.gpuResource for t in tolerations):
+            tolerations.append({"key": grant.gpuResource, "operator": "Exists", "effect": "NoSchedule"})
+    return out
+
+
+def hide_gpus(container: dict[str, Any]) -> bool:
+    """Make the NVIDIA runtime expose no GPU to this container; True if anything changed.
+
+    Images built on CUDA bases set NVIDIA_VISIBLE_DEVICES=all, and on a node whose default runtime
+    is nvidia that alone exposes every GPU. An explicit env entry wins over the image and envFrom.
+    """
+    env = container.setdefault("env", [])
+    present = {item.get("name") for item in env}
+    changed = False
+    if "NVIDIA_VISIBLE_DEVICES" not in present:
+        env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": GPU_HIDDEN})
+        changed = True
+    return changed

@@ -1,0 +1,191 @@
+"""Kubernetes I/O: a thin REST layer over the official client.
+
+Server-side apply with one field manager for everything the operator owns. Calls go through the
+official client's ApiClient (auth, TLS, kubeconfig or in-cluster config) but skip its model
+classes: manifests are plain dicts in and out, which keeps the planner pure and the calls cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from stockade import labels
+
+log = logging.getLogger(__name__)
+
+# Where each kind the operator touches lives in the REST API: (path prefix, plural, namespaced).
+_KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {
+    ("v1", "Namespace"): ("/api/v1", "namespaces", False),
+    ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts", True),
+    ("v1", "ResourceQuota"): ("/api/v1", "resourcequotas", True),
+    ("v1", "LimitRange"): ("/api/v1", "limitranges", True),
+    ("v1", "Pod"): ("/api/v1", "pods", True),
+    ("v1", "Service"): ("/api/v1", "services", True),
+    ("v1", "Event"): ("/api/v1", "events", True),
+    ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies", True),
+    ("rbac.authorization.k8s.io/v1", "Role"): ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
+    ("batch/v1", "Job"): ("/apis/batch/v1", "jobs", True),
+    ("stockade.io/v1alpha1", "AgentRun"): ("/apis/stockade.io/v1alpha1", "agentruns", True),
+}
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+
+def object_path(api_version: str, kind: str, namespace: str | None = None, name: str | None = None) -> str:
+    prefix, plural, namespaced = _KINDS[(api_version, kind)]
+    path = prefix
+    if namespaced:
+        if not namespace:
+            raise ValueError(f"{kind} is namespaced: a namespace is required")
+        path += f"/namespaces/{namespace}"
+    path += f"/{plural}"
+    if name:
+        path += f"/{name}"
+    return path
+
+
+def path_of(obj: Mapping[str, Any]) -> str:
+    meta = obj["metadata"]
+    return object_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+
+
+def load_config() -> client.ApiClient:
+    """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = 64
+    return client.ApiClient(configuration)
+
+
+@dataclass
+class Kube:
+    """Blocking REST calls run on a thread pool so the asyncio loop (kopf) never waits on them."""
+
+    api: client.ApiClient
+    executor: ThreadPoolExecutor
+    impersonate: str | None = None
+
+    @classmethod
+    def connect(cls, workers: int = 32, impersonate: str | None = None) -> Kube:
+        return cls(load_config(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube"), impersonate)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        if self.impersonate:
+            headers["Impersonate-User"] = self.impersonate
+        method, url, headers, body, _ = self.api.param_serialize(
+            method=method, resource_path=path, query_params=query or [], header_params=headers, body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+        except ApiException as err:  # transport-level failures
+            raise KubeError(int(err.status or 0), str(err.reason or "ConnectionError"), str(err)) from None
+        raw: bytes = response.read()  # type: ignore[no-untyped-call]
+        if not 200 <= response.status < 300:
+            raise _kube_error(response.status, str(response.reason or ""), raw)
+        result: dict[str, Any] = json.loads(raw) if raw else {}
+        return result
+
+    async def call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: self.request(method, path, body, **kwargs))
+
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply with the operator's single field manager, taking ownership on conflict."""
+        return await self.call(
+            "PATCH", path_of(obj), dict(obj),
+            query=[("fieldManager", labels.FIELD_MANAGER), ("force", "true")],
+            content_type="application/apply-patch+yaml",
+        )
+
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        path = object_path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
+        return await self.call("POST", path, dict(obj), query=[("fieldManager", labels.FIELD_MANAGER)])
+
+    async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.call("GET", object_path(api_version, kind, namespace, name))
+        except KubeError as err:
+            if err.not_found:
+                return None
+            raise
+
+    async def list_objects(
+        self, api_version: str, kind: str, namespace: str | None = None, selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        prefix, plural, namespaced = _KINDS[(api_version, kind)]
+        path = f"{prefix}/namespaces/{namespace}/{plural}" if namespaced and namespace else f"{prefix}/{plural}"
+        query = [("labelSelector", selector)] if selector else []
+        items: list[dict[str, Any]] = (await self.call("GET", path, query=query)).get("items", [])
+        for item in items:
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items
+
+    async def delete(
+        self, api_version: str, kind: str, namespace: str | None, name: str, *, grace: int | None = None
+    ) -> bool:
+        body: dict[str, Any] = {"propagationPolicy": "Background"}
+        if grace is not None:
+            body["gracePeriodSeconds"] = grace
+        try:
+            await self.call("DELETE", object_path(api_version, kind, namespace, name), body)
+        except KubeError as err:
+            if err.not_found:
+                return False
+            raise
+        return True
+
+    async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.call("PATCH", path, dict(patch), content_type="application/merge-patch+json")
+
+    async def json_patch(self, path: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        return await self.call("PATCH", path, ops, content_type="application/json-patch+json")
+
+
+def _kube_error(status: int, reason: str, raw: bytes | None) -> KubeError:
+    message = (raw or b"").decode(errors="replace")
+    try:
+        parsed = json.loads(message or "{}")
+        reason = parsed.get("reason", reason)
+        message = parsed.get("message", message)
+    except (TypeError, ValueError):
+        pass
+    return KubeError(status, reason, message)

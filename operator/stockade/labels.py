@@ -1,0 +1,32 @@
+"""Label, annotation and name constants shared by the planner, admission and detection."""
+
+from __future__ import annotations
+
+FIELD_MANAGER = "stockade"
+FINALIZER = "stockade.io/cleanup"
+
+AGENTRUN = "stockade.io/agentrun"
+AGENTRUN_NAMESPACE = "stockade.io/agentrun-namespace"
+QUARANTINED = "stockade.io/quarantined"
+COMPONENT = "stockade.io/component"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "stockade"
+RELEASE_ANNOTATION = "stockade.io/release"
+
+# PodSecurity admission, built into the API server.
+POD_SECURITY = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+    "pod-security.kubernetes.io/audit": "restricted",
+    "pod-security.kubernetes.io/warn": "restricted",
+}
+
+SERVICE_ACCOUNT = "agent"
+POLICY_DENY_ALL = "stockade-deny-all"
+POLICY_EGRESS = "stockade-egress"
+POLICY_DNS = "stockade-dns"
+POLICY_QUARANTINE = "stockade-quarantine"
+QUOTA = "stockade-grant"
+LIMIT_RANGE = "stockade-limits"
+ROLE = "stockade-agent"
+ROLE_BINDING = "stockade-agent"

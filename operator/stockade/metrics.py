@@ -1,0 +1,16 @@
+"""Prometheus metrics, served on STOCKADE_METRICS_PORT at /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RUNS = Gauge("stockade_agentruns", "AgentRuns by phase", ["phase"])
+RECONCILE_SECONDS = Histogram(
+    "stockade_reconcile_duration_seconds", "Time spent in one reconcile of an AgentRun",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RECONCILE_ERRORS = Counter("stockade_reconcile_errors_total", "Reconciles that failed", ["reason"])
+APPLIES = Counter("stockade_applies_total", "Server-side applies issued", ["kind"])
+DRIFT = Counter("stockade_drift_repaired_total", "Guardrails found missing or changed and restored", ["kind"])
+REFUSALS = Counter("stockade_template_refusals_total", "Templates refused for asking beyond the grant")
+VIOLATIONS = Counter("stockade_violations_total", "Violations recorded", ["kind", "source", "action"])

@@ -1,0 +1,51 @@
+"""Kubernetes resource quantities ("500m", "16Gi", "1e3") as exact Decimals.
+
+The Kubernetes client ships a parser, but pure modules stay free of the client (see the
+import-linter contract), and the grammar is small and fixed by the API.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
+            "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
+            "P": Decimal("1e15"), "E": Decimal("1e18")}
+_FORM = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))((?:[KMGTPE]i)|[numkMGTPE]|(?:[eE][+-]?[0-9]+))?$")
+
+
+def parse_quantity(value: str | int | float) -> Decimal:
+    """Parse a quantity; raise ValueError naming the bad value."""
+    text = str(value).strip()
+    match = _FORM.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity (examples: 500m, 4, 16Gi)")
+    number, suffix = match.group(1), match.group(2) or ""
+    try:
+        base = Decimal(number)
+    except InvalidOperation as err:  # pragma: no cover - the regex admits only valid numbers
+        raise ValueError(f"{text!r} is not a Kubernetes quantity") from err
+    if suffix in _BINARY:
+        return base * _BINARY[suffix]
+    if suffix in _DECIMAL:
+        return base * _DECIMAL[suffix]
+    return base * (Decimal(10) ** int(suffix[1:]))
+
+
+def format_cpu(value: Decimal) -> str:
+    """A CPU amount the way kubectl shows it: whole cores, else millicores."""
+    if value == value.to_integral_value():
+        return str(int(value))
+    return f"{int((value * 1000).to_integral_value())}m"
+
+
+def format_bytes(value: Decimal) -> str:
+    """A byte amount with the largest exact binary suffix."""
+    amount = int(value)
+    for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
+        unit = _BINARY[suffix]
+        if amount and amount % unit == 0:
+            return f"{amount // unit}{suffix}"
+    return str(amount)

@@ -1,0 +1,388 @@
+"""The guardrail reconciler: level-based, idempotent, one status write per change.
+
+Every trigger (the AgentRun changed, a child changed or vanished, a timer fired) ends in the same
+``reconcile(key)``, which compares what should exist with what the watches last showed and fixes
+the difference. Triggers for the same run coalesce: at most one reconcile of a run runs at a time,
+and a trigger that arrives meanwhile makes it run once more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from stockade import labels, metrics
+from stockade.api.models import AgentRunSpec
+from stockade.conditions import Observed, compute_conditions, compute_phase, merge_conditions, status_changed
+from stockade.dnsresolve import HostResolver
+from stockade.drift import contains, needs_apply
+from stockade.kube import Kube, KubeError, object_path
+from stockade.plan import Plan, PlanSettings, RunRef, build, parse_duration
+from stockade.store import RunKey, Store
+
+log = logging.getLogger("stockade.reconcile")
+
+EmitEvent = Callable[[Mapping[str, Any], str, str, str], None]
+PRUNABLE_COMPONENTS = {"network", "identity", "quota", "limits"}
+WORKLOAD_KINDS = {"Pod": "v1", "Job": "batch/v1"}
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def stamp(moment: datetime.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_stamp(text: str) -> datetime.datetime:
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+
+
+@dataclass
+class _Slot:
+    running: bool = False
+    dirty: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Coalescer:
+    """At most one run per key at a time; triggers during a run make it run once more."""
+
+    def __init__(self) -> None:
+        self._slots: dict[RunKey, _Slot] = {}
+
+    async def run(self, key: RunKey, work: Callable[[], Awaitable[None]]) -> None:
+        slot = self._slots.setdefault(key, _Slot())
+        if slot.running:
+            slot.dirty = True
+            return
+        slot.running = True
+        try:
+            while True:
+                slot.dirty = False
+                await work()
+                if not slot.dirty:
+                    break
+        finally:
+            slot.running = False
+            self._slots.pop(key, None)
+
+
+class Reconciler:
+    def __init__(
+        self, kube: Kube, store: Store, plan_settings: PlanSettings, resolver: HostResolver, emit: EmitEvent
+    ) -> None:
+        self.kube = kube
+        self.store = store
+        self.plan_settings = plan_settings
+        self.resolver = resolver
+        self.emit = emit
+        self._coalescer = Coalescer()
+        self._timers: dict[RunKey, asyncio.TimerHandle] = {}
+        self._phases: dict[RunKey, str] = {}
+        self._warned: dict[RunKey, str] = {}
+        self.extensions: list[Callable[[RunKey, dict[str, Any], AgentRunSpec], Awaitable[None]]] = []
+
+    # Triggers ------------------------------------------------------------------------------------
+    async def trigger(self, key: RunKey) -> None:
+        await self._coalescer.run(key, lambda: self._reconcile_safely(key))
+
+    def trigger_soon(self, key: RunKey) -> None:
+        asyncio.get_running_loop().create_task(self.trigger(key))
+
+    def _arm_timer(self, key: RunKey, delay: float | None) -> None:
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        if delay is not None:
+            loop = asyncio.get_running_loop()
+            self._timers[key] = loop.call_later(max(delay, 0.05), self.trigger_soon, key)
+
+    async def _reconcile_safely(self, key: RunKey) -> None:
+        started = time.perf_counter()
+        try:
+            await self.reconcile(key)
+        except KubeError as err:
+            metrics.RECONCILE_ERRORS.labels(reason=err.reason or str(err.status)).inc()
+            log.warning("reconcile of %s/%s failed: %s; retrying", key[0], key[1], err)
+            self._arm_timer(key, 1.0)
+        except Exception:
+            metrics.RECONCILE_ERRORS.labels(reason="Unexpected").inc()
+            log.exception("reconcile of %s/%s failed unexpectedly; retrying", key[0], key[1])
+            self._arm_timer(key, 5.0)
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+
+    # The reconcile ---------------------------------------------------------------------------------
+    async def reconcile(self, key: RunKey) -> None:
+        body = self.store.agentruns.get(key)
+        if body is None:
+            self._forget(key)
+            return
+        meta = body["metadata"]
+        run = RunRef(meta["namespace"], meta["name"])
+        if meta.get("deletionTimestamp"):
+            await self._finalize(key, body, run)
+            return
+        if labels.FINALIZER not in (meta.get("finalizers") or []):
+            body = await self._add_finalizer(body)
+        status = body.get("status") or {}
+        generation = int(meta.get("generation") or 1)
+        try:
+            spec = AgentRunSpec.model_validate(body.get("spec") or {})
+        except ValidationError as err:
+            problems = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+            await self._write_status(key, body, Observed(generation, run.run_namespace,
+                                                         invalid=f"InvalidSpec: {problems}"))
+            return
+
+        namespace = self.store.get("Namespace", "", run.run_namespace)
+        if namespace is not None and self.store.run_of_namespace(run.run_namespace) != key:
+            message = (f"namespace {run.run_namespace} exists and does not belong to this AgentRun; "
+                       "rename the AgentRun or remove that namespace")
+            await self._write_status(key, body, Observed(generation, run.run_namespace,
+                                                         blocked=("NamespaceConflict", message)))
+            return
+        if namespace is not None and namespace["metadata"].get("deletionTimestamp"):
+            # A namespace being deleted cannot be re-created until it is gone; its DELETED event retriggers.
+            await self._write_status(key, body, Observed(
+                generation, run.run_namespace, guardrails_message="the run namespace is being deleted; "
+                "it will be re-created once it is gone"))
+            return
+
+        now = utcnow()
+        start = parse_stamp(status["startTime"]) if status.get("startTime") else now
+        expires = start + datetime.timedelta(seconds=parse_duration(spec.grant.duration)) if spec.grant.duration \
+            else None
+        expired = expires is not None and now >= expires
+
+        hosts = sorted({rule.host for rule in spec.grant.egress if rule.host})
+        resolved, refresh_in = await self.resolver.resolve(hosts)
+        plan = build(run, spec, resolved, self.plan_settings)
+        await self._apply_guardrails(plan)
+        await self._prune(run, plan)
+        ready, waiting_on = self._guardrails_ready(plan)
+
+        terminal = status.get("phase") if status.get("phase") in ("Succeeded", "Failed", "Expired") else None
+        quarantined = self._quarantine_of(status)
+        if expired or terminal == "Expired":
+            await self._stop_workload(run)
+            expired = True
+        elif plan.refusals:
+            self._warn_once(key, body, "TemplateExceedsGrant", "; ".join(f.text() for f in plan.refusals))
+            metrics.REFUSALS.inc()
+        elif ready and terminal is None and quarantined is None:
+            await self._ensure_workload(plan)
+
+        phase, message = self._workload_phase(run, spec)
+        for extension in self.extensions:
+            await extension(key, body, spec)
+        observed = Observed(
+            generation=generation,
+            run_namespace=run.run_namespace,
+            refusals=[f.text() for f in plan.refusals],
+            guardrails_ready=ready,
+            guardrails_message="every guardrail is in place" if ready else f"waiting for {waiting_on}",
+            workload_phase=phase,
+            workload_message=message,
+            expired=expired,
+            quarantined=quarantined,
+            terminal_phase=terminal if terminal != "Expired" else None,
+        )
+        extra = {
+            "startTime": stamp(start),
+            "expiresAt": stamp(expires) if expires else None,
+            "workload": f"{spec.workload.lower()}/{run.name}" if plan.workload else None,
+            "resolvedEgress": {host: resolved.get(host, []) for host in hosts} or None,
+        }
+        await self._write_status(key, body, observed, extra)
+        delays = [d for d in (refresh_in, (expires - now).total_seconds() if expires and not expired else None)
+                  if d is not None]
+        self._arm_timer(key, min(delays) if delays else None)
+
+    # Steps ---------------------------------------------------------------------------------------
+    async def _apply(self, desired: Mapping[str, Any]) -> None:
+        meta = desired["metadata"]
+        live = self.store.get(desired["kind"], meta.get("namespace") or "", meta["name"])
+        if not needs_apply(desired, live):
+            return
+        if live is not None:
+            metrics.DRIFT.labels(kind=desired["kind"]).inc()
+            log.info("restoring %s %s/%s", desired["kind"], meta.get("namespace", ""), meta["name"])
+        metrics.APPLIES.labels(kind=desired["kind"]).inc()
+        applied = await self.kube.apply(desired)
+        self.store.put(applied)
+
+    async def _apply_guardrails(self, plan: Plan) -> None:
+        await self._apply(plan.namespace)
+        await asyncio.gather(*(self._apply(obj) for obj in plan.guardrails[1:]))
+
+    async def _prune(self, run: RunRef, plan: Plan) -> None:
+        wanted = {(obj["kind"], obj["metadata"]["name"]) for obj in plan.guardrails}
+        doomed = [
+            obj for obj in self.store.in_namespace(run.run_namespace)
+            if (obj["metadata"].get("labels") or {}).get(labels.COMPONENT) in PRUNABLE_COMPONENTS
+            and (obj["kind"], obj["metadata"]["name"]) not in wanted
+            and obj["metadata"]["name"] != labels.POLICY_QUARANTINE
+        ]
+        for obj in doomed:
+            log.info("removing %s %s/%s: no longer granted", obj["kind"], run.run_namespace, obj["metadata"]["name"])
+            await self.kube.delete(obj["apiVersion"], obj["kind"], run.run_namespace, obj["metadata"]["name"])
+            self.store.remove(obj)
+
+    def _guardrails_ready(self, plan: Plan) -> tuple[bool, str]:
+        for desired in plan.guardrails:
+            meta = desired["metadata"]
+            live = self.store.get(desired["kind"], meta.get("namespace") or "", meta["name"])
+            if live is None:
+                return False, f"{desired['kind']} {meta['name']}"
+            # Until the quota controller fills status.hard, the API server refuses every pod
+            # ("status unknown for quota"), and a stale status would admit the old grant.
+            if desired["kind"] == "ResourceQuota" and not contains(
+                    (live.get("status") or {}).get("hard") or {}, desired["spec"]["hard"]):
+                return False, "the quota controller to enforce the ResourceQuota"
+        return True, ""
+
+    async def _ensure_workload(self, plan: Plan) -> None:
+        desired = plan.workload
+        if desired is None:
+            return
+        meta = desired["metadata"]
+        if self.store.get(desired["kind"], meta["namespace"], meta["name"]) is not None:
+            return
+        try:
+            created = await self.kube.create(desired)
+        except KubeError as err:
+            if err.conflict:
+                return  # created by an earlier round whose watch event has not arrived yet
+            raise
+        self.store.put(created)
+        log.info("started the agent's %s %s/%s", desired["kind"], meta["namespace"], meta["name"])
+
+    async def _stop_workload(self, run: RunRef) -> None:
+        for kind in ("Job", "Pod"):
+            for obj in list(self.store.in_namespace(run.run_namespace, kind)):
+                if obj["metadata"].get("deletionTimestamp"):
+                    continue
+                await self.kube.delete(WORKLOAD_KINDS[kind], kind, run.run_namespace, obj["metadata"]["name"],
+                                       grace=0 if kind == "Pod" else None)
+
+    def _workload_phase(self, run: RunRef, spec: AgentRunSpec) -> tuple[str | None, str]:
+        live = self.store.get(spec.workload, run.run_namespace, run.name)
+        if live is None:
+            return None, ""
+        status = live.get("status") or {}
+        if spec.workload == "Pod":
+            return status.get("phase") or "Pending", status.get("message") or status.get("reason") or ""
+        for cond in status.get("conditions") or []:
+            if cond.get("type") in ("Complete", "SuccessCriteriaMet") and cond.get("status") == "True":
+                return "Succeeded", cond.get("message", "")
+            if cond.get("type") in ("Failed", "FailureTarget") and cond.get("status") == "True":
+                return "Failed", cond.get("message", "")
+        return ("Running" if status.get("active") else "Pending"), ""
+
+    @staticmethod
+    def _quarantine_of(status: Mapping[str, Any]) -> tuple[str, str] | None:
+        quarantine = status.get("quarantine") or {}
+        if quarantine.get("active"):
+            return str(quarantine.get("reason") or "Violation"), str(quarantine.get("message") or "")
+        return None
+
+    def _warn_once(self, key: RunKey, body: Mapping[str, Any], reason: str, message: str) -> None:
+        token = f"{body['metadata'].get('generation')}:{reason}:{message}"
+        if self._warned.get(key) != token:
+            self._warned[key] = token
+            self.emit(body, "Warning", reason, message)
+
+    async def _write_status(
+        self, key: RunKey, body: Mapping[str, Any], observed: Observed, extra: Mapping[str, Any] | None = None
+    ) -> None:
+        old = body.get("status") or {}
+        phase = compute_phase(observed)
+        now = stamp(utcnow())
+        new: dict[str, Any] = {
+            "phase": phase,
+            "runNamespace": observed.run_namespace,
+            "observedGeneration": observed.generation,
+            "conditions": merge_conditions(old.get("conditions") or [], compute_conditions(observed), now),
+            **(extra or {}),
+        }
+        if observed.invalid or observed.refusals:
+            reason = observed.invalid.partition(": ")[0] if observed.invalid else "TemplateExceedsGrant"
+            if observed.invalid:
+                self._warn_once(key, body, reason, observed.invalid.partition(": ")[2])
+        self._count_phase(key, phase)
+        if not status_changed(old, new):
+            return
+        if old.get("phase") != phase:
+            self.emit(body, "Normal", f"Phase{phase}", f"phase {old.get('phase') or 'None'} -> {phase}")
+        path = object_path("stockade.io/v1alpha1", "AgentRun", key[0], key[1]) + "/status"
+        try:
+            updated = await self.kube.merge_patch(path, {"status": new})
+        except KubeError as err:
+            if err.not_found:
+                return
+            raise
+        self.store.put_agentrun(updated)
+
+    def _count_phase(self, key: RunKey, phase: str | None) -> None:
+        if phase is None:
+            self._phases.pop(key, None)
+        else:
+            self._phases[key] = phase
+        counts: dict[str, int] = {}
+        for value in self._phases.values():
+            counts[value] = counts.get(value, 0) + 1
+        for name in ("Pending", "Running", "Quarantined", "Succeeded", "Failed", "Expired"):
+            metrics.RUNS.labels(phase=name).set(counts.get(name, 0))
+
+    # Finalizer -------------------------------------------------------------------------------------
+    async def _add_finalizer(self, body: dict[str, Any]) -> dict[str, Any]:
+        meta = body["metadata"]
+        path = object_path("stockade.io/v1alpha1", "AgentRun", meta["namespace"], meta["name"])
+        ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/resourceVersion",
+                                      "value": meta["resourceVersion"]}]
+        if meta.get("finalizers"):
+            ops.append({"op": "add", "path": "/metadata/finalizers/-", "value": labels.FINALIZER})
+        else:
+            ops.append({"op": "add", "path": "/metadata/finalizers", "value": [labels.FINALIZER]})
+        updated = await self.kube.json_patch(path, ops)
+        self.store.put_agentrun(updated)
+        return updated
+
+    async def _finalize(self, key: RunKey, body: Mapping[str, Any], run: RunRef) -> None:
+        finalizers = list(body["metadata"].get("finalizers") or [])
+        if labels.FINALIZER not in finalizers:
+            return
+        namespace = self.store.get("Namespace", "", run.run_namespace)
+        if namespace is not None and self.store.run_of_namespace(run.run_namespace) == key:
+            if not namespace["metadata"].get("deletionTimestamp"):
+                log.info("deleting run namespace %s", run.run_namespace)
+                await self.kube.delete("v1", "Namespace", None, run.run_namespace)
+                self.emit(body, "Normal", "Cleanup", f"deleting run namespace {run.run_namespace}")
+            self._arm_timer(key, 10.0)  # the namespace's DELETED event normally comes first
+            return
+        index = finalizers.index(labels.FINALIZER)
+        path = object_path("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
+        try:
+            await self.kube.json_patch(path, [
+                {"op": "test", "path": f"/metadata/finalizers/{index}", "value": labels.FINALIZER},
+                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+            ])
+        except KubeError as err:
+            if not err.not_found:
+                raise
+        self._forget(key)
+
+    def _forget(self, key: RunKey) -> None:
+        self._arm_timer(key, None)
+        self._warned.pop(key, None)
+        self._count_phase(key, None)

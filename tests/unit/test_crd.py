@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from stockade.api.crd import agentrun_crd, render
+from stockade.api.models import AgentRunSpec
+
+from .fixtures import GPU_RUN
+
+CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "agentruns.stockade.io.yaml"
+
+
+def test_committed_crd_matches_the_models():
+    assert CRD_FILE.read_text() == render(), "crds/ is stale: run `make crds` and commit the result"
+
+
+def _walk(node, path="$"):
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            yield from _walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _walk(value, f"{path}[{index}]")
+
+
+def test_schema_is_structural():
+    schema = agentrun_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in _walk(schema):
+        assert "$ref" not in node, path
+        assert node.get("additionalProperties") not in (True, False), path
+        if "properties" in node:
+            assert node.get("type") == "object", path
+            assert "additionalProperties" not in node, path
+
+
+def test_contract_names_and_columns():
+    crd = agentrun_crd()
+    assert crd["metadata"]["name"] == "agentruns.stockade.io"
+    assert crd["spec"]["names"]["shortNames"] == ["ar"]
+    version = crd["spec"]["versions"][0]
+    assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]][:3] == ["Phase", "Ready", "GPUs"]
+    grant = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["grant"]["properties"]
+    for field in ("cpu", "memory", "gpu", "gpuResource", "ephemeralStorage", "pods", "egress", "dns",
+                  "kubernetesAPI", "duration"):
+        assert field in grant, field
+
+
+def test_contract_example_validates():
+    AgentRunSpec.model_validate(GPU_RUN)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"cpu": "eight"}, "cpu"),
+        ({"pods": 0}, "pods"),
+        ({"egress": [{"cidr": "10.0.0.0/8", "ports": [70000]}]}, "egress"),
+        ({"duration": "four hours"}, "duration"),
+        ({"gpuResource": "not a resource"}, "gpuResource"),
+    ],
+)
+def test_models_reject_bad_grants(change, field):
+    raw = {**GPU_RUN, "grant": {**GPU_RUN["grant"], **change}}
+    with pytest.raises(ValidationError) as err:
+        AgentRunSpec.model_validate(raw)
+    assert field in str(err.value)

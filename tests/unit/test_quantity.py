@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stockade.quantity import format_bytes, format_cpu, parse_quantity
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("500m", Decimal("0.5")), ("4", Decimal(4)), ("16Gi", Decimal(16 * 2**30)), ("1k", Decimal(1000)),
+     ("1e3", Decimal(1000)), ("0.5", Decimal("0.5")), ("100Mi", Decimal(100 * 2**20))],
+)
+def test_parse(text, value):
+    assert parse_quantity(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "Gi", "1.2.3", "12 Gi", "1gi", "abc"])
+def test_parse_rejects(text):
+    with pytest.raises(ValueError, match="quantity"):
+        parse_quantity(text)
+
+
+@given(st.integers(min_value=1, max_value=10**6))
+def test_cpu_round_trip(millis):
+    value = Decimal(millis) / 1000
+    assert parse_quantity(format_cpu(value)) == value
+
+
+@given(st.integers(min_value=0, max_value=2**50))
+def test_bytes_round_trip(amount):
+    assert parse_quantity(format_bytes(Decimal(amount))) == amount
