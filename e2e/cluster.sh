@@ -155,7 +155,6 @@ cmd_up() {
       --kube-scheduler-binary "$BIN_DIR/kube-scheduler" \
       --kwok-controller-binary "$BIN_DIR/kwok" \
       --etcd-binary "$BIN_DIR/etcd" \
-      --kubectl-binary "$BIN_DIR/kubectl" \
       --kubeconfig "$KUBECONFIG_FILE" \
       --wait 180s >&2
   fi

@@ -83,7 +83,7 @@ def get(kind: str, name: str | None = None, namespace: str | None = None, select
         args += ["-n", namespace]
     if selector:
         args += ["-l", selector]
-    args += ["-o", "json", "--ignore-not-found"]
+    args += ["-o", "json"] + (["--ignore-not-found"] if name else [])
     out = kubectl(*args)
     return json.loads(out) if out.strip() else None
 

@@ -132,8 +132,8 @@ def test_hand_edited_guardrail_is_restored(operator: Operator, team_namespace: s
     wait_for(lambda: get("resourcequota", "stockade-grant", ns)["spec"]["hard"]["limits.cpu"] == "2",
              timeout=10, interval=0.05, what="the quota edit to be reverted")
     assert get("resourcequota", "stockade-grant", ns)["spec"]["hard"]["services.loadbalancers"] == "0"
-    kubectl("patch", "networkpolicy", "stockade-egress", "-n", ns, "--type=json", "-p",
-            '[{"op":"add","path":"/spec/egress/-","value":{"to":[{"ipBlock":{"cidr":"0.0.0.0/0"}}]}}]')
+    kubectl("patch", "networkpolicy", "stockade-egress", "-n", ns, "--type=merge", "-p",
+            '{"spec":{"egress":[{"to":[{"ipBlock":{"cidr":"0.0.0.0/0"}}]}]}}')
     wait_for(lambda: get("networkpolicy", "stockade-egress", ns)["spec"].get("egress", []) == [],
              timeout=10, interval=0.05, what="the widened egress policy to be narrowed again")
 

@@ -18,6 +18,8 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
+from stockade.plan import address_order
+
 log = logging.getLogger("stockade.dns")
 
 
@@ -72,9 +74,9 @@ class HostResolver:
                 ttl = answer.rrset.ttl if ttl is None else min(ttl, answer.rrset.ttl)
         previous = self._cache.get(host)
         if failed and previous is not None:
-            addresses = sorted(set(addresses) | set(previous.addresses))
+            addresses = list(set(addresses) | set(previous.addresses))
         wait = self.min_refresh if failed or ttl is None else min(max(ttl, self.min_refresh), self.max_refresh)
-        self._cache[host] = _Entry(sorted(set(addresses)), time.monotonic() + wait)
+        self._cache[host] = _Entry(sorted(set(addresses), key=address_order), time.monotonic() + wait)
 
 
 def _split(server: str) -> tuple[str, int]:

@@ -8,6 +8,8 @@ reconciler is level-based and keeps its own finalizer (``stockade.io/cleanup``).
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import logging
 from collections.abc import Mapping
 from typing import Any, cast
@@ -20,6 +22,7 @@ from stockade.api.models import GROUP, PLURAL, VERSION
 from stockade.dnsresolve import HostResolver
 from stockade.kube import Kube
 from stockade.reconcile import Reconciler
+from stockade.runtime import RUNTIME
 from stockade.settings import Settings
 from stockade.store import RunKey, Store, run_of
 
@@ -39,18 +42,6 @@ CHILD_KINDS: list[tuple[str, str, str, str]] = [
 ]
 
 
-class Runtime:
-    """The operator's long-lived parts, made once at startup."""
-
-    settings: Settings
-    kube: Kube
-    store: Store
-    reconciler: Reconciler
-
-
-RUNTIME = Runtime()
-
-
 def emit_event(body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
     kopf.event(cast(kopf.Body, body), type=kind, reason=reason, message=message[:1000])
 
@@ -63,7 +54,6 @@ def _api_version(group: str, version: str) -> str:
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     config = Settings()
     settings.posting.level = logging.WARNING  # Events for anomalies; the reconciler posts its own Normal ones
-    settings.persistence.finalizer = labels.FINALIZER
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
@@ -164,3 +154,20 @@ async def pod_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None
     else:
         RUNTIME.store.put(obj)
     await _trigger(RUNTIME.store.run_of_namespace(obj["metadata"]["namespace"]))
+
+
+# Admission and detection register their own kopf handlers when imported.
+EXTENSIONS = ("stockade.admission.handlers", "stockade.detect.handlers")
+
+
+def _load_extensions() -> None:
+    for name in EXTENSIONS:
+        try:
+            found = importlib.util.find_spec(name)
+        except ModuleNotFoundError:
+            found = None
+        if found is not None:
+            importlib.import_module(name)
+
+
+_load_extensions()

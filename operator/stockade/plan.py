@@ -187,7 +187,8 @@ def _not_quarantined() -> dict[str, Any]:
     return {"matchExpressions": [{"key": labels.QUARANTINED, "operator": "DoesNotExist"}]}
 
 
-def _address_order(address: str) -> tuple[int, bytes]:
+def address_order(address: str) -> tuple[int, bytes]:
+    """IPv4 before IPv6, then numerically: a stable order, so an unchanged answer changes no policy."""
     ip = ipaddress.ip_address(address)
     return ip.version, ip.packed
 
@@ -197,7 +198,7 @@ def _peer_blocks(rule: EgressRule, resolved: Mapping[str, list[str]]) -> list[di
         network = ipaddress.ip_network(rule.cidr, strict=False)
         return [{"ipBlock": {"cidr": str(network)}}]
     blocks = []
-    for address in sorted(resolved.get(rule.host or "", []), key=_address_order):
+    for address in sorted(resolved.get(rule.host or "", []), key=address_order):
         ip = ipaddress.ip_address(address)
         blocks.append({"ipBlock": {"cidr": f"{ip}/{ip.max_prefixlen}"}})
     return blocks

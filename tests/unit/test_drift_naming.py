@@ -44,3 +44,9 @@ def test_changed_or_missing_is_drift():
     assert needs_apply(DESIRED, live)
     longer = {"metadata": {"name": "p"}, "spec": {"egress": [{"to": 1}, {"to": 2}]}}
     assert needs_apply({"metadata": {"name": "p"}, "spec": {"egress": [{"to": 1}]}}, longer)
+
+
+def test_empty_list_matches_an_absent_field():
+    desired = {"metadata": {"name": "p"}, "spec": {"podSelector": {}, "egress": []}}
+    assert not needs_apply(desired, {"metadata": {"name": "p"}, "spec": {}})
+    assert needs_apply(desired, {"metadata": {"name": "p"}, "spec": {"egress": [{"to": []}]}})

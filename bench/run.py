@@ -1,0 +1,229 @@
+"""Apply-to-Ready latency of Stockade beside its floor, on the local cluster (`make bench`).
+
+* stockade: create an AgentRun, wait (on a watch) until Ready=True with its pod Running.
+* floor: a minimal client creates the same objects directly (namespace, ServiceAccount, quota,
+  LimitRange, NetworkPolicies, then the pod once the quota is enforced) and waits for the pod to run.
+
+Both run in the same process against the same cluster in the same session, one at a time and then
+N at once. Optionally the operator's RSS with M AgentRuns present. Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "operator"))
+
+from kubernetes import watch  # noqa: E402
+
+from stockade.api.models import AgentRunSpec  # noqa: E402
+from stockade.kube import Kube, KubeError  # noqa: E402
+from stockade.plan import PlanSettings, RunRef, build  # noqa: E402
+
+SPEC: dict[str, Any] = {
+    "template": {"spec": {"containers": [{"name": "agent", "image": "registry.example/agent:1",
+                                          "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}},
+    "grant": {"cpu": "2", "memory": "4Gi", "pods": 1, "dns": True,
+              "egress": [{"cidr": "10.42.0.0/16", "ports": [443]}]},
+}
+
+
+class Watcher:
+    """One watch stream; records the first moment each object satisfies ``done``."""
+
+    def __init__(self, kube: Kube, path: str, selector: str, done: Callable[[dict[str, Any]], bool]) -> None:
+        self.kube, self.path, self.selector, self.done = kube, path, selector, done
+        self.seen: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from kubernetes import client
+
+        api = client.CustomObjectsApi(self.kube.api) if "agentruns" in self.path else client.CoreV1Api(self.kube.api)
+        while not self._stop.is_set():
+            stream = watch.Watch()
+            func = (lambda **kw: api.list_cluster_custom_object("stockade.io", "v1alpha1", "agentruns", **kw)) \
+                if "agentruns" in self.path else api.list_pod_for_all_namespaces
+            try:
+                for event in stream.stream(func, label_selector=self.selector, timeout_seconds=60,
+                                           _preload_content=True):
+                    obj = event["object"]
+                    body = obj if isinstance(obj, dict) else self.kube.api.sanitize_for_serialization(obj)
+                    key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+                    if key not in self.seen and self.done(body):
+                        self.seen[key] = time.perf_counter()
+                    if self._stop.is_set():
+                        break
+            except Exception:  # a dropped watch is re-opened
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def agentrun_ready(body: dict[str, Any]) -> bool:
+    status = body.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return ready and status.get("phase") == "Running"
+
+
+def pod_running(body: dict[str, Any]) -> bool:
+    return (body.get("status") or {}).get("phase") == "Running"
+
+
+async def stockade_one(kube: Kube, team: str, name: str, label: str) -> None:
+    await kube.create({"apiVersion": "stockade.io/v1alpha1", "kind": "AgentRun",
+                       "metadata": {"name": name, "namespace": team, "labels": {"bench": label}}, "spec": SPEC})
+
+
+async def floor_one(kube: Kube, name: str, label: str) -> None:
+    """What any client must do for the same fence: objects, then the pod once the quota is enforced."""
+    spec = AgentRunSpec.model_validate(SPEC)
+    plan = build(RunRef("floor", name), spec, {}, PlanSettings())
+    ns, *rest = plan.guardrails
+    await kube.create(ns)
+    await asyncio.gather(*(kube.create(obj) for obj in rest))
+    pod = plan.workload
+    assert pod is not None
+    pod["metadata"]["labels"]["bench"] = label
+    while True:
+        try:
+            await kube.create(pod)
+            return
+        except KubeError as err:
+            if "status unknown for quota" not in err.message:
+                raise
+            await asyncio.sleep(0.005)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]  # noqa: E731
+    return {"n": len(values), "p50": statistics.median(ordered), "p90": pick(0.9), "p99": pick(0.99),
+            "max": ordered[-1]}
+
+
+async def measure(kube: Kube, mode: str, count: int, concurrent: bool, team: str) -> dict[str, float]:
+    label = f"{mode}-{uuid.uuid4().hex[:6]}"
+    if mode == "stockade":
+        watcher = Watcher(kube, "agentruns", f"bench={label}", agentrun_ready)
+    else:
+        watcher = Watcher(kube, "pods", f"bench={label}", pod_running)
+    await asyncio.sleep(0.5)  # let the watch open
+    names = [f"b{uuid.uuid4().hex[:8]}" for _ in range(count)]
+    started: dict[str, float] = {}
+
+    async def one(name: str) -> None:
+        started[name] = time.perf_counter()
+        if mode == "stockade":
+            await stockade_one(kube, team, name, label)
+        else:
+            await floor_one(kube, name, label)
+
+    def key(name: str) -> str:
+        return f"{team}/{name}" if mode == "stockade" else f"floor-{name}/{name}"
+
+    if concurrent:
+        await asyncio.gather(*(one(n) for n in names))
+        await wait_all(watcher, [key(n) for n in names])
+    else:
+        for name in names:
+            await one(name)
+            await wait_all(watcher, [key(name)])
+    watcher.stop()
+    return percentiles([watcher.seen[key(n)] - started[n] for n in names])
+
+
+async def wait_all(watcher: Watcher, keys: list[str], limit: float = 180) -> None:
+    deadline = time.monotonic() + limit
+    while any(k not in watcher.seen for k in keys):
+        if time.monotonic() > deadline:
+            missing = [k for k in keys if k not in watcher.seen]
+            raise TimeoutError(f"{len(missing)} never became ready, e.g. {missing[:3]}")
+        await asyncio.sleep(0.002)
+
+
+def operator_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_operator(team: str) -> subprocess.Popen[bytes]:
+    log = Path(f"/tmp/stockade-bench-operator-{team}.log").open("wb")  # noqa: SIM115 (the child keeps it)
+    env = {**os.environ, "STOCKADE_METRICS_PORT": "0"}
+    return subprocess.Popen([sys.executable, "-m", "stockade.cli", "run", "--liveness", "http://127.0.0.1:0/healthz"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sequential", type=int, default=30, help="runs one at a time")
+    parser.add_argument("--concurrent", type=int, default=100, help="runs applied at once")
+    parser.add_argument("--memory-runs", type=int, default=0, help="AgentRuns present for the RSS figure (e.g. 1000)")
+    parser.add_argument("--operator-pid", type=int, help="measure an operator already running (else one is started)")
+    args = parser.parse_args()
+
+    kube = Kube.connect(workers=64)
+    team = f"bench-{uuid.uuid4().hex[:5]}"
+    await kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": team}})
+    proc = None
+    pid = args.operator_pid
+    if pid is None:
+        proc = start_operator(team)
+        pid = proc.pid
+        await asyncio.sleep(4)
+    try:
+        rows = []
+        for label, count, concurrent in (("one at a time", args.sequential, False),
+                                         (f"{args.concurrent} at once", args.concurrent, True)):
+            if not count:
+                continue
+            floor = await measure(kube, "floor", count, concurrent, team)
+            ours = await measure(kube, "stockade", count, concurrent, team)
+            rows.append((label, floor, ours))
+        print(f"\napply -> Ready with the pod Running (seconds), local kwok cluster, {time.strftime('%F %T')}")
+        print(f"{'scenario':<16}{'':>4}{'n':>6}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}")
+        for label, floor, ours in rows:
+            for who, fig in (("floor", floor), ("stockade", ours)):
+                print(f"{label:<16}{who:>10}{fig['n']:>4.0f}{fig['p50']:>9.3f}{fig['p90']:>9.3f}"
+                      f"{fig['p99']:>9.3f}{fig['max']:>9.3f}")
+            print(f"{'':<16}{'ratio':>10}{'':>4}{ours['p50'] / floor['p50']:>9.2f}{'':>9}"
+                  f"{ours['p99'] / floor['p99']:>9.2f}")
+        print(f"\noperator RSS after the runs above: {operator_rss_mb(pid):.0f} MB")
+        if args.memory_runs:
+            sem = asyncio.Semaphore(32)
+
+            async def make(i: int) -> None:
+                async with sem:
+                    await stockade_one(kube, team, f"m{i:05d}", "memory")
+
+            await asyncio.gather(*(make(i) for i in range(args.memory_runs)))
+            watcher = Watcher(kube, "agentruns", "bench=memory", agentrun_ready)
+            await wait_all(watcher, [f"{team}/m{i:05d}" for i in range(args.memory_runs)], limit=1800)
+            watcher.stop()
+            await asyncio.sleep(5)
+            print(f"operator RSS with {args.memory_runs} more AgentRuns Ready: {operator_rss_mb(pid):.0f} MB")
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
