@@ -34,7 +34,7 @@ from stockade.plan import PlanSettings, RunRef, build  # noqa: E402
 
 SPEC: dict[str, Any] = {
     "template": {"spec": {"containers": [{"name": "agent", "image": "registry.example/agent:1",
-                                          "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}},
+                                          "resources": {"limits": {"cpu": "100m", "memory": "256Mi"}}}]}},
     "grant": {"cpu": "2", "memory": "4Gi", "pods": 1, "dns": True,
               "egress": [{"cidr": "10.42.0.0/16", "ports": [443]}]},
 }
@@ -94,6 +94,10 @@ async def floor_one(kube: Kube, name: str, label: str) -> None:
     """What any client must do for the same fence: objects, then the pod once the quota is enforced."""
     spec = AgentRunSpec.model_validate(SPEC)
     plan = build(RunRef("floor", name), spec, {}, PlanSettings())
+    for obj in [*plan.guardrails, plan.workload]:
+        # The same objects, but not labelled as Stockade's, so the operator under test ignores them.
+        assert obj is not None
+        obj["metadata"]["labels"] = {k: v for k, v in obj["metadata"]["labels"].items() if "stockade" not in k}
     ns, *rest = plan.guardrails
     await kube.create(ns)
     await asyncio.gather(*(kube.create(obj) for obj in rest))

@@ -121,6 +121,9 @@ def test_hand_deleted_guardrail_comes_back(operator: Operator, team_namespace: s
     restored = wait_for(lambda: (o := get(kind, name, ns)) and o["metadata"]["uid"] != before and o,
                         timeout=10, interval=0.05, what=f"{kind}/{name} to come back")
     assert restored["metadata"]["labels"]["stockade.io/agentrun"] == "drift"
+    wait_for(lambda: [e for e in get("events", namespace=team_namespace)["items"]
+                      if e["reason"] == "GuardrailRestored" and e["type"] == "Warning"], timeout=10,
+             what="a Warning event naming the restored guardrail")
 
 
 def test_hand_edited_guardrail_is_restored(operator: Operator, team_namespace: str) -> None:

@@ -167,7 +167,7 @@ class Reconciler:
         hosts = sorted({rule.host for rule in spec.grant.egress if rule.host})
         resolved, refresh_in = await self.resolver.resolve(hosts)
         plan = build(run, spec, resolved, self.plan_settings)
-        await self._apply_guardrails(plan)
+        await self._apply_guardrails(plan, body)
         await self._prune(run, plan)
         ready, waiting_on = self._guardrails_ready(plan)
 
@@ -209,21 +209,27 @@ class Reconciler:
         self._arm_timer(key, min(delays) if delays else None)
 
     # Steps ---------------------------------------------------------------------------------------
-    async def _apply(self, desired: Mapping[str, Any]) -> None:
+    async def _apply(self, desired: Mapping[str, Any], body: Mapping[str, Any], fence_was_up: bool) -> None:
         meta = desired["metadata"]
         live = self.store.get(desired["kind"], meta.get("namespace") or "", meta["name"])
         if not needs_apply(desired, live):
             return
-        if live is not None:
+        if live is not None or fence_was_up:
+            # Someone changed or removed a guardrail of a fence that was complete: an anomaly worth a Warning.
+            what = "changed" if live is not None else "missing"
             metrics.DRIFT.labels(kind=desired["kind"]).inc()
-            log.info("restoring %s %s/%s", desired["kind"], meta.get("namespace", ""), meta["name"])
+            log.warning("restoring %s %s %s/%s", what, desired["kind"], meta.get("namespace", ""), meta["name"])
+            self.emit(body, "Warning", "GuardrailRestored",
+                      f"{desired['kind']} {meta['name']} was {what}; restored from the grant")
         metrics.APPLIES.labels(kind=desired["kind"]).inc()
         applied = await self.kube.apply(desired)
         self.store.put(applied)
 
-    async def _apply_guardrails(self, plan: Plan) -> None:
-        await self._apply(plan.namespace)
-        await asyncio.gather(*(self._apply(obj) for obj in plan.guardrails[1:]))
+    async def _apply_guardrails(self, plan: Plan, body: Mapping[str, Any]) -> None:
+        conditions = (body.get("status") or {}).get("conditions") or []
+        fence_was_up = any(c.get("type") == "GuardrailsReady" and c.get("status") == "True" for c in conditions)
+        await self._apply(plan.namespace, body, fence_was_up)
+        await asyncio.gather(*(self._apply(obj, body, fence_was_up) for obj in plan.guardrails[1:]))
 
     async def _prune(self, run: RunRef, plan: Plan) -> None:
         wanted = {(obj["kind"], obj["metadata"]["name"]) for obj in plan.guardrails}
