@@ -26,6 +26,8 @@ POD_FIELDS = {
     "volumes", "enableServiceLinks", "runtimeClassName", "hostname", "subdomain", "priority",
     "preemptionPolicy", "topologySpreadConstraints", "dnsConfig", "readinessGates", "os",
     "imagePullSecrets", "setHostnameAsFQDN", "resourceClaims", "hostUsers", "schedulingGates",
+    # Set by the RuntimeClass admission plugin from a (granted) runtime class, which refuses any other value.
+    "overhead",
 }
 CONTAINER_FIELDS = {
     "name", "image", "command", "args", "workingDir", "ports", "env", "envFrom", "resources",
@@ -38,6 +40,13 @@ BASE_RESOURCES = ("cpu", "memory", "ephemeral-storage")
 # Environment that exposes GPUs through the NVIDIA container runtime without a GPU request.
 GPU_VISIBILITY_ENV = ("NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES")
 GPU_HIDDEN = "void"
+GPU_HIDDEN_VALUES = ("", GPU_HIDDEN, "none")
+# Pod annotations that container runtimes read as device requests (CDI in containerd and CRI-O,
+# CRI-O's device annotation) or as a relaxed confinement: they bypass the resource model entirely.
+DEVICE_ANNOTATION_PREFIXES = ("cdi.k8s.io/", "io.kubernetes.cri-o.devices", "io.kubernetes.cri-o.Devices")
+APPARMOR_ANNOTATION_PREFIX = "container.apparmor.security.beta.kubernetes.io/"
+# SELinux types a container may run as (PodSecurity "baseline" allows the same ones).
+SELINUX_TYPES = {"container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
 DEFAULTED: dict[str, set[Any]] = {
     "dnsPolicy": {"ClusterFirst"},
     "schedulerName": {"default-scheduler"},
@@ -68,10 +77,20 @@ class Finding:
 
 @dataclass
 class Usage:
-    """Resources already taken by the run's other pods (admission passes it; the planner does not)."""
+    """Resources already taken by the run's other pods (admission passes it; the planner does not).
+
+    ``requests`` and ``limits`` are compared separately, as the ResourceQuota does; ``amounts``
+    stands for both where the caller does not tell them apart.
+    """
 
     amounts: dict[str, Decimal] = field(default_factory=dict)
     pods: int = 0
+    requests: dict[str, Decimal] | None = None
+    limits: dict[str, Decimal] | None = None
+
+    def taken(self, which: str) -> dict[str, Decimal]:
+        split = self.requests if which == "requests" else self.limits
+        return split if split is not None else self.amounts
 
 
 def granted_amounts(grant: Grant) -> dict[str, Decimal]:
@@ -123,14 +142,28 @@ def _container_gpu(container: Mapping[str, Any], grant: Grant) -> bool:
     return False
 
 
+def has_gpu_request(container: Mapping[str, Any], grant: Grant) -> bool:
+    """Does this container ask for the granted GPU resource (and so get GPUs from the device plugin)?"""
+    return _container_gpu(container, grant)
+
+
 def _grant_hint(field_name: str) -> str:
     return f"to allow it, raise spec.grant.{field_name} on the AgentRun"
 
 
 def check_pod_spec(
-    spec: Mapping[str, Any], grant: Grant, *, path: str = "spec", usage: Usage | None = None
+    spec: Mapping[str, Any],
+    grant: Grant,
+    *,
+    path: str = "spec",
+    usage: Usage | None = None,
+    require_hidden_gpus: bool = False,
 ) -> list[Finding]:
-    """Everything in the pod spec that the grant does not allow (empty: allowed)."""
+    """Everything in the pod spec that the grant does not allow (empty: allowed).
+
+    ``require_hidden_gpus``: a container without a GPU request must say NVIDIA_VISIBLE_DEVICES=void
+    itself (admission: the mutating webhook adds it, and this holds even when that step was skipped).
+    """
     findings: list[Finding] = []
     findings += _check_fields(spec, path)
     findings += _check_host_access(spec, path)
@@ -138,8 +171,24 @@ def check_pod_spec(
     findings += _check_identity(spec, grant, path)
     for cpath, container in _all_containers(spec, path):
         findings += _check_container(container, grant, cpath)
+        if require_hidden_gpus and not _container_gpu(container, grant):
+            findings += _check_gpus_hidden(container, cpath)
     findings += _check_totals(spec, grant, path, usage or Usage())
     return findings
+
+
+def check_pod_metadata(meta: Mapping[str, Any], *, path: str = "metadata") -> list[Finding]:
+    """Annotations that runtimes turn into devices or weaker confinement, outside the resource model."""
+    out = []
+    for key, value in sorted((meta.get("annotations") or {}).items()):
+        if key.startswith(DEVICE_ANNOTATION_PREFIXES):
+            out.append(Finding("GPUNotGranted", f"{path}.annotations[{key}]",
+                               "a device annotation asks the container runtime for devices outside the grant",
+                               "devices only as granted resources", _grant_hint("gpu and spec.grant.gpuResource")))
+        elif key.startswith(APPARMOR_ANNOTATION_PREFIX) and str(value) == "unconfined":
+            out.append(Finding("PrivilegeNotAllowed", f"{path}.annotations[{key}]",
+                               "an unconfined AppArmor profile is never granted", "runtime/default or localhost/*"))
+    return out
 
 
 def _check_fields(spec: Mapping[str, Any], path: str) -> list[Finding]:
@@ -213,6 +262,32 @@ def _check_identity(spec: Mapping[str, Any], grant: Grant, path: str) -> list[Fi
     if security.get("sysctls"):
         out.append(Finding("PrivilegeNotAllowed", f"{path}.securityContext.sysctls",
                            "sysctls are never granted", "none"))
+    out += _check_confinement(security, f"{path}.securityContext")
+    if spec.get("resourceClaims"):
+        out.append(Finding("ResourceNotGranted", f"{path}.resourceClaims",
+                           "dynamic resource claims (devices through DRA) are not granted",
+                           "cpu, memory, ephemeral-storage and the granted GPU resource",
+                           _grant_hint("gpu and spec.grant.gpuResource")))
+    return out
+
+
+def _check_confinement(security: Mapping[str, Any], path: str) -> list[Finding]:
+    """AppArmor, SELinux and Windows host-process settings shared by pods and containers."""
+    out = []
+    if (security.get("appArmorProfile") or {}).get("type") == "Unconfined":
+        out.append(Finding("PrivilegeNotAllowed", f"{path}.appArmorProfile.type",
+                           "an unconfined AppArmor profile is never granted", "RuntimeDefault or Localhost"))
+    selinux = security.get("seLinuxOptions") or {}
+    if selinux.get("type") and selinux["type"] not in SELINUX_TYPES:
+        out.append(Finding("PrivilegeNotAllowed", f"{path}.seLinuxOptions.type",
+                           f"SELinux type {selinux['type']!r} is not granted", ", ".join(sorted(SELINUX_TYPES))))
+    for key in ("user", "role"):
+        if selinux.get(key):
+            out.append(Finding("PrivilegeNotAllowed", f"{path}.seLinuxOptions.{key}",
+                               "a custom SELinux user or role is never granted", "none"))
+    if (security.get("windowsOptions") or {}).get("hostProcess"):
+        out.append(Finding("HostAccess", f"{path}.windowsOptions.hostProcess",
+                           "host processes are never granted", "false"))
     return out
 
 
@@ -240,7 +315,13 @@ def _check_container(container: Mapping[str, Any], grant: Grant, path: str) -> l
     if (security.get("seccompProfile") or {}).get("type") == "Unconfined":
         out.append(Finding("PrivilegeNotAllowed", f"{path}.securityContext.seccompProfile.type",
                            "unconfined seccomp is never granted", "RuntimeDefault or Localhost"))
+    out += _check_confinement(security, f"{path}.securityContext")
     resources = container.get("resources") or {}
+    if resources.get("claims"):
+        out.append(Finding("ResourceNotGranted", f"{path}.resources.claims",
+                           "dynamic resource claims (devices through DRA) are not granted",
+                           "cpu, memory, ephemeral-storage and the granted GPU resource",
+                           _grant_hint("gpu and spec.grant.gpuResource")))
     allowed = set(BASE_RESOURCES) | ({grant.gpuResource} if grant.gpu and grant.gpuResource else set())
     for which in ("requests", "limits"):
         for name in sorted(set(resources.get(which) or {}) - allowed):
@@ -250,14 +331,48 @@ def _check_container(container: Mapping[str, Any], grant: Grant, path: str) -> l
             out.append(Finding("GPUNotGranted" if is_gpu else "ResourceNotGranted",
                                f"{path}.resources.{which}.{name}", f"resource {name!r} is not granted",
                                ", ".join(sorted(allowed)), hint))
-    if not _container_gpu(container, grant):
-        for index, env in enumerate(container.get("env") or []):
-            if env.get("name") in GPU_VISIBILITY_ENV and env.get("value", "") not in ("", GPU_HIDDEN, "none"):
-                out.append(Finding("GPUNotGranted", f"{path}.env[{index}]",
-                                   f"{env['name']}={env.get('value', '')!r} exposes GPUs to a container "
-                                   "without a GPU request", f"{env['name']}={GPU_HIDDEN}",
-                                   "request the GPU resource in this container's limits instead"))
+    out += _check_gpu_env(container, grant, path)
     return out
+
+
+def _check_gpu_env(container: Mapping[str, Any], grant: Grant, path: str) -> list[Finding]:
+    """GPU visibility through the NVIDIA runtime's environment instead of the device plugin.
+
+    Without a GPU request any visibility setting exposes GPUs. With one, the device plugin sets
+    NVIDIA_VISIBLE_DEVICES to the allocated devices, and a value of the container's own (env, or
+    envFrom without a prefix) comes later and wins: "all" would expose every GPU on the node.
+    """
+    out = []
+    has_gpu = _container_gpu(container, grant)
+    names = ("NVIDIA_VISIBLE_DEVICES",) if has_gpu else GPU_VISIBILITY_ENV
+    for index, env in enumerate(container.get("env") or []):
+        if env.get("name") not in names:
+            continue
+        if "valueFrom" in env or env.get("value", "") not in GPU_HIDDEN_VALUES:
+            shown = "a value from elsewhere" if "valueFrom" in env else repr(env.get("value", ""))
+            what = ("overrides the GPUs the device plugin allocated" if has_gpu
+                    else "exposes GPUs to a container without a GPU request")
+            out.append(Finding("GPUNotGranted", f"{path}.env[{index}]", f"{env['name']}={shown} {what}",
+                               f"{env['name']}={GPU_HIDDEN} or unset",
+                               "request the GPU resource in this container's limits instead"))
+    if has_gpu:
+        for index, source in enumerate(container.get("envFrom") or []):
+            if "NVIDIA_VISIBLE_DEVICES".startswith(source.get("prefix") or ""):
+                out.append(Finding("GPUNotGranted", f"{path}.envFrom[{index}]",
+                                   "could set NVIDIA_VISIBLE_DEVICES and override the GPUs the device plugin "
+                                   "allocated", "envFrom with a prefix", "add a prefix such as APP_"))
+    return out
+
+
+def _check_gpus_hidden(container: Mapping[str, Any], path: str) -> list[Finding]:
+    for env in container.get("env") or []:
+        if env.get("name") == "NVIDIA_VISIBLE_DEVICES" and "valueFrom" not in env \
+                and env.get("value", "") in GPU_HIDDEN_VALUES:
+            return []
+    return [Finding("GPUNotGranted", f"{path}.env", "NVIDIA_VISIBLE_DEVICES is not set: an image built on a CUDA "
+                    "base exposes every GPU on a node whose default runtime is nvidia",
+                    f"NVIDIA_VISIBLE_DEVICES={GPU_HIDDEN} (Stockade's mutating webhook adds it)",
+                    "set it in the container, or request the GPU resource in its limits")]
 
 
 def _check_totals(spec: Mapping[str, Any], grant: Grant, path: str, usage: Usage) -> list[Finding]:
@@ -270,7 +385,7 @@ def _check_totals(spec: Mapping[str, Any], grant: Grant, path: str, usage: Usage
         for name, amount in sorted(pod_amounts(spec, which).items()):
             if name not in granted:
                 continue  # reported per container above
-            left = granted[name] - usage.amounts.get(name, Decimal(0))
+            left = granted[name] - usage.taken(which).get(name, Decimal(0))
             if amount > left:
                 field_name = {"cpu": "cpu", "memory": "memory", "ephemeral-storage": "ephemeralStorage"}.get(
                     name, "gpu")

@@ -106,21 +106,32 @@ def _child_kind(body: Mapping[str, Any], kind: str, api_version: str) -> dict[st
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def agentrun_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    obj = _child_kind(body, "AgentRun", f"{GROUP}/{VERSION}")
     if event.get("type") == "DELETED":
         RUNTIME.store.forget_agentrun(key)
+    elif event.get("type") is not None and RUNTIME.store.has_seen(obj):
+        return  # the echo of the operator's own write: that reconcile already saw this state
     else:
-        RUNTIME.store.put_agentrun(body)
+        RUNTIME.store.put_agentrun(obj)
     await _trigger(key)
+
+
+async def _observe(event: Mapping[str, Any], obj: dict[str, Any]) -> bool:
+    """Record a watched object; False when it is only the echo of the operator's own write."""
+    if event.get("type") == "DELETED":
+        RUNTIME.store.remove(obj)
+        return True
+    if event.get("type") is not None and RUNTIME.store.has_seen(obj):
+        return False  # type None is kopf's initial listing: always look, the store was only primed
+    RUNTIME.store.put(obj)
+    return True
 
 
 @kopf.on.event("", "v1", "namespaces", labels={labels.AGENTRUN: kopf.PRESENT})
 async def namespace_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
     obj = _child_kind(body, "Namespace", "v1")
-    if event.get("type") == "DELETED":
-        RUNTIME.store.remove(obj)
-    else:
-        RUNTIME.store.put(obj)
-    await _trigger(run_of(obj))
+    if await _observe(event, obj):
+        await _trigger(run_of(obj))
 
 
 def _register_child(group: str, version: str, plural: str, kind: str) -> None:
@@ -128,11 +139,8 @@ def _register_child(group: str, version: str, plural: str, kind: str) -> None:
 
     async def child_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
         obj = _child_kind(body, kind, api_version)
-        if event.get("type") == "DELETED":
-            RUNTIME.store.remove(obj)
-        else:
-            RUNTIME.store.put(obj)
-        await _trigger(run_of(obj) or RUNTIME.store.run_of_namespace(obj["metadata"].get("namespace", "")))
+        if await _observe(event, obj):
+            await _trigger(run_of(obj) or RUNTIME.store.run_of_namespace(obj["metadata"].get("namespace", "")))
 
     child_event.__name__ = f"{plural}_event"
     kopf.on.event(group, version, plural, labels={labels.AGENTRUN: kopf.PRESENT})(child_event)
@@ -149,11 +157,8 @@ def _in_run_namespace(namespace: str | None, **_: Any) -> bool:
 @kopf.on.event("", "v1", "pods", when=_in_run_namespace)
 async def pod_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
     obj = _child_kind(body, "Pod", "v1")
-    if event.get("type") == "DELETED":
-        RUNTIME.store.remove(obj)
-    else:
-        RUNTIME.store.put(obj)
-    await _trigger(RUNTIME.store.run_of_namespace(obj["metadata"]["namespace"]))
+    if await _observe(event, obj):
+        await _trigger(RUNTIME.store.run_of_namespace(obj["metadata"]["namespace"]))
 
 
 # Admission and detection register their own kopf handlers when imported.

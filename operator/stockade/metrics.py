@@ -14,3 +14,15 @@ APPLIES = Counter("stockade_applies_total", "Server-side applies issued", ["kind
 DRIFT = Counter("stockade_drift_repaired_total", "Guardrails found missing or changed and restored", ["kind"])
 REFUSALS = Counter("stockade_template_refusals_total", "Templates refused for asking beyond the grant")
 VIOLATIONS = Counter("stockade_violations_total", "Violations recorded", ["kind", "source", "action"])
+
+# Detection and response (stockade.detect, stockade.respond).
+SIGNALS = Counter("stockade_signals_total", "Signals received, by source and outcome", ["source", "outcome"])
+QUARANTINE_ACTIONS = Counter("stockade_quarantine_actions_total", "Rungs of the quarantine ladder applied",
+                             ["step", "outcome"])
+DETECTION_LATENCY = Histogram(
+    "stockade_detection_to_isolation_seconds",
+    "From a signal's arrival to its pod's isolation (quarantine label and deny-all policy in place)", ["source"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RELEASES = Counter("stockade_quarantine_releases_total", "Quarantines lifted by a release")
+RESPONSE_BACKLOG = Gauge("stockade_response_backlog", "Violations waiting for the responder")

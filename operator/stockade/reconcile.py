@@ -89,6 +89,8 @@ class Reconciler:
         self._timers: dict[RunKey, asyncio.TimerHandle] = {}
         self._phases: dict[RunKey, str] = {}
         self._warned: dict[RunKey, str] = {}
+        self._specs: dict[RunKey, tuple[int, AgentRunSpec]] = {}
+        self._plans: dict[RunKey, tuple[object, Plan]] = {}
         self.extensions: list[Callable[[RunKey, dict[str, Any], AgentRunSpec], Awaitable[None]]] = []
 
     # Triggers ------------------------------------------------------------------------------------
@@ -137,7 +139,7 @@ class Reconciler:
         status = body.get("status") or {}
         generation = int(meta.get("generation") or 1)
         try:
-            spec = AgentRunSpec.model_validate(body.get("spec") or {})
+            spec = self._spec_of(key, generation, body)
         except ValidationError as err:
             problems = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
             await self._write_status(key, body, Observed(generation, run.run_namespace,
@@ -166,7 +168,7 @@ class Reconciler:
 
         hosts = sorted({rule.host for rule in spec.grant.egress if rule.host})
         resolved, refresh_in = await self.resolver.resolve(hosts)
-        plan = build(run, spec, resolved, self.plan_settings)
+        plan = self._plan_of(key, generation, run, spec, resolved)
         await self._apply_guardrails(plan, body)
         await self._prune(run, plan)
         ready, waiting_on = self._guardrails_ready(plan)
@@ -207,6 +209,27 @@ class Reconciler:
         delays = [d for d in (refresh_in, (expires - now).total_seconds() if expires and not expired else None)
                   if d is not None]
         self._arm_timer(key, min(delays) if delays else None)
+
+    # Parsing and planning are pure and depend only on the generation (and resolved addresses):
+    # the many reconciles a run gets from child events reuse them instead of redoing them.
+    def _spec_of(self, key: RunKey, generation: int, body: Mapping[str, Any]) -> AgentRunSpec:
+        cached = self._specs.get(key)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        spec = AgentRunSpec.model_validate(body.get("spec") or {})
+        self._specs[key] = (generation, spec)
+        return spec
+
+    def _plan_of(
+        self, key: RunKey, generation: int, run: RunRef, spec: AgentRunSpec, resolved: Mapping[str, list[str]]
+    ) -> Plan:
+        token = (generation, tuple(sorted((h, tuple(a)) for h, a in resolved.items())))
+        cached = self._plans.get(key)
+        if cached is not None and cached[0] == token:
+            return cached[1]
+        plan = build(run, spec, resolved, self.plan_settings)
+        self._plans[key] = (token, plan)
+        return plan
 
     # Steps ---------------------------------------------------------------------------------------
     async def _apply(self, desired: Mapping[str, Any], body: Mapping[str, Any], fence_was_up: bool) -> None:
@@ -390,5 +413,7 @@ class Reconciler:
 
     def _forget(self, key: RunKey) -> None:
         self._arm_timer(key, None)
+        self._specs.pop(key, None)
+        self._plans.pop(key, None)
         self._warned.pop(key, None)
         self._count_phase(key, None)

@@ -44,6 +44,17 @@ class Store:
             self.agentruns[key] = _plain(body)
         return key
 
+    def has_seen(self, obj: Mapping[str, Any]) -> bool:
+        """True when the store already holds this exact version (the echo of the operator's own write)."""
+        meta = obj.get("metadata") or {}
+        if obj.get("kind") == "AgentRun":
+            current = self.agentruns.get((str(meta.get("namespace")), str(meta.get("name"))))
+        else:
+            current = self._objects.get(key_of(obj))
+        version = meta.get("resourceVersion")
+        return current is not None and version is not None and \
+            (current.get("metadata") or {}).get("resourceVersion") == version
+
     def forget_agentrun(self, key: RunKey) -> None:
         self.agentruns.pop(key, None)
 

@@ -162,18 +162,26 @@ Phase = Literal["Pending", "Running", "Quarantined", "Succeeded", "Failed", "Exp
 
 
 def _template_schema(schema: dict[str, Any]) -> None:
+    # A PodTemplateSpec is open-ended (unknown fields kept), but the parts every agent needs are
+    # typed, so the API server refuses a template without containers before the operator sees it.
+    open_object = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
     schema.clear()
     schema.update(
         {
-            "type": "object",
-            "x-kubernetes-preserve-unknown-fields": True,
+            **open_object,
             "description": "A PodTemplateSpec: the agent's pod. Checked against the grant before it runs.",
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.spec) && has(self.spec.containers) && size(self.spec.containers) > 0",
-                    "message": "template.spec.containers needs at least one container",
-                }
-            ],
+            "required": ["spec"],
+            "properties": {
+                "metadata": open_object,
+                "spec": {
+                    **open_object,
+                    "required": ["containers"],
+                    "properties": {
+                        "containers": {"type": "array", "minItems": 1, "maxItems": 32, "items": open_object},
+                        "initContainers": {"type": "array", "maxItems": 32, "items": open_object},
+                    },
+                },
+            },
         }
     )
 
@@ -213,6 +221,23 @@ class Violation(_Model):
     evidence: dict[str, Any] | None = Field(
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )
+    count: int | None = Field(
+        default=None, ge=1, description="How many identical signals this entry stands for (duplicates fold in)."
+    )
+    lastTime: str | None = Field(default=None, description="When the latest of those duplicates arrived.")
+
+
+class Quarantine(_Model):
+    """The quarantine the run is under (or was, until released)."""
+
+    active: bool = False
+    reason: str | None = None
+    message: str | None = None
+    since: str | None = None
+    pods: list[str] = Field(default_factory=list, description="Pods the ladder was applied to.")
+    steps: list[ResponseStep] = Field(default_factory=list, description="Rungs of the ladder applied.")
+    releasedAt: str | None = None
+    releasedBy: str | None = None
 
 
 class AgentRunStatus(_Model):
@@ -223,6 +248,7 @@ class AgentRunStatus(_Model):
     observedGeneration: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
     violations: list[Violation] = Field(default_factory=list)
+    quarantine: Quarantine | None = None
     startTime: str | None = None
     expiresAt: str | None = None
     workload: str | None = None

@@ -1,0 +1,207 @@
+{{/* Generated from operator/stockade/rbac.py by `make manifests`. Do not edit by hand. */}}
+{{- define "stockade.rules" -}}
+# stockade.handlers:agentrun_event, stockade.handlers:_prime, stockade.detect.handlers:release_requested
+- apiGroups: ["stockade.io"]
+  resources: ["agentruns"]
+  verbs: ["list", "watch"]
+# stockade.respond:Responder._handle, stockade.respond:Responder.release, stockade.admission.record:Recorder._write
+- apiGroups: ["stockade.io"]
+  resources: ["agentruns"]
+  verbs: ["get"]
+# stockade.reconcile:Reconciler._add_finalizer, stockade.reconcile:Reconciler._finalize, stockade.respond:Responder._release
+- apiGroups: ["stockade.io"]
+  resources: ["agentruns"]
+  verbs: ["patch"]
+# stockade.reconcile:Reconciler._write_status, stockade.respond:Responder._write_status, stockade.admission.record:Recorder._write
+- apiGroups: ["stockade.io"]
+  resources: ["agentruns/status"]
+  verbs: ["patch"]
+# stockade.handlers:namespace_event, stockade.handlers:_prime
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+# stockade.reconcile:Reconciler._apply
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["create", "patch"]
+# stockade.reconcile:Reconciler._finalize
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["delete"]
+# stockade.handlers:_register_child, stockade.handlers:_prime, stockade.detect.handlers:_register
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["list", "watch"]
+# stockade.reconcile:Reconciler._apply
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["create", "patch"]
+# stockade.reconcile:Reconciler._prune
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["delete"]
+# stockade.handlers:_register_child, stockade.handlers:_prime, stockade.detect.handlers:_register
+- apiGroups: [""]
+  resources: ["resourcequotas"]
+  verbs: ["list", "watch"]
+# stockade.reconcile:Reconciler._apply
+- apiGroups: [""]
+  resources: ["resourcequotas"]
+  verbs: ["create", "patch"]
+# stockade.reconcile:Reconciler._prune
+- apiGroups: [""]
+  resources: ["resourcequotas"]
+  verbs: ["delete"]
+# stockade.handlers:_register_child, stockade.handlers:_prime, stockade.detect.handlers:_register
+- apiGroups: [""]
+  resources: ["limitranges"]
+  verbs: ["list", "watch"]
+# stockade.reconcile:Reconciler._apply
+- apiGroups: [""]
+  resources: ["limitranges"]
+  verbs: ["create", "patch"]
+# stockade.reconcile:Reconciler._prune
+- apiGroups: [""]
+  resources: ["limitranges"]
+  verbs: ["delete"]
+# stockade.handlers:_register_child, stockade.handlers:_prime, stockade.detect.handlers:_register
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["list", "watch"]
+# stockade.reconcile:Reconciler._apply, stockade.respond:Responder._apply_policy
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "patch"]
+# stockade.reconcile:Reconciler._prune, stockade.respond:Responder._release
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["delete"]
+# stockade.handlers:_register_child, stockade.handlers:_prime, stockade.detect.handlers:_register
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles"]
+  verbs: ["list", "watch"]
+# stockade.reconcile:Reconciler._apply
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles"]
+  verbs: ["create", "patch"]
+# stockade.reconcile:Reconciler._prune
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles"]
+  verbs: ["delete"]
+# stockade.handlers:_register_child, stockade.handlers:_prime, stockade.detect.handlers:_register
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["rolebindings"]
+  verbs: ["list", "watch"]
+# stockade.reconcile:Reconciler._apply
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["rolebindings"]
+  verbs: ["create", "patch"]
+# stockade.reconcile:Reconciler._prune, stockade.respond:Responder._act
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["rolebindings"]
+  verbs: ["delete"]
+# stockade.reconcile:Reconciler._apply
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles"]
+  verbs: ["escalate", "bind"]
+  resourceNames: ["stockade-agent"]
+# stockade.handlers:pod_event, stockade.handlers:_prime
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+# stockade.detect.server:SignalServer._owner
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get"]
+# stockade.reconcile:Reconciler._ensure_workload
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["create"]
+# stockade.respond:Responder._label, stockade.respond:Responder._unlabel
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["patch"]
+# stockade.reconcile:Reconciler._stop_workload, stockade.respond:Responder._evict
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["delete"]
+# stockade.handlers:_register_child, stockade.handlers:_prime, stockade.detect.handlers:_register
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["list", "watch"]
+# stockade.reconcile:Reconciler._ensure_workload
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["create"]
+# stockade.respond:Responder._suspend
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["patch"]
+# stockade.reconcile:Reconciler._stop_workload
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["delete"]
+# stockade.detect.handlers:_register
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["list", "watch"]
+# stockade.detect.handlers:_register
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["list", "watch"]
+# stockade.detect.handlers:_register
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
+  verbs: ["list", "watch"]
+# stockade.detect.handlers:_register
+- apiGroups: ["apps"]
+  resources: ["daemonsets"]
+  verbs: ["list", "watch"]
+# stockade.detect.handlers:_register
+- apiGroups: ["apps"]
+  resources: ["replicasets"]
+  verbs: ["list", "watch"]
+# stockade.detect.handlers:_register
+- apiGroups: ["batch"]
+  resources: ["cronjobs"]
+  verbs: ["list", "watch"]
+# stockade.handlers:emit_event, kopf._cogs.clients.events:post_event, stockade.respond:EventPoster.post, stockade.admission.record:Recorder._post_event
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+# stockade.respond:Responder._pod_events
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["list"]
+{{- if .Values.webhook.enabled }}
+# stockade.admission.webhook:apply
+- apiGroups: ["admissionregistration.k8s.io"]
+  resources: ["validatingwebhookconfigurations"]
+  verbs: ["patch"]
+  resourceNames: ["{{ include "stockade.fullname" . }}"]
+{{- end }}
+{{- if .Values.webhook.enabled }}
+# stockade.admission.webhook:apply
+- apiGroups: ["admissionregistration.k8s.io"]
+  resources: ["mutatingwebhookconfigurations"]
+  verbs: ["patch"]
+  resourceNames: ["{{ include "stockade.fullname" . }}"]
+{{- end }}
+# kopf._core.reactor.observation:resource_observer
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- if .Values.peering.enabled }}
+# kopf._core.engines.peering:process_peering_event
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["list", "watch"]
+{{- end }}
+{{- if .Values.peering.enabled }}
+# kopf._core.engines.peering:touch, kopf._core.engines.peering:clean
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["patch"]
+  resourceNames: ["{{ include "stockade.fullname" . }}"]
+{{- end }}
+{{- end }}

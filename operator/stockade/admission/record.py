@@ -1,0 +1,160 @@
+"""Every refusal (and audit-mode warning) on the record: the AgentRun's status, a Warning Event, a metric.
+
+The webhook answers first and records afterwards, so recording never adds to admission latency.
+Violations for the same run are batched into one status write, made with the resourceVersion
+as a precondition so that a concurrent writer (the reconciler, detection) is never overwritten;
+repeats fold into a count, and the newest ``keep`` entries are kept (older ones live on in
+Events and metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from stockade import metrics
+from stockade.admission.policy import Decision, Request, is_absolute
+from stockade.kube import Kube, KubeError, object_path
+from stockade.store import RunKey, Store
+
+log = logging.getLogger("stockade.admission")
+
+BATCH_SECONDS = 0.2
+EVENT_DEDUP_SECONDS = 30.0
+
+
+def violation(req: Request, decision: Decision, now: datetime.datetime) -> dict[str, Any]:
+    absolute = any(is_absolute(f) for f in decision.findings)
+    entry: dict[str, Any] = {
+        "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "kind": decision.kind,
+        "severity": "critical" if absolute else "high",
+        "detail": (decision.message or "; ".join(decision.warnings))[:2000],
+        "source": "admission",
+        "action": decision.action,
+        "evidence": {
+            "operation": req.operation,
+            "resource": f"{req.resource}/{req.subresource}" if req.subresource else req.resource,
+            "group": req.group,
+            "name": req.name,
+            "user": req.username,
+            "groups": list(req.groups),
+            "findings": [{"kind": f.kind, "field": f.field} for f in decision.findings],
+        },
+    }
+    if req.target == ("", "pods") and req.name:
+        entry["pod"] = req.name
+    return entry
+
+
+def merge(old: list[dict[str, Any]], new: list[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
+    """Append; a repeat of a kept refusal (a controller retrying) folds into its count. Newest ``keep``."""
+    kept = [dict(v) for v in old]
+    for record in new:
+        same = next((v for v in reversed(kept) if (v.get("source"), v.get("kind"), v.get("action"), v.get("detail"))
+                     == (record["source"], record["kind"], record["action"], record["detail"])), None)
+        if same is not None:
+            same["count"] = int(same.get("count") or 1) + 1
+            same["lastTime"] = record["time"]
+        else:
+            kept.append(record)
+    return kept[-keep:]
+
+
+class Recorder:
+    def __init__(self, kube: Kube, store: Store, keep: int) -> None:
+        # Made on the operator's main loop, where the store lives; the webhook's thread hands over.
+        self.loop = asyncio.get_running_loop()
+        self.kube = kube
+        self.store = store
+        self.keep = keep
+        self._queued: dict[RunKey, list[dict[str, Any]]] = {}
+        self._events: dict[tuple[RunKey, str], float] = {}
+
+    def record(self, key: RunKey, req: Request, decision: Decision) -> None:
+        """Queue the record and return at once (from any thread): it is written after the answer."""
+        self.loop.call_soon_threadsafe(self._record_safely, key, req, decision)
+
+    def _record_safely(self, key: RunKey, req: Request, decision: Decision) -> None:
+        try:
+            self._record(key, req, decision)
+        except Exception:
+            log.exception("could not record an admission %s on AgentRun %s/%s", decision.action, *key)
+
+    def _record(self, key: RunKey, req: Request, decision: Decision) -> None:
+        metrics.VIOLATIONS.labels(kind=decision.kind, source="admission", action=decision.action).inc()
+        body = self.store.agentruns.get(key)
+        if body is not None:
+            self._event(key, body, req, decision)
+        first = key not in self._queued
+        self._queued.setdefault(key, []).append(violation(req, decision, datetime.datetime.now(datetime.UTC)))
+        if first:
+            asyncio.get_running_loop().create_task(self._flush_later(key))
+
+    def _event(self, key: RunKey, body: Mapping[str, Any], req: Request, decision: Decision) -> None:
+        # The same refusal repeated in a loop (a controller retrying) becomes one Event per window.
+        token = (key, f"{decision.action}:{req.operation}:{req.target}:{req.name}:{decision.kind}")
+        now = time.monotonic()
+        if now - self._events.get(token, -EVENT_DEDUP_SECONDS) < EVENT_DEDUP_SECONDS:
+            return
+        self._events[token] = now
+        if len(self._events) > 4096:
+            self._events = {k: v for k, v in self._events.items() if now - v < EVENT_DEDUP_SECONDS}
+        reason = "AdmissionRefused" if decision.action == "denied" else "AdmissionAudit"
+        detail = decision.message or "would be refused: " + "; ".join(f.text() for f in decision.findings)
+        asyncio.get_running_loop().create_task(self._post_event(body, reason, detail))
+
+    async def _post_event(self, body: Mapping[str, Any], reason: str, message: str) -> None:
+        # Posted directly: kopf.event() works only inside kopf's own watch-handling tasks.
+        meta = body["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": body.get("apiVersion", "stockade.io/v1alpha1"), "kind": "AgentRun",
+                               "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "type": "Warning", "reason": reason, "message": message[:1024],
+            "source": {"component": "stockade-admission"}, "reportingComponent": "stockade-admission",
+            "reportingInstance": socket.gethostname(),
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            await self.kube.create(event)
+        except KubeError as err:
+            log.warning("could not post the %s Event on AgentRun %s/%s: %s", reason, meta["namespace"],
+                        meta["name"], err)
+
+    async def _flush_later(self, key: RunKey) -> None:
+        await asyncio.sleep(BATCH_SECONDS)
+        entries = self._queued.pop(key, [])
+        try:
+            await self._write(key, entries)
+        except Exception:
+            log.exception("could not record %d admission violation(s) on AgentRun %s/%s", len(entries), *key)
+
+    async def _write(self, key: RunKey, entries: list[dict[str, Any]]) -> None:
+        path = object_path("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
+        body = self.store.agentruns.get(key)
+        for _ in range(5):
+            if body is None:
+                return  # the AgentRun is gone
+            current = (body.get("status") or {}).get("violations") or []
+            patch = {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
+                     "status": {"violations": merge(current, entries, self.keep)}}
+            try:
+                updated = await self.kube.merge_patch(path + "/status", patch)
+            except KubeError as err:
+                if err.not_found:
+                    return
+                if not err.conflict:
+                    raise
+                body = await self.kube.get("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
+                continue
+            self.store.put_agentrun(updated)
+            return
+        log.warning("gave up recording admission violations on AgentRun %s/%s after repeated conflicts", *key)

@@ -1,0 +1,121 @@
+"""kopf's HTTPS webhook server on a thread and event loop of its own.
+
+The operator's main loop also handles every watch event: a burst of pod creations brings
+hundreds of them, and a webhook request queued behind them waits for all. On its own loop a
+request waits at most for the interpreter to switch threads. kopf still does the rest: TLS from
+the same settings, its request parsing, its handler dispatch and its AdmissionReview responses
+(``kopf.WebhookServer._serve``). Handlers that run here only read the operator's state and hand
+any writes back to the main loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import kopf
+
+from stockade.admission.metrics import SERVED
+
+log = logging.getLogger("stockade.admission")
+
+
+class _ServerThread(threading.Thread):
+    def __init__(self, fn: Any, addr: str | None, port: int, context: ssl.SSLContext | None) -> None:
+        super().__init__(name="stockade-webhook", daemon=True)
+        self.fn = fn
+        self.addr = addr
+        self.port = port
+        self.context = context
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self.loop = loop
+        asyncio.set_event_loop(loop)
+        runner: aiohttp.web.AppRunner | None = None
+        try:
+            async def serve(request: aiohttp.web.Request) -> aiohttp.web.Response:
+                started = time.perf_counter()
+                try:
+                    return await kopf.WebhookServer._serve(self.fn, request)
+                finally:
+                    SERVED.labels(webhook=request.match_info.get("id", "")).observe(time.perf_counter() - started)
+
+            app = aiohttp.web.Application()
+            app.add_routes([aiohttp.web.post("/{id:.*}", serve)])
+            runner = aiohttp.web.AppRunner(app, handle_signals=False, access_log=None)
+            loop.run_until_complete(runner.setup())
+            # No reuse_port (kopf's default): a second operator on the same port must fail, not
+            # silently share the port and answer for the wrong cluster.
+            site = aiohttp.web.TCPSite(runner, self.addr, self.port, ssl_context=self.context)
+            loop.run_until_complete(site.start())
+        except BaseException as err:
+            self.error = err
+            self.ready.set()
+            loop.close()
+            return
+        self.ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+    def stop(self) -> None:
+        if self.loop is not None and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.join(timeout=10)
+
+
+class ThreadedWebhookServer(kopf.WebhookServer):
+    """A ``kopf.WebhookServer`` whose endpoint runs on its own thread; restarts when the certificate files change."""
+
+    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        port = self.port or self._allocate_free_port()
+        while True:
+            cadata, context = self._build_ssl()
+            thread = _ServerThread(fn, self.addr, port, context)
+            thread.start()
+            await asyncio.get_running_loop().run_in_executor(None, thread.ready.wait)
+            if thread.error is not None:
+                raise thread.error
+            log.info("admission webhook listening on %s:%s", self.addr or "*", port)
+            try:
+                config: dict[str, Any] = {"url": f"https://{self.host or self.addr}:{port}"}
+                if cadata is not None:
+                    config["caBundle"] = base64.b64encode(cadata).decode()
+                yield config
+                await self._until_files_change()
+                log.info("admission webhook restarting with renewed certificates")
+            finally:
+                await asyncio.get_running_loop().run_in_executor(None, thread.stop)
+
+    async def _until_files_change(self) -> None:
+        paths = [Path(str(p)) for p in (self.certfile, self.pkeyfile, self.cafile) if p is not None]
+
+        def digest() -> str:
+            hasher = hashlib.sha256()
+            for path in paths:
+                hasher.update(path.read_bytes())
+            return hasher.hexdigest()
+
+        initial = digest()
+        while True:
+            await asyncio.sleep(self.file_check_interval)
+            try:
+                if digest() != initial:
+                    return
+            except OSError:
+                continue  # a Secret being re-mounted: look again later

@@ -1,0 +1,148 @@
+"""Stockade's own webhook configurations, and applying them and the policies.
+
+kopf serves the endpoints, but the configuration it would manage by itself selects every
+namespace and waits 30 s. These select run namespaces by label only (never the control plane's
+or the operator's own), skip the operator's own requests, time out in 5 s and fail closed.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from stockade.admission import vap
+from stockade.kube import Kube
+
+log = logging.getLogger("stockade.admission")
+
+NAME = "stockade"
+VALIDATE_ID = "allowlist"  # kopf handler ids: the path of each webhook's URL
+MUTATE_ID = "gpu-visibility"
+FIELD_MANAGER = "stockade-admission"
+
+# Updates and deletions the webhook judges; every kind is judged on creation.
+UPDATE_RULES: list[tuple[str, list[str]]] = [
+    ("", ["pods", "pods/ephemeralcontainers", "pods/resize", "services", "replicationcontrollers",
+          "serviceaccounts", "resourcequotas", "limitranges"]),
+    ("apps", ["deployments", "statefulsets", "daemonsets", "replicasets"]),
+    ("batch", ["jobs", "cronjobs"]),
+    ("networking.k8s.io", ["networkpolicies"]),
+    ("rbac.authorization.k8s.io", ["roles", "rolebindings"]),
+]
+NOT_EVENTS = {"name": "not-events",  # Events are written everywhere by the control plane and start nothing
+              "expression": "request.resource.resource != 'events'"}
+
+
+def client_config(ca_bundle: bytes, path: str, *, url: str | None = None,
+                  service: tuple[str, str] | None = None, service_port: int = 443) -> dict[str, Any]:
+    config: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle).decode()}
+    if service is not None:
+        config["service"] = {"namespace": service[0], "name": service[1], "path": f"/{path}", "port": service_port}
+    elif url is not None:
+        config["url"] = f"{url.rstrip('/')}/{path}"
+    else:
+        raise ValueError("a webhook needs a URL or a Service")
+    return config
+
+
+def _rule(group: str, plurals: list[str], operations: list[str], scope: str = "Namespaced") -> dict[str, Any]:
+    return {"apiGroups": [group], "apiVersions": ["*"], "resources": plurals, "operations": operations,
+            "scope": scope}
+
+
+def validating(clients: Mapping[str, dict[str, Any]], usernames: Sequence[str], excluded: Sequence[str] = (),
+               timeout: int = 5) -> dict[str, Any]:
+    common = {
+        "failurePolicy": "Fail",
+        "matchPolicy": "Equivalent",
+        # Refusals are recorded on the AgentRun, but never for a dry run.
+        "sideEffects": "NoneOnDryRun",
+        "timeoutSeconds": timeout,
+        "admissionReviewVersions": ["v1"],
+    }
+    guardrails = [(group, plurals) for group, plurals in vap.GUARDRAIL_RULES]
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": NAME, "labels": dict(vap.COMMON_LABELS)},
+        "webhooks": [
+            {
+                "name": "allowlist.stockade.io",
+                "clientConfig": clients[VALIDATE_ID],
+                "rules": [_rule("*", ["*"], ["CREATE"])]
+                + [_rule(group, plurals, ["UPDATE"]) for group, plurals in UPDATE_RULES]
+                + [_rule(group, plurals, ["DELETE"]) for group, plurals in guardrails],
+                "namespaceSelector": vap.run_namespaces(excluded),
+                "matchConditions": [vap.not_operator(usernames), NOT_EVENTS],
+                **common,
+            },
+            {
+                "name": "run-namespace.stockade.io",
+                "clientConfig": clients[VALIDATE_ID],
+                "rules": [_rule("", ["namespaces"], ["UPDATE", "DELETE"], scope="Cluster")],
+                # An objectSelector matches the old object too: removing the label is caught.
+                "objectSelector": {"matchExpressions": [{"key": "stockade.io/agentrun", "operator": "Exists"}]},
+                "namespaceSelector": {"matchExpressions": [vap.run_namespaces(excluded)["matchExpressions"][1]]},
+                "matchConditions": [vap.not_operator(usernames)],
+                **common,
+            },
+        ],
+    }
+
+
+def mutating(clients: Mapping[str, dict[str, Any]], usernames: Sequence[str], excluded: Sequence[str] = (),
+             timeout: int = 5) -> dict[str, Any]:
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": NAME, "labels": dict(vap.COMMON_LABELS)},
+        "webhooks": [
+            {
+                "name": "gpu-visibility.stockade.io",
+                "clientConfig": clients[MUTATE_ID],
+                "rules": [_rule("", ["pods"], ["CREATE"])],
+                "namespaceSelector": vap.run_namespaces(excluded),
+                "matchConditions": [vap.not_operator(usernames)],
+                # Ignore is safe here: the validating webhook (Fail) refuses a pod whose containers
+                # without a GPU request do not say NVIDIA_VISIBLE_DEVICES=void, so a skipped mutation
+                # can only turn into a refusal, never into hidden GPU access. It also lets the
+                # ValidatingAdmissionPolicies be the ones to answer while the operator is down.
+                "failurePolicy": "Ignore",
+                "reinvocationPolicy": "IfNeeded",
+                "matchPolicy": "Equivalent",
+                "sideEffects": "None",
+                "timeoutSeconds": timeout,
+                "admissionReviewVersions": ["v1"],
+            }
+        ],
+    }
+
+
+# Applying -----------------------------------------------------------------------------------------------
+_PATHS = {
+    "ValidatingWebhookConfiguration": "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+    "MutatingWebhookConfiguration": "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+    "ValidatingAdmissionPolicy": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies",
+    "ValidatingAdmissionPolicyBinding": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings",
+}
+
+
+async def apply(kube: Kube, objects: Sequence[Mapping[str, Any]]) -> None:
+    """Server-side apply, in order (policies before their bindings)."""
+    for obj in objects:
+        path = f"{_PATHS[obj['kind']]}/{obj['metadata']['name']}"
+        await kube.call("PATCH", path, dict(obj), query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+                        content_type="application/apply-patch+yaml")
+        log.info("applied %s %s", obj["kind"], obj["metadata"]["name"])
+
+
+async def whoami(kube: Kube) -> str:
+    """The operator's username as the API server sees it (impersonation included)."""
+    review = await kube.call("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                             {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    username = ((review.get("status") or {}).get("userInfo") or {}).get("username")
+    if not username:
+        raise RuntimeError("the API server did not say who the operator is; set STOCKADE_OPERATOR_USERNAMES")
+    return str(username)

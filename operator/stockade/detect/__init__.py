@@ -1,0 +1,1 @@
+"""Detection: signals (API watches, Falco, Prometheus, a generic endpoint) -> violations -> respond."""

@@ -1,0 +1,61 @@
+"""Detection and response settings, from STOCKADE_* environment variables (the chart sets them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Severity = Literal["low", "medium", "high", "critical"]
+
+
+class DetectSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STOCKADE_", extra="ignore")
+
+    # The signal endpoint (Falcosidekick's webhook output, the generic schema). 0 turns it off.
+    signal_host: str = "0.0.0.0"  # in a cluster the callers are other pods
+    signal_port: int = 8443
+    # Callers authenticate with this bearer token, or with a client certificate signed by
+    # signal_client_ca (mTLS). With neither configured the endpoint does not start: fail closed.
+    signal_token: SecretStr | None = None
+    signal_token_file: Path | None = None
+    signal_tls_cert: Path | None = None
+    signal_tls_key: Path | None = None
+    signal_client_ca: Path | None = None
+    signal_max_body_bytes: int = 256 * 1024
+    # The cluster resolver's addresses: DNS to them is what grant.dns allows. Empty: port 53 to any
+    # cluster-internal address counts as the resolver (the DNS NetworkPolicy narrows it anyway).
+    cluster_dns_addresses: list[str] = Field(default_factory=list)
+
+    # Usage metrics: PromQL against this Prometheus. Empty turns the poller off.
+    prometheus_url: str = ""
+    prometheus_interval: float = Field(default=15.0, gt=0)
+    prometheus_timeout: float = Field(default=5.0, gt=0)
+    # A GPU counts as in use by a pod when its utilisation (%) or framebuffer use (MiB) is above these.
+    gpu_util_threshold: float = 0.0
+    gpu_memory_threshold_mib: float = 0.0
+    # Bytes per second a pod may send (container_network_transmit_bytes_total); 0 turns the check off.
+    network_bytes_rate_limit: float = 0.0
+    network_rate_window: str = "1m"
+    # A metric violation for the same pod and kind is reported again only after this long.
+    metrics_repeat_seconds: float = 300.0
+
+    # Response. Evidence (the signal, the pod as it is, its last Events) is always captured before any
+    # rung and written to status before freeze and evict; true also holds isolation until it is
+    # written (one more round trip before the pod is cut off).
+    evidence_before_isolation: bool = True
+    violations_kept: int = Field(default=20, ge=1, le=200)
+    quarantine_min_severity: Severity = "low"
+    response_concurrency: int = Field(default=16, ge=1)
+    # Signals waiting for one run beyond this are folded into a count instead of queued.
+    pending_per_run: int = Field(default=500, ge=1)
+
+    def token(self) -> str | None:
+        if self.signal_token is not None and self.signal_token.get_secret_value():
+            return self.signal_token.get_secret_value()
+        if self.signal_token_file is not None:
+            text = self.signal_token_file.read_text().strip()
+            return text or None
+        return None

@@ -1,0 +1,164 @@
+"""Every Kubernetes permission the operator's code uses, and nothing more: the single source of its RBAC.
+
+``python -m stockade.rbac`` prints the chart's rules (``make manifests`` writes them to
+``charts/stockade/templates/_rbac.tpl``). ``tests/unit/test_rbac.py`` renders the chart and fails on any
+rule that is not here or any entry here that the chart lacks, and checks that each entry's call sites
+exist. When code starts a new API call, add its permission here with the call site; when the call goes,
+remove it.
+
+Notes on the verbs:
+* Server-side apply is a PATCH, but when it creates the object the API server also checks ``create``
+  (seen in e2e/test_helm.py: "cannot create resource namespaces"): an applied kind needs both.
+* The operator writes a Role holding what an AgentRun grants (``spec.grant.kubernetesAPI``), which it
+  cannot hold itself: ``escalate`` on that Role and ``bind`` on it for the RoleBinding. Both checks carry
+  the Role's name, so they are limited to it (``labels.ROLE``).
+* The webhook configurations exist before the operator starts (the chart makes them empty), so applying
+  them is a PATCH on a known name. The chart ships the ValidatingAdmissionPolicies itself and tells the
+  operator not to (STOCKADE_ADMISSION_MANAGE_POLICY=false): no permission on policies.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from stockade import labels
+
+# Stands for the Helm release's full name (the ClusterKopfPeering object is named after it).
+RELEASE = "{release}"
+
+
+@dataclass(frozen=True)
+class Permission:
+    group: str
+    resource: str
+    verbs: tuple[str, ...]
+    sites: tuple[str, ...]  # "module:qualname" of the code that makes the call
+    names: tuple[str, ...] = ()  # resourceNames; RELEASE is replaced by the release's full name
+    feature: str | None = None  # the chart value (under .Values) that turns the permission on
+
+
+WATCH_CHILD = ("stockade.handlers:_register_child", "stockade.handlers:_prime", "stockade.detect.handlers:_register")
+WATCH_DETECT = ("stockade.detect.handlers:_register",)
+
+
+def _child(group: str, resource: str, applied_by: tuple[str, ...] = (), deleted_by: tuple[str, ...] = ()
+           ) -> tuple[Permission, ...]:
+    """A guardrail kind: watched (drift comes back, detection sees changes), applied and pruned."""
+    return (
+        Permission(group, resource, ("list", "watch"), WATCH_CHILD),
+        Permission(group, resource, ("create", "patch"), ("stockade.reconcile:Reconciler._apply", *applied_by)),
+        Permission(group, resource, ("delete",), ("stockade.reconcile:Reconciler._prune", *deleted_by)),
+    )
+
+
+PERMISSIONS: tuple[Permission, ...] = (
+    # The AgentRun: watched by kopf and listed at startup; finalizer added and removed by JSON patch.
+    Permission("stockade.io", "agentruns", ("list", "watch"),
+               ("stockade.handlers:agentrun_event", "stockade.handlers:_prime",
+                "stockade.detect.handlers:release_requested")),
+    # Re-read after a conflicting status write.
+    Permission("stockade.io", "agentruns", ("get",),
+               ("stockade.respond:Responder._handle", "stockade.respond:Responder.release",
+                "stockade.admission.record:Recorder._write")),
+    # Finalizer (JSON patch); the release annotation is removed once handled.
+    Permission("stockade.io", "agentruns", ("patch",),
+               ("stockade.reconcile:Reconciler._add_finalizer", "stockade.reconcile:Reconciler._finalize",
+                "stockade.respond:Responder._release")),
+    Permission("stockade.io", "agentruns/status", ("patch",),
+               ("stockade.reconcile:Reconciler._write_status", "stockade.respond:Responder._write_status",
+                "stockade.admission.record:Recorder._write")),
+    # The run namespace: applied like a guardrail, deleted when the AgentRun goes.
+    Permission("", "namespaces", ("list", "watch"), ("stockade.handlers:namespace_event", "stockade.handlers:_prime")),
+    Permission("", "namespaces", ("create", "patch"), ("stockade.reconcile:Reconciler._apply",)),
+    Permission("", "namespaces", ("delete",), ("stockade.reconcile:Reconciler._finalize",)),
+    # Guardrails (and the quarantine NetworkPolicy; freezing deletes the RoleBinding).
+    *_child("", "serviceaccounts"),
+    *_child("", "resourcequotas"),
+    *_child("", "limitranges"),
+    *_child("networking.k8s.io", "networkpolicies", applied_by=("stockade.respond:Responder._apply_policy",),
+            deleted_by=("stockade.respond:Responder._release",)),
+    *_child("rbac.authorization.k8s.io", "roles"),
+    *_child("rbac.authorization.k8s.io", "rolebindings", deleted_by=("stockade.respond:Responder._act",)),
+    Permission("rbac.authorization.k8s.io", "roles", ("escalate", "bind"), ("stockade.reconcile:Reconciler._apply",),
+               names=(labels.ROLE,)),
+    # The agent's workload: created once, deleted when the run expires or a violation evicts it; a
+    # quarantined pod is labelled, a Job suspended so it does not replace an evicted pod.
+    Permission("", "pods", ("list", "watch"), ("stockade.handlers:pod_event", "stockade.handlers:_prime")),
+    Permission("", "pods", ("get",), ("stockade.detect.server:SignalServer._owner",)),
+    Permission("", "pods", ("create",), ("stockade.reconcile:Reconciler._ensure_workload",)),
+    Permission("", "pods", ("patch",), ("stockade.respond:Responder._label", "stockade.respond:Responder._unlabel")),
+    Permission("", "pods", ("delete",),
+               ("stockade.reconcile:Reconciler._stop_workload", "stockade.respond:Responder._evict")),
+    Permission("batch", "jobs", ("list", "watch"), WATCH_CHILD),
+    Permission("batch", "jobs", ("create",), ("stockade.reconcile:Reconciler._ensure_workload",)),
+    Permission("batch", "jobs", ("patch",), ("stockade.respond:Responder._suspend",)),
+    Permission("batch", "jobs", ("delete",), ("stockade.reconcile:Reconciler._stop_workload",)),
+    # Other kinds detection watches in run namespaces (what the agent makes, if its grant lets it).
+    Permission("", "services", ("list", "watch"), WATCH_DETECT),
+    Permission("apps", "deployments", ("list", "watch"), WATCH_DETECT),
+    Permission("apps", "statefulsets", ("list", "watch"), WATCH_DETECT),
+    Permission("apps", "daemonsets", ("list", "watch"), WATCH_DETECT),
+    Permission("apps", "replicasets", ("list", "watch"), WATCH_DETECT),
+    Permission("batch", "cronjobs", ("list", "watch"), WATCH_DETECT),
+    # Events on the AgentRun (kopf and the responders POST them); a pod's events become evidence.
+    Permission("", "events", ("create",),
+               ("stockade.handlers:emit_event", "kopf._cogs.clients.events:post_event",
+                "stockade.respond:EventPoster.post", "stockade.admission.record:Recorder._post_event")),
+    Permission("", "events", ("list",), ("stockade.respond:Responder._pod_events",)),
+    # Admission: the operator fills in the webhook configurations the chart made empty.
+    Permission("admissionregistration.k8s.io", "validatingwebhookconfigurations", ("patch",),
+               ("stockade.admission.webhook:apply",), names=(RELEASE,), feature="webhook.enabled"),
+    Permission("admissionregistration.k8s.io", "mutatingwebhookconfigurations", ("patch",),
+               ("stockade.admission.webhook:apply",), names=(RELEASE,), feature="webhook.enabled"),
+    # kopf itself: it watches CRDs to learn which resources exist.
+    Permission("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"),
+               ("kopf._core.reactor.observation:resource_observer",)),
+    # kopf peering (two replicas, rollouts): watch every peering, write keep-alives into ours only.
+    Permission("kopf.dev", "clusterkopfpeerings", ("list", "watch"),
+               ("kopf._core.engines.peering:process_peering_event",), feature="peering.enabled"),
+    Permission("kopf.dev", "clusterkopfpeerings", ("patch",),
+               ("kopf._core.engines.peering:touch", "kopf._core.engines.peering:clean"),
+               names=(RELEASE,), feature="peering.enabled"),
+)
+
+
+def expand(permissions: tuple[Permission, ...], release: str, features: set[str]) -> set[tuple[str, str, str, str]]:
+    """(group, resource, verb, name or "") for each permission that applies: what tests compare."""
+    out: set[tuple[str, str, str, str]] = set()
+    for perm in permissions:
+        if perm.feature is not None and perm.feature not in features:
+            continue
+        names = [release if n == RELEASE else n for n in perm.names] or [""]
+        out |= {(perm.group, perm.resource, verb, name) for verb in perm.verbs for name in names}
+    return out
+
+
+def _flow(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+
+
+def helm_rules() -> str:
+    """The ClusterRole rules as a Helm named template (``stockade.rules``)."""
+    lines = [
+        "{{/* Generated from operator/stockade/rbac.py by `make manifests`. Do not edit by hand. */}}",
+        '{{- define "stockade.rules" -}}',
+    ]
+    for perm in PERMISSIONS:
+        if perm.feature:
+            lines.append(f"{{{{- if .Values.{perm.feature} }}}}")
+        lines.append(f"# {', '.join(perm.sites)}")
+        lines.append(f'- apiGroups: ["{perm.group}"]')
+        lines.append(f'  resources: ["{perm.resource}"]')
+        lines.append(f"  verbs: {_flow(perm.verbs)}")
+        if perm.names:
+            rendered = ['{{ include "stockade.fullname" . }}' if n == RELEASE else n for n in perm.names]
+            lines.append(f"  resourceNames: {_flow(tuple(rendered))}")
+        if perm.feature:
+            lines.append("{{- end }}")
+    lines.append("{{- end }}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(helm_rules())

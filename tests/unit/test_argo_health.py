@@ -1,0 +1,109 @@
+"""The Argo CD health check (docs/gitops/argocd-health.lua), run by a real Lua (lupa) against sample
+AgentRuns: hand-written ones, and statuses the operator's own conditions code produces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from lupa import LuaRuntime
+
+from stockade.conditions import Observed, compute_conditions, compute_phase, merge_conditions
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = (ROOT / "docs/gitops/argocd-health.lua").read_text()
+
+
+def health(obj: dict[str, Any]) -> tuple[str, str]:
+    """As Argo CD runs it: the object as the global ``obj``, the script's returned table read back."""
+    lua = LuaRuntime(unpack_returned_tuples=True)
+    lua.globals()["obj"] = lua.table_from(obj, recursive=True)
+    result = lua.execute(SCRIPT)
+    return str(result["status"]), str(result["message"])
+
+
+def cond(kind: str, status: str, reason: str = "R", message: str = "") -> dict[str, Any]:
+    return {"type": kind, "status": status, "reason": reason, "message": message}
+
+
+def run(status: dict[str, Any] | None, generation: float = 2) -> dict[str, Any]:
+    # JSON numbers reach Argo CD's Lua as floats: generation 2 arrives as 2.0.
+    obj: dict[str, Any] = {"apiVersion": "stockade.io/v1alpha1", "kind": "AgentRun",
+                           "metadata": {"name": "r", "namespace": "t", "generation": generation}}
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+READY = cond("Ready", "True", "Running", "the agent is running inside its fence")
+NOT_READY = cond("Ready", "False", "GuardrailsPending", "waiting for NetworkPolicy stockade-egress")
+STALLED = cond("Stalled", "True", "TemplateExceedsGrant", "the template asks for 2 GPUs; the grant gives 1")
+CALM = cond("Stalled", "False", "AsExpected")
+
+CASES = [
+    ("no status yet", run(None), "Progressing", "Waiting for the Stockade operator"),
+    ("empty status", run({}), "Progressing", "Waiting"),
+    ("running, current", run({"phase": "Running", "observedGeneration": 2, "conditions": [READY, CALM]}),
+     "Healthy", "inside its fence"),
+    ("running, observed as an integer", run({"phase": "Running", "observedGeneration": 2,
+                                            "conditions": [READY]}, generation=2.0), "Healthy", "fence"),
+    ("ready but an older generation", run({"phase": "Running", "observedGeneration": 1, "conditions": [READY]}),
+     "Progressing", "generation 2"),
+    ("pending, fence being built", run({"phase": "Pending", "observedGeneration": 2,
+                                        "conditions": [NOT_READY, CALM]}), "Progressing", "stockade-egress"),
+    ("stalled: template over grant", run({"phase": "Pending", "observedGeneration": 2,
+                                          "conditions": [NOT_READY, STALLED]}), "Degraded", "2 GPUs"),
+    ("stalled for an older generation", run({"phase": "Pending", "observedGeneration": 1,
+                                             "conditions": [NOT_READY, STALLED]}), "Progressing", "generation"),
+    ("succeeded", run({"phase": "Succeeded", "observedGeneration": 2,
+                       "conditions": [cond("Ready", "True", "Succeeded", "the agent's workload completed")]}),
+     "Healthy", "completed"),
+    ("succeeded, spec edited since", run({"phase": "Succeeded", "observedGeneration": 1}), "Healthy", "Succeeded"),
+    ("failed", run({"phase": "Failed", "observedGeneration": 2,
+                    "conditions": [cond("Ready", "False", "WorkloadFailed", "exit code 1")]}),
+     "Degraded", "Failed: exit code 1"),
+    ("quarantined", run({"phase": "Quarantined", "observedGeneration": 2,
+                         "conditions": [cond("Ready", "False", "Violation", "reverse shell in pod agent")]}),
+     "Degraded", "Quarantined: reverse shell"),
+    ("expired", run({"phase": "Expired", "observedGeneration": 2,
+                     "conditions": [cond("Ready", "False", "Expired", "")]}), "Degraded", "Expired: Expired"),
+    ("failed without conditions", run({"phase": "Failed"}), "Degraded", "see the AgentRun"),
+]
+
+
+@pytest.mark.parametrize(("obj", "status", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_health(obj: dict[str, Any], status: str, message: str) -> None:
+    got, text = health(obj)
+    assert got == status
+    assert message in text
+
+
+# Statuses as the operator writes them (conditions.py), so the check follows the real contract.
+OBSERVED = [
+    (Observed(3, "t-r", guardrails_ready=False, guardrails_message="waiting for LimitRange"), "Progressing"),
+    (Observed(3, "t-r", guardrails_ready=True, workload_phase="Pending"), "Progressing"),
+    (Observed(3, "t-r", guardrails_ready=True, workload_phase="Running"), "Healthy"),
+    (Observed(3, "t-r", guardrails_ready=True, workload_phase="Succeeded"), "Healthy"),
+    (Observed(3, "t-r", guardrails_ready=True, workload_phase="Failed", workload_message="OOMKilled"), "Degraded"),
+    (Observed(3, "t-r", refusals=["gpu: 2 > 1"]), "Degraded"),
+    (Observed(3, "t-r", invalid="InvalidSpec: spec.grant.cpu: bad"), "Degraded"),
+    (Observed(3, "t-r", blocked=("NamespaceConflict", "namespace exists")), "Degraded"),
+    (Observed(3, "t-r", guardrails_ready=True, workload_phase="Running", quarantined=("Violation", "miner")),
+     "Degraded"),
+    (Observed(3, "t-r", guardrails_ready=True, expired=True), "Degraded"),
+]
+
+
+@pytest.mark.parametrize(("observed", "status"), OBSERVED, ids=[f"{compute_phase(o)}-{s}" for o, s in OBSERVED])
+def test_health_of_operator_statuses(observed: Observed, status: str) -> None:
+    conditions = merge_conditions([], compute_conditions(observed), "2026-01-01T00:00:00Z")
+    obj = run({"phase": compute_phase(observed), "observedGeneration": observed.generation,
+               "conditions": conditions}, generation=observed.generation)
+    assert health(obj)[0] == status
+
+
+def test_argocd_cm_carries_the_same_script() -> None:
+    cm = yaml.safe_load((ROOT / "docs/gitops/argocd-cm.yaml").read_text())
+    assert cm["data"]["resource.customizations.health.stockade.io_AgentRun"] == SCRIPT
