@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import datetime
+import enum
+import json
 import logging
 import random
 import sys
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+if TYPE_CHECKING:
+    from stockade.fence_report import Fence
+
 app = typer.Typer(help="Stockade: fences for autonomous AI agents.", no_args_is_help=True,
                   add_completion=False)
+
+NOT_FOUND = 2  # exit code: scripts tell "no such AgentRun" from a failed call (1)
+
+
+class Output(enum.StrEnum):
+    table = "table"
+    json = "json"
+
+
+OUTPUT = typer.Option(Output.table, "--output", "-o", help="table: for people; json: for scripts.")
+
+
+def _print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 
 @app.command()
@@ -52,6 +73,7 @@ def release(
     name: str = typer.Argument(..., help="The AgentRun."),
     namespace: str = typer.Option(..., "--namespace", "-n", help="The AgentRun's namespace."),
     by: str | None = typer.Option(None, help="Who releases it, recorded in status (default: your login name)."),
+    output: Output = OUTPUT,
 ) -> None:
     """Lift an AgentRun's quarantine once a human has looked (the operator records who and when)."""
     import getpass
@@ -66,8 +88,116 @@ def release(
                                         content_type="application/merge-patch+json")
     except KubeError as err:
         typer.echo(f"release of {namespace}/{name} failed: {err}", err=True)
+        raise typer.Exit(NOT_FOUND if err.not_found else 1) from None
+    if output is Output.json:
+        _print_json({"namespace": namespace, "name": name, "requestedBy": who})
+    else:
+        typer.echo(f"release of {namespace}/{name} requested by {who}")
+
+
+def default_namespace() -> str:
+    """The kubeconfig context's namespace, else "default" (as kubectl does)."""
+    from kubernetes import config
+
+    try:
+        _, active = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+    except (config.ConfigException, OSError):
+        return "default"
+    return str(((active or {}).get("context") or {}).get("namespace") or "default")
+
+
+def fetch_fence(namespace: str, name: str) -> tuple[dict[str, Any], Fence] | None:
+    """The AgentRun and what its run namespace holds (None: no such AgentRun). Raises KubeError."""
+    from stockade.fence_report import FENCE_KINDS, Fence
+    from stockade.kube import Kube, KubeError, object_path
+    from stockade.naming import run_namespace_name
+
+    kube = Kube.connect(workers=len(FENCE_KINDS) + 1)
+    try:
+        agentrun = kube.request("GET", object_path("stockade.io/v1alpha1", "AgentRun", namespace, name))
+    except KubeError as err:
+        if err.not_found:
+            return None
+        raise
+    run_ns = (agentrun.get("status") or {}).get("runNamespace") or run_namespace_name(namespace, name)
+    unreadable: dict[str, str] = {}
+
+    def read(kind: tuple[str, str]) -> tuple[str, Any]:
+        # A user may read the AgentRun but not every kind in the run namespace: that kind is
+        # reported as unknown, and the rest of the screen still shows.
+        api_version, kind_name = kind
+        try:
+            if kind_name == "Namespace":
+                return kind_name, kube.request("GET", object_path(api_version, kind_name, None, run_ns))
+            return kind_name, kube.request("GET", object_path(api_version, kind_name, run_ns)).get("items", [])
+        except KubeError as err:
+            if not (err.not_found and kind_name == "Namespace"):
+                unreadable[kind_name] = f"{err.status} {err.reason}"
+            return kind_name, None
+
+    try:
+        found = dict(kube.executor.map(read, [("v1", "Namespace"), *FENCE_KINDS]))
+    finally:
+        kube.executor.shutdown(wait=False)
+    objects = {kind: items for kind, items in found.items() if kind != "Namespace" and items is not None}
+    return agentrun, Fence(namespace=found["Namespace"], objects=objects, unreadable=unreadable)
+
+
+@app.command()
+def status(
+    name: str = typer.Argument(..., help="The AgentRun."),
+    namespace: str | None = typer.Option(
+        None, "--namespace", "-n", help="The AgentRun's namespace (default: the kubeconfig context's)."),
+    output: Output = OUTPUT,
+    violations: int = typer.Option(10, min=0, help="How many of the latest violations to show."),
+) -> None:
+    """The run's fence on one screen: phase, grant, guardrails, quota, pods, violations, quarantine."""
+    from kubernetes.config import ConfigException
+
+    from stockade import cli_render
+    from stockade.fence_report import build_report
+    from stockade.kube import KubeError
+
+    namespace = namespace or default_namespace()
+    try:
+        fetched = fetch_fence(namespace, name)
+    except (KubeError, ConfigException) as err:
+        typer.echo(f"could not read AgentRun {namespace}/{name}: {err}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"release of {namespace}/{name} requested by {who}")
+    if fetched is None:
+        typer.echo(f"AgentRun {namespace}/{name} not found", err=True)
+        raise typer.Exit(NOT_FOUND)
+    report = build_report(*fetched, now=datetime.datetime.now(datetime.UTC), violations=violations)
+    if output is Output.json:
+        _print_json(report)
+    else:
+        from rich.console import Console
+
+        cli_render.status(report, Console())
+
+
+@app.command()
+def explain(
+    field: str | None = typer.Argument(
+        None, help="A field path: grant (default), grant.egress, spec, status.quarantine, ..."),
+    output: Output = OUTPUT,
+) -> None:
+    """Explain the AgentRun fields (types, defaults, bounds), from the API's own models."""
+    from stockade import cli_render
+    from stockade.explain import UnknownField
+    from stockade.explain import explain as explain_field
+
+    try:
+        doc = explain_field(field)
+    except UnknownField as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(NOT_FOUND) from None
+    if output is Output.json:
+        _print_json(doc)
+    else:
+        from rich.console import Console
+
+        cli_render.explain(doc, Console())
 
 
 @app.command("admission-manifests")
@@ -84,7 +214,9 @@ def admission_manifests(
 
 
 def main() -> None:
-    app()
+    # Installed as kubectl-stockade, kubectl runs it for `kubectl stockade`: say so in usage lines.
+    prog = "kubectl stockade" if sys.argv[0].endswith("kubectl-stockade") else "stockade"
+    app(prog_name=prog)
 
 
 if __name__ == "__main__":
