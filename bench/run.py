@@ -168,6 +168,25 @@ def operator_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+async def cleanup(kube: Kube, team: str) -> None:
+    """Delete what the benchmark made, while the operator still runs to finalize the AgentRuns."""
+    print("cleaning up ...", file=sys.stderr)
+    runs = await kube.list_objects("stockade.io/v1alpha1", "AgentRun", team)
+    sem = asyncio.Semaphore(32)
+
+    async def delete(kind: str, api_version: str, namespace: str | None, name: str) -> None:
+        async with sem:
+            await kube.delete(api_version, kind, namespace, name)
+
+    await asyncio.gather(*(delete("AgentRun", "stockade.io/v1alpha1", team, r["metadata"]["name"]) for r in runs))
+    deadline = time.monotonic() + 600
+    while await kube.list_objects("stockade.io/v1alpha1", "AgentRun", team) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(1)
+    floors = [n["metadata"]["name"] for n in await kube.list_objects("v1", "Namespace")
+              if n["metadata"]["name"].startswith("floor-b")]
+    await asyncio.gather(*(delete("Namespace", "v1", None, n) for n in [*floors, team]))
+
+
 def start_operator(team: str) -> subprocess.Popen[bytes]:
     log = Path(f"/tmp/stockade-bench-operator-{team}.log").open("wb")  # noqa: SIM115 (the child keeps it)
     env = {**os.environ, "STOCKADE_METRICS_PORT": "0"}
@@ -224,6 +243,7 @@ async def main() -> None:
             await asyncio.sleep(5)
             print(f"operator RSS with {args.memory_runs} more AgentRuns Ready: {operator_rss_mb(pid):.0f} MB")
     finally:
+        await cleanup(kube, team)
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)

@@ -250,3 +250,41 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(operator: Op
         assert len(get("networkpolicies", namespace=ns)["items"]) == 3
         assert len(get("resourcequotas", namespace=ns)["items"]) == 1
     assert half_built, "the kill landed after every run was already Ready; nothing was tested mid-reconcile"
+
+
+@pytest.mark.parametrize(("pod_phase", "run_phase", "stalled"), [("Succeeded", "Succeeded", "False"),
+                                                                  ("Failed", "Failed", "True")])
+def test_phase_follows_the_workload_to_completion(operator: Operator, team_namespace: str, pod_phase: str,
+                                                  run_phase: str, stalled: str) -> None:
+    name = f"done-{pod_phase.lower()}"
+    apply(agentrun(name, team_namespace, simple_spec()))
+    wait_ready(team_namespace, name)
+    ns = run_namespace(team_namespace, name)
+    # What a kubelet reports when the agent's process exits (kwok runs none).
+    kubectl("patch", "pod", name, "-n", ns, "--subresource=status", "--type=merge",
+            "-p", f'{{"status":{{"phase":"{pod_phase}"}}}}')
+    run = wait_for(lambda: (r := get("agentrun", name, team_namespace)) and r["status"]["phase"] == run_phase and r,
+                   timeout=20, what=f"the run to become {run_phase}")
+    assert condition(run, "Stalled")["status"] == stalled
+    assert condition(run, "Ready")["status"] == ("True" if run_phase == "Succeeded" else "False")
+    kubectl("delete", "pod", name, "-n", ns, "--wait=false")
+    time.sleep(1.5)
+    assert get("agentrun", name, team_namespace)["status"]["phase"] == run_phase, "a finished run stays finished"
+    assert get("pod", name, ns) is None or get("pod", name, ns)["metadata"].get("deletionTimestamp"), \
+        "a finished run's workload is not re-created"
+
+
+def test_job_workload_runs_under_the_job_controller(operator: Operator, team_namespace: str) -> None:
+    spec = simple_spec()
+    spec["workload"] = "Job"
+    apply(agentrun("batch", team_namespace, spec))
+    run = wait_ready(team_namespace, "batch")
+    ns = run_namespace(team_namespace, "batch")
+    assert run["status"]["workload"] == "job/batch"
+    job = get("job", "batch", ns)
+    assert job["spec"]["backoffLimit"] == 0
+    pods = get("pods", namespace=ns, selector="batch.kubernetes.io/job-name=batch")["items"]
+    assert len(pods) == 1 and pods[0]["spec"]["serviceAccountName"] == "agent"
+    quota = get("resourcequota", "stockade-grant", ns)
+    assert quota["status"]["used"]["count/jobs.batch"] == "1"
+    assert get("pod", "batch", ns) is None, "a Job workload has no bare Pod"
