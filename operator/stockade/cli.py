@@ -95,6 +95,10 @@ def release(
         typer.echo(f"release of {namespace}/{name} requested by {who}")
 
 
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
 def default_namespace() -> str:
     """The kubeconfig context's namespace, else "default" (as kubectl does)."""
     from kubernetes import config
@@ -167,7 +171,7 @@ def status(
     if fetched is None:
         typer.echo(f"AgentRun {namespace}/{name} not found", err=True)
         raise typer.Exit(NOT_FOUND)
-    report = build_report(*fetched, now=datetime.datetime.now(datetime.UTC), violations=violations)
+    report = build_report(*fetched, now=now(), violations=violations)
     if output is Output.json:
         _print_json(report)
     else:

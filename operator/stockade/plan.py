@@ -297,8 +297,14 @@ def workload(run: RunRef, spec: AgentRunSpec) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": body}
 
 
-def build(run: RunRef, spec: AgentRunSpec, resolved: Mapping[str, list[str]], settings: PlanSettings) -> Plan:
-    """Everything the run should have, in the order it must be applied."""
+def build(
+    run: RunRef, spec: AgentRunSpec, resolved: Mapping[str, list[str]], settings: PlanSettings, *, frozen: bool = False
+) -> Plan:
+    """Everything the run should have, in the order it must be applied.
+
+    A frozen run (quarantine rung "freeze") keeps its fence but loses its API access: no Role or
+    RoleBinding, whatever the grant says, until it is released.
+    """
     grant = spec.grant
     guardrails = [
         namespace(run),
@@ -310,7 +316,7 @@ def build(run: RunRef, spec: AgentRunSpec, resolved: Mapping[str, list[str]], se
     ]
     if grant.dns:
         guardrails.append(dns_policy(run, settings))
-    if grant.kubernetesAPI:
+    if grant.kubernetesAPI and not frozen:
         guardrails += [role(run, grant), role_binding(run)]
     desired = workload(run, spec)
     body = desired["spec"]["template"]["spec"] if desired["kind"] == "Job" else desired["spec"]

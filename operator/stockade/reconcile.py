@@ -168,7 +168,9 @@ class Reconciler:
 
         hosts = sorted({rule.host for rule in spec.grant.egress if rule.host})
         resolved, refresh_in = await self.resolver.resolve(hosts)
-        plan = self._plan_of(key, generation, run, spec, resolved)
+        quarantine = status.get("quarantine") or {}
+        frozen = bool(quarantine.get("active")) and "freeze" in (quarantine.get("steps") or [])
+        plan = self._plan_of(key, generation, run, spec, resolved, frozen=frozen)
         await self._apply_guardrails(plan, body)
         await self._prune(run, plan)
         ready, waiting_on = self._guardrails_ready(plan)
@@ -221,13 +223,14 @@ class Reconciler:
         return spec
 
     def _plan_of(
-        self, key: RunKey, generation: int, run: RunRef, spec: AgentRunSpec, resolved: Mapping[str, list[str]]
+        self, key: RunKey, generation: int, run: RunRef, spec: AgentRunSpec, resolved: Mapping[str, list[str]],
+        *, frozen: bool,
     ) -> Plan:
-        token = (generation, tuple(sorted((h, tuple(a)) for h, a in resolved.items())))
+        token = (generation, frozen, tuple(sorted((h, tuple(a)) for h, a in resolved.items())))
         cached = self._plans.get(key)
         if cached is not None and cached[0] == token:
             return cached[1]
-        plan = build(run, spec, resolved, self.plan_settings)
+        plan = build(run, spec, resolved, self.plan_settings, frozen=frozen)
         self._plans[key] = (token, plan)
         return plan
 

@@ -209,3 +209,11 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+def test_a_frozen_run_loses_its_api_access_but_keeps_its_fence():
+    rules = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]
+    plan = build(RUN, spec(grant_kubernetesAPI=rules), RESOLVED, PlanSettings(), frozen=True)
+    kinds = {o["kind"] for o in plan.guardrails}
+    assert "Role" not in kinds and "RoleBinding" not in kinds
+    assert {"Namespace", "ResourceQuota", "LimitRange", "NetworkPolicy"} <= kinds
