@@ -149,7 +149,8 @@ cmd_up() {
     # A stale cluster (processes gone after a reboot) is removed before a clean start.
     "$BIN_DIR/kwokctl" delete cluster --name "$CLUSTER_NAME" >/dev/null 2>&1 || true
     log "starting kwok cluster $CLUSTER_NAME"
-    PATH="$BIN_DIR:$PATH" "$BIN_DIR/kwokctl" create cluster --name "$CLUSTER_NAME" --runtime binary \
+    PATH="$BIN_DIR:$PATH" "$BIN_DIR/kwokctl" --config "$HERE/cluster/kwokctl.yaml" \
+      create cluster --name "$CLUSTER_NAME" --runtime binary \
       --kube-apiserver-binary "$BIN_DIR/kube-apiserver" \
       --kube-controller-manager-binary "$BIN_DIR/kube-controller-manager" \
       --kube-scheduler-binary "$BIN_DIR/kube-scheduler" \

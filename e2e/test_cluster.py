@@ -6,12 +6,14 @@ status, the API server must refuse, the controllers must delete.
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from .conftest import KubectlError, create, get, kubectl, wait_for
+from .conftest import KUBECONFIG, KubectlError, create, get, kubectl, wait_for
 
 
 @pytest.fixture
@@ -88,3 +90,39 @@ def test_namespace_deletion_completes_and_owned_objects_are_collected() -> None:
     wait_for(lambda: get("configmap", "owned", name) is None, timeout=30, what="garbage collection")
     kubectl("delete", "namespace", name, "--wait=false")
     wait_for(lambda: get("namespace", name) is None, timeout=60, what="the namespace controller")
+
+
+def _listening_inodes() -> dict[int, str]:
+    """Listening TCP sockets (inode -> local address) from /proc/net/tcp and tcp6."""
+    found: dict[int, str] = {}
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            raw = bytes.fromhex(fields[1].split(":")[0])
+            # /proc prints each 32-bit word in host (little-endian) order.
+            words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found[int(fields[9])] = str(ipaddress.ip_address(words if v6 else raw[::-1]))
+    return found
+
+
+def test_the_control_plane_listens_on_loopback_only() -> None:
+    cluster = Path(KUBECONFIG).name.removesuffix(".kubeconfig")
+    sockets = _listening_inodes()
+    seen: list[tuple[str, str]] = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if f"clusters/{cluster}/" not in cmdline:
+                continue
+            inodes = [int(link.readlink().name[8:-1]) for link in (proc / "fd").iterdir()
+                      if link.readlink().name.startswith("socket:[")]
+        except OSError:
+            continue
+        seen += [(cmdline.split()[0].rsplit("/", 1)[-1], sockets[i]) for i in inodes if i in sockets]
+    assert {name for name, _ in seen} >= {"kube-apiserver", "etcd"}, seen
+    exposed = [(name, addr) for name, addr in seen if not ipaddress.ip_address(addr).is_loopback]
+    assert not exposed, f"listening beyond loopback: {exposed}"
