@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -272,6 +273,7 @@ def floor_webhook() -> Iterator[None]:
             kubectl("patch", kind, "stockade", "--type=json", "-p", json.dumps(ops))
         server.terminate()
         server.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _listening(port: int) -> bool:

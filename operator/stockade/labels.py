@@ -12,6 +12,8 @@ COMPONENT = "stockade.io/component"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "stockade"
 RELEASE_ANNOTATION = "stockade.io/release"
+# On the run namespace: "enforce" or "audit", so API-server policies can tell the two apart.
+ENFORCEMENT = "stockade.io/enforcement"
 
 # PodSecurity admission, built into the API server.
 POD_SECURITY = {

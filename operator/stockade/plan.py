@@ -85,12 +85,9 @@ def _meta(run: RunRef, name: str, component: str) -> dict[str, Any]:
     }
 
 
-def namespace(run: RunRef) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": run.run_namespace, "labels": {**run.labels(), **labels.POD_SECURITY}},
-    }
+def namespace(run: RunRef, enforcement: str = "enforce") -> dict[str, Any]:
+    ns_labels = {**run.labels(), **labels.POD_SECURITY, labels.ENFORCEMENT: enforcement}
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": run.run_namespace, "labels": ns_labels}}
 
 
 def service_account(run: RunRef, grant: Grant) -> dict[str, Any]:
@@ -307,7 +304,7 @@ def build(
     """
     grant = spec.grant
     guardrails = [
-        namespace(run),
+        namespace(run, spec.enforcement),
         service_account(run, grant),
         resource_quota(run, spec, settings),
         limit_range(run, grant, settings),

@@ -114,8 +114,11 @@ class Reconciler:
             await self.reconcile(key)
         except KubeError as err:
             metrics.RECONCILE_ERRORS.labels(reason=err.reason or str(err.status)).inc()
-            log.warning("reconcile of %s/%s failed: %s; retrying", key[0], key[1], err)
-            self._arm_timer(key, 1.0)
+            # A quota charge left by a create aborted mid-request clears only at the quota controller's
+            # next resync: wait for it calmly rather than hammer the API server.
+            delay = 5.0 if "exceeded quota" in err.message else 1.0
+            log.warning("reconcile of %s/%s failed: %s; retrying in %.0fs", key[0], key[1], err, delay)
+            self._arm_timer(key, delay)
         except Exception:
             metrics.RECONCILE_ERRORS.labels(reason="Unexpected").inc()
             log.exception("reconcile of %s/%s failed unexpectedly; retrying", key[0], key[1])

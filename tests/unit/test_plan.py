@@ -27,6 +27,9 @@ def test_namespace_is_first_and_carries_the_contract_labels():
     assert ns["metadata"]["labels"][labels.AGENTRUN] == "rome-42"
     assert ns["metadata"]["labels"][labels.AGENTRUN_NAMESPACE] == "ml-research"
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert ns["metadata"]["labels"]["stockade.io/enforcement"] == "enforce"
+    audit = build(RUN, spec(enforcement="audit"), RESOLVED, PlanSettings()).guardrails[0]
+    assert audit["metadata"]["labels"]["stockade.io/enforcement"] == "audit"
 
 
 def test_every_namespaced_guardrail_lives_in_the_run_namespace():

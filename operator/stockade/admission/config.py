@@ -21,6 +21,8 @@ class AdmissionSettings(BaseSettings):
     # (a self-signed CA and a serving certificate); unset: a fresh directory for each start.
     webhook_cert_dir: str | None = None
     webhook_timeout_seconds: int = Field(default=5, ge=1, le=30)
+    # The name of both webhook configurations (a chart names them after its release and creates them empty).
+    webhook_configuration: str = "stockade"
     # The operator's own identities: never refused, never sent to the webhook. Empty: asked from
     # the API server at startup (SelfSubjectReview), which is right both in-cluster and locally.
     operator_usernames: list[str] = Field(default_factory=list)

@@ -33,11 +33,12 @@ log = logging.getLogger("stockade.admission")
 
 class _State:
     usernames: frozenset[str] = frozenset()
+    cert_dir: tempfile.TemporaryDirectory[str] | None = None
     recorder: Recorder | None = None
     pending = Pending()
     # Read and written on the webhook's thread only.
     specs: dict[tuple[str, str], tuple[Any, AgentRunSpec]] = {}  # (ns, name) -> (generation, parsed spec)
-    amounts: dict[str, tuple[Any, policy.Amounts]] = {}  # pod uid -> (resourceVersion, its amounts)
+    usage: dict[str, policy.UsageTracker] = {}  # run namespace -> its pods' running totals
 
 
 STATE = _State()
@@ -55,7 +56,11 @@ async def admission_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     kube = RUNTIME.kube  # made by stockade.handlers.startup, which kopf runs first
     STATE.usernames = frozenset(config.operator_usernames or [await webhook.whoami(kube)])
     excluded = [RUNTIME.settings.namespace]
-    directory = Path(config.webhook_cert_dir or tempfile.mkdtemp(prefix="stockade-webhook-"))
+    if config.webhook_cert_dir:
+        directory = Path(config.webhook_cert_dir)
+    else:  # a fresh CA for each start, its key removed when the process exits
+        STATE.cert_dir = tempfile.TemporaryDirectory(prefix="stockade-webhook-")
+        directory = Path(STATE.cert_dir.name)
     service = config.service_ref()
     if service is not None:
         host = config.webhook_host or "0.0.0.0"  # every interface: the Service sends requests here
@@ -78,8 +83,9 @@ async def admission_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         await webhook.apply(kube, vap.manifests(users, excluded))
     if config.admission_manage_webhooks:
         timeout = config.webhook_timeout_seconds
-        await webhook.apply(kube, [webhook.validating(clients, users, excluded, timeout),
-                                   webhook.mutating(clients, users, excluded, timeout)])
+        name = config.webhook_configuration
+        await webhook.apply(kube, [webhook.validating(clients, users, excluded, timeout, name),
+                                   webhook.mutating(clients, users, excluded, timeout, name)])
     # The webhook's thread waits for the interpreter lock while the main loop handles watch
     # events; a shorter switch interval (default 5 ms) bounds each of those waits.
     sys.setswitchinterval(config.admission_switch_interval_seconds)
@@ -117,39 +123,31 @@ def _spec(key: tuple[str, str], body: Mapping[str, Any]) -> AgentRunSpec | None:
     return spec
 
 
-def _amounts(pod: Mapping[str, Any]) -> policy.Amounts:
-    meta = pod.get("metadata") or {}
-    uid, version = meta.get("uid"), meta.get("resourceVersion")
-    cached = STATE.amounts.get(uid) if uid else None
-    if cached is not None and cached[0] == version:
-        return cached[1]
-    found = policy.amounts_of(pod)
-    if uid:
-        if len(STATE.amounts) > 20000:
-            STATE.amounts.clear()  # pods come and go; an occasional rebuild is cheaper than tracking
-        STATE.amounts[uid] = (version, found)
-    return found
-
-
-def _run(req: policy.Request) -> policy.Run | None:
+def _run(req: policy.Request, *, usage: bool = True) -> policy.Run | None:
     namespace = req.name if req.target == policy.NAMESPACE else req.namespace
     store = RUNTIME.store
     key = store.run_of_namespace(namespace)
     body = store.agentruns.get(key) if key else None
     if key is None or body is None or RunRef(*key).run_namespace != namespace:
+        STATE.usage.pop(namespace, None)  # a run namespace that is gone
         return None
     spec = _spec(key, body)
     if spec is None:
         return None
     live = store.get("Namespace", "", namespace) or {}
-    usage = Usage()
-    if req.target == policy.POD:
+    taken = Usage()
+    if usage and req.target == policy.POD:
         pods = list(store.in_namespace(namespace, "Pod"))
-        usage = policy.usage_of(pods, exclude=req.name if req.operation != "CREATE" else "", amounts=_amounts)
+        tracker = STATE.usage.setdefault(namespace, policy.UsageTracker())
+        taken = tracker.usage(pods, exclude=req.name if req.operation != "CREATE" else "")
         seen = {p["metadata"]["name"] for p in pods}
-        usage = policy.add_usage(usage, STATE.pending.unseen(namespace, seen, time.monotonic(), exclude=req.name))
-    return policy.Run(namespace=key[0], name=key[1], spec=spec, status=body.get("status") or {}, usage=usage,
+        taken = policy.add_usage(taken, STATE.pending.unseen(namespace, seen, time.monotonic(), exclude=req.name))
+    return policy.Run(namespace=key[0], name=key[1], spec=spec, status=body.get("status") or {}, usage=taken,
                       namespace_terminating=bool((live.get("metadata") or {}).get("deletionTimestamp")))
+
+
+def _no_patch(*_args: Any, **_kwargs: Any) -> list[dict[str, Any]]:
+    return []
 
 
 @kopf.on.validate(lambda _resource: True, id=webhook.VALIDATE_ID, subresource="*")
@@ -163,6 +161,8 @@ async def allowlist(**kwargs: Any) -> None:
     if decision.action != "none" and run is not None and not dryrun and STATE.recorder is not None:
         STATE.recorder.record((run.namespace, run.name), req, decision)
     kwargs["warnings"].extend(decision.warnings)
+    # kopf deep-copies the whole object to diff it even when nothing was patched; nothing is.
+    kwargs["patch"].as_json_patch = _no_patch
     outcome = decision.action if decision.action != "none" else "allowed"
     REQUESTS.labels(webhook=webhook.VALIDATE_ID, decision=outcome).inc()
     SECONDS.labels(webhook=webhook.VALIDATE_ID).observe(time.perf_counter() - started)
@@ -177,13 +177,11 @@ async def gpu_visibility(**kwargs: Any) -> None:
     """Hide GPUs from every container without a GPU request (images may default to all of them)."""
     started = time.perf_counter()
     req = _request(kwargs)
-    run = _run(req)
-    grant = run.spec.grant if run is not None else None
-
-    def hide(raw: Any) -> None:
-        policy.mutate_pod(raw, grant)
-
-    if req.username not in STATE.usernames:
-        kwargs["patch"].fns.append(hide)
+    run = _run(req, usage=False)
+    ops = policy.gpu_patch(req.obj or {}, run.spec.grant if run is not None else None)
+    if ops and req.username not in STATE.usernames:
+        # kopf would build the patch by deep-copying and diffing the whole pod (most of a request's
+        # time); the operations are known exactly, so they are the answer.
+        kwargs["patch"].as_json_patch = lambda *_args, **_kw: ops
     REQUESTS.labels(webhook=webhook.MUTATE_ID, decision="allowed").inc()
     SECONDS.labels(webhook=webhook.MUTATE_ID).observe(time.perf_counter() - started)

@@ -6,12 +6,12 @@ The rule is an allowlist. A run namespace holds what the AgentRun's grant names 
   volumes, up to ``grant.pods`` of them) and the run's own workload, which only the operator
   creates. No other controller kind (Deployments, StatefulSets, DaemonSets, ReplicaSets,
   ReplicationControllers, CronJobs, Jobs of anyone else's) exists in a run namespace.
-* ways in and out: none. A Service only where the grant's ``kubernetesAPI`` names services, and
-  then ClusterIP only (the deny-all NetworkPolicy keeps it inert); never LoadBalancer, NodePort,
-  ExternalName or external IPs.
+* ways in and out: none. No Services (the NetworkPolicies admit nothing to the run's pods, so a
+  Service is only a way in waiting for a hole); LoadBalancer and NodePort ones are refused by the
+  ValidatingAdmissionPolicy as well, while the operator is down too.
 * the fence itself (ServiceAccounts, quota, limits, NetworkPolicies, Roles, RoleBindings, the
   namespace, the quarantine label): changed by the operator only.
-* inert data (ConfigMaps, Secrets, Leases, Endpoints, ...) and any kind the grant's
+* inert data (ConfigMaps, Secrets, Leases, Endpoints, ...) and any other kind the grant's
   ``kubernetesAPI`` rules allow the agent to create. Every other kind is refused: a custom resource
   of some other operator could start compute anywhere, so it must be named to be allowed.
 
@@ -21,7 +21,7 @@ The rule is an allowlist. A run namespace holds what the AgentRun's grant names 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -29,6 +29,7 @@ from typing import Any, Literal
 from stockade import labels
 from stockade.api.models import AgentRunSpec, Grant
 from stockade.grantcheck import (
+    GPU_HIDDEN,
     Finding,
     Usage,
     check_pod_metadata,
@@ -196,7 +197,7 @@ def _findings(req: Request, run: Run) -> list[Finding]:
     if target in WORKLOADS:
         return _workload(req)
     if target == SERVICE:
-        return _service(req, run.spec.grant)
+        return _service(req)
     if req.operation != "CREATE":
         return []
     return _other_kind(req, run.spec.grant)
@@ -289,21 +290,23 @@ def _workload(req: Request) -> list[Finding]:
 
 
 # Ways in and out -------------------------------------------------------------------------------------
-def _service(req: Request, grant: Grant) -> list[Finding]:
+def _service(req: Request) -> list[Finding]:
     if req.operation not in ("CREATE", "UPDATE"):
         return []
     spec = (req.obj or {}).get("spec") or {}
     out = []
-    if req.operation == "CREATE" and not grant_allows_create(grant, "", "services"):
-        # The deny-all NetworkPolicy lets nothing reach a run's pods, so a Service serves no purpose
-        # the grant did not ask for; one the grant names (kubernetesAPI) is still ClusterIP only.
-        out.append(Finding("ServiceNotGranted", "kind", "a Service is not something the grant names",
-                           "no Services", "add a rule for services in group '' with verb create to "
-                           "spec.grant.kubernetesAPI (ClusterIP only)"))
+    if req.operation == "CREATE":
+        # The run's NetworkPolicies admit no traffic to its pods, so a Service can only be a way in
+        # waiting for a hole: no grant gives one (RBAC in spec.grant.kubernetesAPI does not either;
+        # detection reports any Service in a run namespace as ServiceNotGranted too).
+        out.append(Finding("ServiceNotGranted", "kind", "a Service is a way in, and the run's NetworkPolicies "
+                           "admit no traffic to its pods", "no Services in a run namespace",
+                           "reach the agent through the egress it is granted (spec.grant.egress) instead"))
     kind = spec.get("type") or "ClusterIP"
     if kind != "ClusterIP":
         out.append(Finding("ServiceNotGranted", "spec.type", f"a {kind} Service is a way in or out of the fence",
-                           "ClusterIP Services only", "a grant cannot open the run to outside traffic"))
+                           "no LoadBalancer, NodePort or ExternalName Services",
+                           "a grant cannot open the run to outside traffic"))
     if spec.get("externalIPs"):
         out.append(Finding("ServiceNotGranted", "spec.externalIPs", "external IPs take over traffic to those "
                            "addresses", "none", "a grant cannot open the run to outside traffic"))
@@ -350,13 +353,8 @@ def amounts_of(pod: Mapping[str, Any]) -> Amounts:
     return pod_amounts(spec, "requests"), pod_amounts(spec, "limits")
 
 
-def usage_of(pods: Iterable[Mapping[str, Any]], *, exclude: str = "",
-             amounts: Callable[[Mapping[str, Any]], Amounts] = amounts_of) -> Usage:
-    """What the run's live pods hold, as the ResourceQuota counts it (terminal pods hold nothing).
-
-    ``amounts`` may be a cached ``amounts_of``: parsing every pod's quantities on every request
-    would cost more than the rest of a decision.
-    """
+def usage_of(pods: Iterable[Mapping[str, Any]], *, exclude: str = "") -> Usage:
+    """What the run's live pods hold, as the ResourceQuota counts it (terminal pods hold nothing)."""
     requests: dict[str, Decimal] = {}
     limits: dict[str, Decimal] = {}
     count = 0
@@ -365,10 +363,61 @@ def usage_of(pods: Iterable[Mapping[str, Any]], *, exclude: str = "",
         if (exclude and meta.get("name") == exclude) or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
             continue
         count += 1
-        for totals, taken in zip((requests, limits), amounts(pod), strict=True):
+        for totals, taken in zip((requests, limits), amounts_of(pod), strict=True):
             for name, amount in taken.items():
                 totals[name] = totals.get(name, Decimal(0)) + amount
     return Usage(pods=count, requests=requests, limits=limits)
+
+
+class UsageTracker:
+    """``usage_of`` for one namespace, kept as running totals: a request re-reads only pods that changed.
+
+    Summing every pod's quantities on every request costs more than the rest of a decision once a
+    run has many pods; here each request compares (uid, resourceVersion) and does arithmetic only
+    for pods added, changed or gone since the last one.
+    """
+
+    def __init__(self) -> None:
+        self._pods: dict[str, tuple[Any, str, bool, Amounts]] = {}  # uid -> (version, name, counted, amounts)
+        self._requests: dict[str, Decimal] = {}
+        self._limits: dict[str, Decimal] = {}
+        self._count = 0
+
+    def usage(self, pods: Iterable[Mapping[str, Any]], *, exclude: str = "") -> Usage:
+        seen: set[str] = set()
+        excluded: Amounts | None = None
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            uid = str(meta.get("uid") or meta.get("name"))
+            seen.add(uid)
+            version = meta.get("resourceVersion")
+            known = self._pods.get(uid)
+            if known is None or known[0] != version:
+                if known is not None:
+                    self._account(known, -1)
+                counted = (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES
+                known = (version, str(meta.get("name") or ""), counted, amounts_of(pod))
+                self._pods[uid] = known
+                self._account(known, 1)
+            if exclude and known[1] == exclude and known[2]:
+                excluded = known[3]
+        for uid in [u for u in self._pods if u not in seen]:
+            self._account(self._pods.pop(uid), -1)
+        requests, limits, count = dict(self._requests), dict(self._limits), self._count
+        if excluded is not None:
+            count -= 1
+            for totals, taken in zip((requests, limits), excluded, strict=True):
+                for name, amount in taken.items():
+                    totals[name] -= amount
+        return Usage(pods=count, requests=requests, limits=limits)
+
+    def _account(self, entry: tuple[Any, str, bool, Amounts], sign: int) -> None:
+        if not entry[2]:
+            return
+        self._count += sign
+        for totals, taken in zip((self._requests, self._limits), entry[3], strict=True):
+            for name, amount in taken.items():
+                totals[name] = totals.get(name, Decimal(0)) + sign * amount
 
 
 def add_usage(usage: Usage, pods: Iterable[Mapping[str, Any]]) -> Usage:
@@ -380,6 +429,23 @@ def add_usage(usage: Usage, pods: Iterable[Mapping[str, Any]]) -> Usage:
         for name, amount in theirs.items():
             mine[name] = mine.get(name, Decimal(0)) + amount
     return Usage(pods=usage.pods + extra.pods, requests=requests, limits=limits)
+
+
+def gpu_patch(pod: Mapping[str, Any], grant: Grant | None) -> list[dict[str, Any]]:
+    """``mutate_pod`` as JSON-patch operations: what the mutating webhook answers with."""
+    spec = pod.get("spec") or {}
+    ops: list[dict[str, Any]] = []
+    hidden = {"name": "NVIDIA_VISIBLE_DEVICES", "value": GPU_HIDDEN}
+    for key in ("initContainers", "containers"):
+        for index, container in enumerate(spec.get(key) or []):
+            if grant is not None and has_gpu_request(container, grant):
+                continue
+            env = container.get("env")
+            if env is None:
+                ops.append({"op": "add", "path": f"/spec/{key}/{index}/env", "value": [hidden]})
+            elif not any(item.get("name") == "NVIDIA_VISIBLE_DEVICES" for item in env):
+                ops.append({"op": "add", "path": f"/spec/{key}/{index}/env/-", "value": hidden})
+    return ops
 
 
 def mutate_pod(pod: dict[str, Any], grant: Grant | None) -> bool:

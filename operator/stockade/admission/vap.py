@@ -29,7 +29,7 @@ import yaml
 from stockade import labels
 
 API_VERSION = "admissionregistration.k8s.io/v1"
-ENFORCEMENT = "stockade.io/enforcement"  # namespace label: "enforce" or "audit" (set by the reconciler)
+ENFORCEMENT = labels.ENFORCEMENT  # namespace label: "enforce" or "audit" (set by the reconciler)
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 SERVICE_ACCOUNT_CONTROLLER = "system:serviceaccount:kube-system:service-account-controller"
 NAMESPACE_CONTROLLER = "system:serviceaccount:kube-system:namespace-controller"

@@ -53,7 +53,7 @@ def _rule(group: str, plurals: list[str], operations: list[str], scope: str = "N
 
 
 def validating(clients: Mapping[str, dict[str, Any]], usernames: Sequence[str], excluded: Sequence[str] = (),
-               timeout: int = 5) -> dict[str, Any]:
+               timeout: int = 5, name: str = NAME) -> dict[str, Any]:
     common = {
         "failurePolicy": "Fail",
         "matchPolicy": "Equivalent",
@@ -66,7 +66,7 @@ def validating(clients: Mapping[str, dict[str, Any]], usernames: Sequence[str], 
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": NAME, "labels": dict(vap.COMMON_LABELS)},
+        "metadata": {"name": name},
         "webhooks": [
             {
                 "name": "allowlist.stockade.io",
@@ -93,11 +93,11 @@ def validating(clients: Mapping[str, dict[str, Any]], usernames: Sequence[str], 
 
 
 def mutating(clients: Mapping[str, dict[str, Any]], usernames: Sequence[str], excluded: Sequence[str] = (),
-             timeout: int = 5) -> dict[str, Any]:
+             timeout: int = 5, name: str = NAME) -> dict[str, Any]:
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": NAME, "labels": dict(vap.COMMON_LABELS)},
+        "metadata": {"name": name},
         "webhooks": [
             {
                 "name": "gpu-visibility.stockade.io",
