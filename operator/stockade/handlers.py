@@ -20,6 +20,7 @@ from prometheus_client import start_http_server
 from stockade import labels
 from stockade.api.models import GROUP, PLURAL, VERSION
 from stockade.dnsresolve import HostResolver
+from stockade.kopf_tuning import tune
 from stockade.kube import Kube
 from stockade.reconcile import Reconciler
 from stockade.runtime import RUNTIME
@@ -59,6 +60,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 30
     settings.queueing.idle_timeout = 30.0
     settings.execution.max_workers = 32
+    tune(settings)
     kube = Kube.connect(workers=config.api_workers, impersonate=config.impersonate)
     store = Store()
     resolver = HostResolver(config.dns_servers, config.dns_min_refresh_seconds, config.dns_max_refresh_seconds)
