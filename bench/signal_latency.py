@@ -155,6 +155,12 @@ def operator_histogram(metrics_port: int) -> dict[float, float]:
     return out
 
 
+def reconcile_count(metrics_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+        return next((float(line.split()[-1]) for line in resp.read().decode().splitlines()
+                     if line.startswith("stockade_reconcile_duration_seconds_count")), 0.0)
+
+
 def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
     """Prometheus' histogram_quantile over the difference of two cumulative bucket snapshots."""
     buckets = sorted((le, after.get(le, 0.0) - before.get(le, 0.0)) for le in after)
@@ -181,10 +187,10 @@ class Bench:
         self.proc: subprocess.Popen[bytes] | None = None
 
     # Set-up ------------------------------------------------------------------------------------------
-    def start_operator(self) -> None:
-        log = Path(f"/tmp/stockade-signal-bench-{self.team}.log").open("wb")  # noqa: SIM115 (the child keeps it)
+    def start_operator(self, extra: dict[str, str]) -> None:
+        log = Path(f"/tmp/stockade-signal-bench-{self.team}.log").open("ab")  # noqa: SIM115 (the child keeps it)
         env = {**os.environ, "STOCKADE_METRICS_PORT": str(self.metrics_port), "STOCKADE_SIGNAL_HOST": "127.0.0.1",
-               "STOCKADE_SIGNAL_PORT": str(self.signal_port), "STOCKADE_SIGNAL_TOKEN": self.token}
+               "STOCKADE_SIGNAL_PORT": str(self.signal_port), "STOCKADE_SIGNAL_TOKEN": self.token, **extra}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stockade.cli", "run", "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -198,17 +204,25 @@ class Bench:
                     raise RuntimeError(f"the operator did not start; see {log.name}") from None
                 time.sleep(0.2)
 
+    def stop_operator(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+            self.proc = None
+
     async def make_runs(self) -> None:
-        await self.kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.team}})
+        """--runs AgentRuns in the team namespace (made once), all Running."""
         gate = asyncio.Semaphore(16)
+        names = ["target"] + [f"r{i:04d}" for i in range(self.args.runs - 1)]
+        existing = {r["metadata"]["name"] for r in await self.kube.list_objects("stockade.io/v1alpha1", "AgentRun",
+                                                                                 self.team)}
 
         async def make(name: str) -> None:
             async with gate:
                 await self.kube.create({"apiVersion": "stockade.io/v1alpha1", "kind": "AgentRun",
                                         "metadata": {"name": name, "namespace": self.team}, "spec": SPEC})
 
-        names = ["target"] + [f"r{i:04d}" for i in range(self.args.runs - 1)]
-        await asyncio.gather(*(make(n) for n in names))
+        await asyncio.gather(*(make(n) for n in names if n not in existing))
         started = time.monotonic()
         while True:
             runs = await self.kube.list_objects("stockade.io/v1alpha1", "AgentRun", self.team)
@@ -246,8 +260,14 @@ class Bench:
                 done = await asyncio.to_thread(tracker.wait, True)
                 out.append(done - started)
                 await self.kube.merge_patch(ar_path, {"metadata": {"annotations": {"stockade.io/release": "bench"}}})
-                await asyncio.to_thread(tracker.wait, False)
-                await self._released(ar_path)
+                try:
+                    await asyncio.to_thread(tracker.wait, False)
+                    await self._released(ar_path)
+                except TimeoutError:
+                    run = await self.kube.call("GET", ar_path)
+                    print("release did not complete:", json.dumps({"annotations": run["metadata"].get("annotations"),
+                          "quarantine": (run.get("status") or {}).get("quarantine")}), file=sys.stderr)
+                    raise
         finally:
             tracker.stop()
         return out
@@ -294,46 +314,65 @@ class Bench:
         with contextlib.suppress(KubeError):
             await self.kube.call("DELETE", object_path("stockade.io/v1alpha1", "AgentRun", self.team),
                                  {"propagationPolicy": "Background"})
-        deadline = time.monotonic() + 900  # the operator's finalizer removes the run namespaces first
-        while time.monotonic() < deadline and await self.kube.list_objects("stockade.io/v1alpha1", "AgentRun",
-                                                                           self.team):
+        for _ in range(900):  # the operator's finalizer removes the run namespaces first
+            if not await self.kube.list_objects("stockade.io/v1alpha1", "AgentRun", self.team):
+                break
             await asyncio.sleep(1)
         for namespace in (self.team, f"{self.team}-floor"):
             await self.kube.delete("v1", "Namespace", None, namespace)
 
-    async def run(self) -> None:
-        self.start_operator()
+    async def settled(self) -> None:
+        """Until the operator's reconcile count stands still for 3 s (a restart re-reconciles every run)."""
+        last, still = -1.0, 0
+        while still < 3:
+            await asyncio.sleep(1)
+            count = await asyncio.to_thread(reconcile_count, self.metrics_port)
+            still = still + 1 if count == last else 0
+            last = count
+
+    async def measure(self, order: str, floor_ns: str, floor_pod: str) -> dict[str, Any]:
+        self.start_operator({"STOCKADE_EVIDENCE_BEFORE_ISOLATION": order})
         try:
             await self.make_runs()
-            floor_ns, floor_pod = await self.make_floor_pod()
-            await asyncio.sleep(2)
+            await self.settled()
             floor = percentiles(await self.floor(floor_ns, floor_pod))
             before = operator_histogram(self.metrics_port)
             ours = percentiles(await self.operator_path())
             after = operator_histogram(self.metrics_port)
         finally:
-            await self.cleanup()
-            if self.proc is not None:
-                self.proc.terminate()
-                self.proc.wait(timeout=30)
+            self.stop_operator()
         inside = {"p50": histogram_quantile(0.5, before, after), "p99": histogram_quantile(0.99, before, after)}
-        order = os.environ.get("STOCKADE_EVIDENCE_BEFORE_ISOLATION", "true")
-        print(f"\nsignal -> isolation (seconds), {self.args.runs} AgentRun(s) present, local kwok cluster, "
-              f"STOCKADE_EVIDENCE_BEFORE_ISOLATION={order}, load average {os.getloadavg()[0]:.1f}, "
-              f"{time.strftime('%F %T')}")
-        print(f"{'':<34}{'n':>5}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}{'mean':>9}")
-        for who, fig in (("floor (label patch + policy create)", floor), ("stockade (POST /falco -> both)", ours)):
-            print(f"{who:<34}{fig['n']:>5.0f}{fig['p50']:>9.4f}{fig['p90']:>9.4f}{fig['p99']:>9.4f}"
-                  f"{fig['max']:>9.4f}{fig['mean']:>9.4f}")
-        print(f"{'stockade - floor':<34}{'':>5}{ours['p50'] - floor['p50']:>9.4f}{'':>9}"
-              f"{ours['p99'] - floor['p99']:>9.4f}")
-        print(f"operator histogram (arrival -> both calls answered): p50 ~{inside['p50']:.4f} "
-              f"p99 ~{inside['p99']:.4f} (bucket-interpolated)")
-        results = ROOT / "bench" / "results"
-        results.mkdir(exist_ok=True)
-        (results / f"signal_latency-{self.args.runs}runs-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
-            json.dumps({"runs": self.args.runs, "evidence_before_isolation": order, "floor": floor, "stockade": ours,
-                        "operator_histogram": inside}))
+        return {"evidence_before_isolation": order, "load_average": os.getloadavg()[0], "floor": floor,
+                "stockade": ours, "operator_histogram": inside}
+
+    async def run(self) -> None:
+        await self.kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.team}})
+        floor_ns, floor_pod = await self.make_floor_pod()
+        results = []
+        try:
+            for order in self.args.evidence_before_isolation.split(","):
+                results.append(await self.measure(order.strip(), floor_ns, floor_pod))
+        finally:
+            self.start_operator({})  # the finalizers need an operator
+            await self.cleanup()
+            self.stop_operator()
+        print(f"\nsignal -> isolation (seconds), {self.args.runs} AgentRun(s) present, {self.args.signals} signals, "
+              f"local kwok cluster, {time.strftime('%F %T')}")
+        print(f"{'':<44}{'n':>5}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}{'mean':>9}")
+        for result in results:
+            order, floor, ours = result["evidence_before_isolation"], result["floor"], result["stockade"]
+            print(f"STOCKADE_EVIDENCE_BEFORE_ISOLATION={order} (load average {result['load_average']:.1f})")
+            for who, fig in (("  floor (label patch + policy create)", floor),
+                             ("  stockade (POST /falco -> both seen)", ours)):
+                print(f"{who:<44}{fig['n']:>5.0f}{fig['p50']:>9.4f}{fig['p90']:>9.4f}{fig['p99']:>9.4f}"
+                      f"{fig['max']:>9.4f}{fig['mean']:>9.4f}")
+            inside = result["operator_histogram"]
+            print(f"{'  operator histogram (bucket-interpolated)':<44}{'':>5}{inside['p50']:>9.4f}{'':>9}"
+                  f"{inside['p99']:>9.4f}")
+        out = ROOT / "bench" / "results"
+        out.mkdir(exist_ok=True)
+        (out / f"signal_latency-{self.args.runs}runs-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
+            json.dumps({"runs": self.args.runs, "signals": self.args.signals, "results": results}, indent=1))
 
 
 def main() -> None:
@@ -343,6 +382,9 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=0.1, help="seconds between measurements")
     parser.add_argument("--ready-timeout", type=float, default=1800)
     parser.add_argument("--keep", action="store_true", help="leave the namespaces and AgentRuns behind")
+    parser.add_argument("--evidence-before-isolation", default="true",
+                        help="STOCKADE_EVIDENCE_BEFORE_ISOLATION for the operator; a list (true,false) measures each "
+                             "with the same runs present, restarting the operator in between")
     asyncio.run(Bench(parser.parse_args()).run())
 
 

@@ -22,7 +22,7 @@ QUARANTINE_ACTIONS = Counter("stockade_quarantine_actions_total", "Rungs of the 
 DETECTION_LATENCY = Histogram(
     "stockade_detection_to_isolation_seconds",
     "From a signal's arrival to its pod's isolation (quarantine label and deny-all policy in place)", ["source"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 10),
 )
 RELEASES = Counter("stockade_quarantine_releases_total", "Quarantines lifted by a release")
 RESPONSE_BACKLOG = Gauge("stockade_response_backlog", "Violations waiting for the responder")

@@ -60,6 +60,19 @@ class Incident:
         return v.kind, v.pod, v.detail, v.source
 
 
+@dataclass
+class _Plan:
+    already: set[str]
+    targets: dict[str, Incident] = field(default_factory=dict)  # pod -> the incident that put it on the ladder
+    forced: set[str] = field(default_factory=set)
+    actions: dict[int, str] = field(default_factory=dict)  # batch index -> the action recorded
+    freeze: bool = False
+
+    @property
+    def acting(self) -> bool:
+        return bool(self.targets) or self.freeze
+
+
 def quarantine_policy(run_namespace: str, run_name: str, run_team: str) -> dict[str, Any]:
     return {
         "apiVersion": "networking.k8s.io/v1",
@@ -118,18 +131,36 @@ class EventPoster:
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
+class FallbackEmit:
+    """The reconciler's emit (kopf.event) raises LookupError outside kopf's per-object handler tasks,
+    and reconciles the responder triggers run in its own tasks: post those Events directly instead."""
+
+    def __init__(self, primary: EmitEvent, fallback: EmitEvent) -> None:
+        self.primary = primary
+        self.fallback = fallback
+
+    def __call__(self, body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        try:
+            self.primary(body, kind, reason, message)
+        except LookupError:
+            self.fallback(body, kind, reason, message)
+
+
 class Responder:
     def __init__(self, kube: Kube, store: Store, emit: EmitEvent, *, settings: DetectSettings,
-                 now: Callable[[], str] | None = None) -> None:
+                 trigger: Callable[[RunKey], None] | None = None, now: Callable[[], str] | None = None) -> None:
         self.kube = kube
         self.store = store
         self.emit = emit
+        self.trigger = trigger or (lambda key: None)
         self.settings = settings
         self.now = now or (lambda: stamp(utcnow()))
         self._pending: dict[RunKey, dict[tuple[str, str | None, str, str], Incident]] = {}
         self._workers: dict[RunKey, asyncio.Task[None]] = {}
         self._locks: dict[RunKey, asyncio.Lock] = {}
         self._gate = asyncio.Semaphore(settings.response_concurrency)
+        self._releasing: set[RunKey] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # Intake --------------------------------------------------------------------------------------
     def submit(self, key: RunKey, incidents: Iterable[Incident]) -> None:
@@ -151,12 +182,12 @@ class Responder:
 
     def busy(self, key: RunKey) -> bool:
         """Work for this run is queued or in progress (its status and pods may be mid-change)."""
-        return key in self._workers or self._lock(key).locked()
+        return key in self._workers or key in self._releasing or self._lock(key).locked()
 
     async def idle(self) -> None:
         """Wait until every queued violation has been handled (tests and shutdown)."""
-        while self._workers:
-            await asyncio.gather(*list(self._workers.values()), return_exceptions=True)
+        while self._workers or self._tasks:
+            await asyncio.gather(*self._workers.values(), *self._tasks, return_exceptions=True)
 
     def _lock(self, key: RunKey) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -179,7 +210,7 @@ class Responder:
 
     # The response --------------------------------------------------------------------------------
     async def _handle(self, key: RunKey, batch: list[Incident]) -> None:
-        for attempt in range(3):
+        for attempt, delay in enumerate((*RETRIES, None)):
             body = self.store.agentruns.get(key)
             if body is None:
                 log.info("%d violation(s) for %s/%s dropped: the AgentRun is gone", len(batch), *key)
@@ -188,12 +219,17 @@ class Responder:
                 await self._respond(key, body, batch)
                 return
             except KubeError as err:
-                if not err.conflict or attempt == 2:
+                transient = err.conflict or err.status in (0, 429) or err.status >= 500
+                if not transient or delay is None:
                     raise
-                fresh = await self.kube.get("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
-                if fresh is None:
-                    return
-                self.store.put_agentrun(fresh)
+                log.info("responding to %s/%s: %s; trying again (%d)", key[0], key[1], err, attempt + 1)
+                if err.conflict:  # someone else wrote the status: decide again on what it says now
+                    fresh = await self.kube.get("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
+                    if fresh is None:
+                        return
+                    self.store.put_agentrun(fresh)
+                else:
+                    await asyncio.sleep(delay)
 
     async def _respond(self, key: RunKey, body: Mapping[str, Any], batch: list[Incident]) -> None:
         try:
@@ -203,72 +239,80 @@ class Responder:
             spec = None
         status = body.get("status") or {}
         run_ns = status.get("runNamespace") or run_namespace_name(*key)
-        quarantine = dict(status.get("quarantine") or {})
-        active = bool(quarantine.get("active"))
-        already = set(quarantine.get("pods") or []) if active else set()
+        ladder = list(spec.response) if spec else []
+        plan = self._decide(spec, status, run_ns, batch)
+        started = min(i.received for i in batch)
+
+        # Evidence is captured before any rung: the pod as the watch last showed it, its Events now.
+        records = await self._records(run_ns, batch, plan.actions, plan.targets)
+        patch: dict[str, Any] = {"violations": self._merge_violations(status.get("violations") or [], records)}
+        if plan.acting:
+            patch["quarantine"] = self._quarantine(status, plan, ladder)
+        captured = time.perf_counter()
+        record = self._write_status(key, body, patch)
+        early = plan.acting and bool(plan.targets) and "isolate" in ladder and \
+            not self.settings.evidence_before_isolation
+        if early:
+            # Isolation destroys no evidence, so it need not wait for the status write; freeze and
+            # evict (which do) still wait for it below.
+            await asyncio.gather(record, self._isolate(key, run_ns, plan.targets))
+        else:
+            await record
+        recorded = time.perf_counter()
+        if plan.acting:
+            rungs = [step for step in ladder if not (early and step == "isolate")]
+            await self._act(key, run_ns, rungs, plan.targets, forced=plan.forced, freeze=plan.freeze)
+        self._report(body, batch, plan, spec)
+        # The status write is already in the store, so its watch echo triggers nothing: reconcile now
+        # (after the rungs, which need no reconcile) so phase and conditions follow.
+        self.trigger(key)
+        log.debug("%s/%s: %d violation(s) answered in %.1f ms (evidence %.1f, status %.1f, rungs %.1f)",
+                  key[0], key[1], len(batch), (time.perf_counter() - started) * 1000, (captured - started) * 1000,
+                  (recorded - captured) * 1000, (time.perf_counter() - recorded) * 1000)
+
+    def _decide(self, spec: AgentRunSpec | None, status: Mapping[str, Any], run_ns: str,
+                batch: list[Incident]) -> _Plan:
+        """Which pods go on the ladder (and whether RBAC is frozen), and what each violation records."""
+        quarantine = status.get("quarantine") or {}
+        already = set(quarantine.get("pods") or []) if quarantine.get("active") else set()
         ladder = list(spec.response) if spec else []
         live = sorted(p["metadata"]["name"] for p in self.store.in_namespace(run_ns, "Pod")
                       if not p["metadata"].get("deletionTimestamp"))
-
-        targets: dict[str, Incident] = {}  # pod -> the incident that put it on the ladder
-        forced: set[str] = set()
-        actions: dict[int, str] = {}
-        freeze = False
+        plan = _Plan(already=already)
         for index, incident in enumerate(batch):
             v = incident.violation
             reason = self._no_action(spec, incident)
             if reason is not None:
-                actions[index] = f"none ({reason})"
+                plan.actions[index] = f"none ({reason})"
                 continue
             pods = [v.pod] if v.pod else live
             fresh = [p for p in pods if p not in already or (incident.force and p in live)]
             wants_freeze = "freeze" in ladder and "freeze" not in (quarantine.get("steps") or [])
             if not fresh and not wants_freeze:
-                actions[index] = "none (already quarantined)" if pods else "none (no pod to act on)"
+                plan.actions[index] = "none (already quarantined)" if pods else "none (no pod to act on)"
                 continue
             for pod in fresh:
-                targets.setdefault(pod, incident)
+                plan.targets.setdefault(pod, incident)
                 if incident.force:
-                    forced.add(pod)
-            freeze = freeze or wants_freeze
-            actions[index] = "+".join(ladder)
+                    plan.forced.add(pod)
+            plan.freeze = plan.freeze or wants_freeze
+            plan.actions[index] = "+".join(ladder)
+        return plan
 
-        at = self.now()
-        records = await self._records(run_ns, batch, actions, targets)
-        patch: dict[str, Any] = {"violations": self._merge_violations(status.get("violations") or [], records)}
-        acting = bool(targets) or freeze
-        if acting:
-            first = next(iter(targets.values()), None) or batch[0]
-            steps = list(dict.fromkeys([*(quarantine.get("steps") or []), *ladder]))
-            patch["quarantine"] = {
-                "active": True,
-                "reason": first.violation.kind,
-                "message": first.violation.detail[:512],
-                "since": quarantine.get("since") if active else at,
-                "pods": sorted(already | set(targets)),
-                "steps": steps,
-                "releasedAt": None,
-                "releasedBy": None,
-            }
-        t1 = time.perf_counter()
-        record = self._timed("status", self._write_status(key, body, patch))
-        isolating = acting and bool(targets) and "isolate" in ladder
-        if isolating and not self.settings.evidence_before_isolation:
-            # The evidence is already captured (above); isolation destroys none of it, so it need
-            # not wait for the status write. Freeze and evict still wait for it.
-            await asyncio.gather(record, self._isolate(key, run_ns, targets))
-        else:
-            await record
-        t2 = time.perf_counter()
-        self._report(body, batch, actions, targets, spec)
-        if acting:
-            done = ["isolate"] if isolating and not self.settings.evidence_before_isolation else []
-            await self._act(key, run_ns, [s for s in ladder if s not in done], targets, forced=forced, freeze=freeze)
-        t3 = time.perf_counter()
-        log.info("TIMING queued+evidence %.1fms record %.1fms act %.1fms", (t1 - min(i.received for i in batch)) * 1000,
-                 (t2 - t1) * 1000, (t3 - t2) * 1000)
-        # No reconciler trigger from here: the status write comes back through the AgentRun watch,
-        # whose handler triggers the reconcile (phase Quarantined, no workload) in kopf's context.
+    def _quarantine(self, status: Mapping[str, Any], plan: _Plan, ladder: Sequence[str]) -> dict[str, Any]:
+        quarantine = status.get("quarantine") or {}
+        first = next(iter(plan.targets.values()), None)
+        reason = first.violation if first else None
+        return {
+            "active": True,
+            "reason": reason.kind if reason else quarantine.get("reason") or "Violation",
+            "message": reason.detail[:512] if reason else quarantine.get("message") or "",
+            "since": quarantine.get("since") if quarantine.get("active") else self.now(),
+            "pods": sorted(plan.already | set(plan.targets)),
+            "steps": list(dict.fromkeys([*(quarantine.get("steps") or []), *ladder])),
+            "releasedAt": None,
+            "releasedBy": None,
+        }
 
     def _no_action(self, spec: AgentRunSpec | None, incident: Incident) -> str | None:
         v = incident.violation
@@ -289,7 +333,7 @@ class Responder:
         """Violations as stored: evidence with the signal, the pod as it was and its last Events."""
         pods = {i.violation.pod for i in batch if i.violation.pod} | set(targets)
         pods = {p for p in pods if self.store.get("Pod", run_ns, p) is not None}
-        fetched = await asyncio.gather(*(self._timed("events", self._pod_events(run_ns, p)) for p in sorted(pods)))
+        fetched = await asyncio.gather(*(self._pod_events(run_ns, p) for p in sorted(pods)))
         events = dict(zip(sorted(pods), fetched, strict=True))
         records = []
         for index, incident in enumerate(batch):
@@ -340,22 +384,21 @@ class Responder:
         updated = await self.kube.merge_patch(path, {"metadata": meta, "status": dict(patch)})
         self.store.put_agentrun(updated)
 
-    def _report(self, body: Mapping[str, Any], batch: list[Incident], actions: Mapping[int, str],
-                targets: Mapping[str, Incident], spec: AgentRunSpec | None) -> None:
+    def _report(self, body: Mapping[str, Any], batch: list[Incident], plan: _Plan, spec: AgentRunSpec | None) -> None:
         for index, incident in enumerate(batch):
             v = incident.violation
-            metrics.VIOLATIONS.labels(kind=v.kind, source=v.source, action=actions[index]).inc(incident.count)
-        noted = [i for i, inc in enumerate(batch) if not actions[i].endswith("(already quarantined)")]
+            metrics.VIOLATIONS.labels(kind=v.kind, source=v.source, action=plan.actions[index]).inc(incident.count)
+        noted = [i for i in range(len(batch)) if not plan.actions[i].endswith("(already quarantined)")]
         for index in noted[:EVENTS_PER_BATCH]:
             v = batch[index].violation
             where = f" in pod {v.pod}" if v.pod else ""
             self.emit(body, "Warning", "Violation",
-                      f"{v.kind} ({v.severity}, {v.source}){where}: {v.detail} -> {actions[index]}")
+                      f"{v.kind} ({v.severity}, {v.source}){where}: {v.detail} -> {plan.actions[index]}")
         if len(noted) > EVENTS_PER_BATCH:
             self.emit(body, "Warning", "Violation", f"{len(noted) - EVENTS_PER_BATCH} more violation(s) recorded")
-        if targets and spec is not None:
-            self.emit(body, "Warning", "Quarantined",
-                      f"applying {'+'.join(spec.response)} to pod(s) {', '.join(sorted(targets))}")
+        if plan.acting and spec is not None:
+            pods = ", ".join(sorted(plan.targets)) or "none"
+            self.emit(body, "Warning", "Quarantined", f"applied {'+'.join(spec.response)} (pods: {pods})")
 
     # Rungs ---------------------------------------------------------------------------------------------
     async def _act(self, key: RunKey, run_ns: str, ladder: Sequence[str], targets: Mapping[str, Incident], *,
@@ -374,8 +417,8 @@ class Responder:
     async def _isolate(self, key: RunKey, run_ns: str, targets: Mapping[str, Incident]) -> None:
         policy = quarantine_policy(run_ns, key[1], key[0])
         results = await asyncio.gather(
-            self._timed("policy", self._step("isolate", lambda: self._apply_policy(policy))),
-            *(self._timed("label", self._step("isolate", partial(self._label, run_ns, pod))) for pod in sorted(targets)),
+            self._step("isolate", lambda: self._apply_policy(policy)),
+            *(self._step("isolate", partial(self._label, run_ns, pod)) for pod in sorted(targets)),
         )
         if all(results):
             done = time.perf_counter()
@@ -417,14 +460,6 @@ class Responder:
                 raise
 
     @staticmethod
-    async def _timed(what: str, coro: Awaitable[Any]) -> Any:
-        t = time.perf_counter()
-        try:
-            return await coro
-        finally:
-            log.info("TIMING %s %.1fms", what, (time.perf_counter() - t) * 1000)
-
-    @staticmethod
     async def _step(step: str, action: Callable[[], Awaitable[Any]]) -> bool:
         """One rung, with a few quick retries; a rung that still fails is counted and logged."""
         for attempt, delay in enumerate((*RETRIES, None)):
@@ -442,6 +477,25 @@ class Responder:
         return False
 
     # Release ---------------------------------------------------------------------------------------
+    def release_soon(self, key: RunKey, by: str) -> None:
+        """Release in the background, once at a time per run (the annotation handler and every
+        reconcile that still sees the annotation ask; only the first request does anything)."""
+        if key in self._releasing:
+            return
+        self._releasing.add(key)
+
+        async def run() -> None:
+            try:
+                await self.release(key, by)
+            except Exception:
+                log.exception("releasing %s/%s failed; the annotation stays, so the next reconcile retries", *key)
+            finally:
+                self._releasing.discard(key)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def release(self, key: RunKey, by: str) -> None:
         """Lift the quarantine after a human looked: status first (so nothing re-isolates the pods),
         then labels, the policy and a suspended Job; the reconciler restores RBAC and the workload."""
@@ -490,6 +544,7 @@ class Responder:
             log.info("quarantine of %s/%s released by %s", key[0], key[1], by)
         else:
             self.emit(current, "Normal", "Released", f"nothing to release (requested by {by})")
+        self.trigger(key)  # the reconciler restores RBAC and the workload
 
     async def _unlabel(self, namespace: str, pod: str) -> None:
         path = object_path("v1", "Pod", namespace, pod)

@@ -15,7 +15,7 @@ from stockade.api.models import Violation
 from stockade.detect import rules
 from stockade.detect.config import DetectSettings
 from stockade.kube import KubeError, object_path
-from stockade.respond import Incident, Responder
+from stockade.respond import FallbackEmit, Incident, Responder
 from stockade.store import Store
 
 from .fixtures import GPU_RUN
@@ -130,8 +130,9 @@ class World:
             path = object_path("v1", "Pod", RUN_NS, item["metadata"]["name"])
             self.store.put(self.kube.put(path, item))
         self.settings = DetectSettings(_env_file=None, **settings)  # type: ignore[call-arg]
+        self.triggered: list[tuple[str, str]] = []
         self.responder = Responder(self.kube, self.store, self.events, settings=self.settings,  # type: ignore[arg-type]
-                                   now=lambda: "2025-06-01T12:00:00Z")
+                                   trigger=self.triggered.append, now=lambda: "2025-06-01T12:00:00Z")
 
     @property
     def run(self) -> dict[str, Any]:
@@ -191,6 +192,17 @@ def test_isolate_and_evict_record_evidence_first() -> None:
                               "policyTypes": ["Ingress", "Egress"]}
     assert [e[1] for e in world.events.posted] == ["Violation", "Quarantined"]
     assert latency_count() == before + 1
+    assert world.triggered == [("team", "rome")], "the reconciler follows (its watch echo is skipped)"
+
+
+def test_fallback_emit_posts_directly_outside_kopf() -> None:
+    direct = Events()
+
+    def kopf_event(*_: Any) -> None:
+        raise LookupError("event_queue_loop_var")
+
+    FallbackEmit(kopf_event, direct)({"metadata": {}}, "Normal", "PhaseQuarantined", "m")
+    assert direct.posted == [("Normal", "PhaseQuarantined", "m")]
 
 
 def test_isolation_may_run_beside_the_evidence_write_but_eviction_waits_for_it() -> None:
@@ -421,6 +433,7 @@ def test_release_lifts_the_quarantine_and_records_who() -> None:
     assert labels.QUARANTINED not in world.store.get("Pod", RUN_NS, "rome")["metadata"]["labels"]
     assert labels.RELEASE_ANNOTATION not in (world.run["metadata"].get("annotations") or {})
     assert world.events.posted[-1][1] == "Released" and "alice" in world.events.posted[-1][2]
+    assert world.triggered[-1] == ("team", "rome")
 
 
 def test_violations_for_a_deleted_run_are_dropped() -> None:

@@ -20,7 +20,7 @@ from stockade.detect.prom import Poller
 from stockade.detect.server import SignalServer
 from stockade.detect.watch import ApiDetector
 from stockade.reconcile import stamp, utcnow
-from stockade.respond import EventPoster, Responder
+from stockade.respond import EventPoster, FallbackEmit, Responder
 from stockade.runtime import RUNTIME
 
 log = logging.getLogger("stockade.detect")
@@ -71,7 +71,11 @@ async def start_detection(**_: Any) -> None:
     if current() is not None:
         return
     settings = DetectSettings()
-    responder = Responder(RUNTIME.kube, RUNTIME.store, EventPoster(RUNTIME.kube, _now), settings=settings, now=_now)
+    poster = EventPoster(RUNTIME.kube, _now)
+    # The responder triggers reconciles from its own tasks, where kopf.event cannot post.
+    RUNTIME.reconciler.emit = FallbackEmit(RUNTIME.reconciler.emit, poster)
+    responder = Responder(RUNTIME.kube, RUNTIME.store, poster, settings=settings,
+                          trigger=RUNTIME.reconciler.trigger_soon, now=_now)
     detector = ApiDetector(RUNTIME.store, responder, _now)
     RUNTIME.reconciler.extensions.append(detector.on_reconcile)
     detection = Detection(settings, responder, detector)
@@ -137,4 +141,4 @@ async def release_requested(event: Mapping[str, Any], body: kopf.Body, **_: Any)
     by = ((stored.get("metadata") or {}).get("annotations") or {}).get(labels.RELEASE_ANNOTATION)
     if by is None:
         return  # already handled: the stored object is newer and has no annotation
-    await detection.responder.release(key, str(by)[:253] or "unknown")
+    detection.responder.release_soon(key, str(by)[:253] or "unknown")

@@ -64,6 +64,9 @@ class ApiDetector:
     # Pods: a reconciler extension ---------------------------------------------------------------------
     async def on_reconcile(self, key: RunKey, body: dict[str, Any], spec: AgentRunSpec) -> None:
         self._prune()
+        requested = ((body.get("metadata") or {}).get("annotations") or {}).get(labels.RELEASE_ANNOTATION)
+        if requested is not None:  # level-based: a release the annotation handler missed still happens
+            self.responder.release_soon(key, str(requested)[:253] or "unknown")  # (busy until it is done)
         status = body.get("status") or {}
         run_ns = status.get("runNamespace") or run_namespace_name(*key)
         pods = [p for p in self.store.in_namespace(run_ns, "Pod") if not p["metadata"].get("deletionTimestamp")]
