@@ -30,6 +30,8 @@ from stockade.store import RunKey, Store
 log = logging.getLogger("stockade.reconcile")
 
 EmitEvent = Callable[[Mapping[str, Any], str, str, str], None]
+QUOTA_PENDING = "the quota controller to enforce the ResourceQuota"
+QUOTA_WAIT_SECONDS = 1.0
 PRUNABLE_COMPONENTS = {"network", "identity", "quota", "limits"}
 WORKLOAD_KINDS = {"Pod": "v1", "Job": "batch/v1"}
 
@@ -177,17 +179,20 @@ class Reconciler:
         await self._apply_guardrails(plan, body)
         await self._prune(run, plan)
         ready, waiting_on = self._guardrails_ready(plan)
+        if not ready and waiting_on == QUOTA_PENDING:
+            ready, waiting_on = await self._await_quota(plan)
 
         terminal = status.get("phase") if status.get("phase") in ("Succeeded", "Failed", "Expired") else None
         quarantined = self._quarantine_of(status)
         if expired or terminal == "Expired":
             await self._stop_workload(run)
             expired = True
-        elif plan.refusals:
+        if plan.refusals and not expired:
             self._warn_once(key, body, "TemplateExceedsGrant", "; ".join(f.text() for f in plan.refusals))
             metrics.REFUSALS.inc()
-        elif ready and terminal is None and quarantined is None:
-            await self._ensure_workload(plan)
+        started = False
+        if not (expired or plan.refusals) and ready and terminal is None and quarantined is None:
+            started = await self._ensure_workload(plan)
 
         phase, message = self._workload_phase(run, spec)
         for extension in self.extensions:
@@ -210,7 +215,10 @@ class Reconciler:
             "workload": f"{spec.workload.lower()}/{run.name}" if plan.workload else None,
             "resolvedEgress": {host: resolved.get(host, []) for host in hosts} or None,
         }
-        await self._write_status(key, body, observed, extra)
+        if not started:
+            # Right after the workload is created its own events (scheduled, running, unschedulable) come
+            # within moments and bring the status with them: one write fewer on every run's start.
+            await self._write_status(key, body, observed, extra)
         delays = [d for d in (refresh_in, (expires - now).total_seconds() if expires and not expired else None)
                   if d is not None]
         self._arm_timer(key, min(delays) if delays else None)
@@ -283,24 +291,38 @@ class Reconciler:
             # ("status unknown for quota"), and a stale status would admit the old grant.
             if desired["kind"] == "ResourceQuota" and not contains(
                     (live.get("status") or {}).get("hard") or {}, desired["spec"]["hard"]):
-                return False, "the quota controller to enforce the ResourceQuota"
+                return False, QUOTA_PENDING
         return True, ""
 
-    async def _ensure_workload(self, plan: Plan) -> None:
+    async def _await_quota(self, plan: Plan) -> tuple[bool, str]:
+        """The quota controller fills a new quota's status within moments; waiting for it here (the
+        watch updates the store meanwhile) starts the agent in this pass instead of after a status
+        write and another round. Bounded: a slow controller gets the status written and a later event."""
+        deadline = time.monotonic() + QUOTA_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+            ready, waiting_on = self._guardrails_ready(plan)
+            if ready or waiting_on != QUOTA_PENDING:
+                return ready, waiting_on
+        return False, QUOTA_PENDING
+
+    async def _ensure_workload(self, plan: Plan) -> bool:
+        """Create the workload if it does not exist; True if this call created it."""
         desired = plan.workload
         if desired is None:
-            return
+            return False
         meta = desired["metadata"]
         if self.store.get(desired["kind"], meta["namespace"], meta["name"]) is not None:
-            return
+            return False
         try:
             created = await self.kube.create(desired)
         except KubeError as err:
             if err.conflict:
-                return  # created by an earlier round whose watch event has not arrived yet
+                return False  # created by an earlier round whose watch event has not arrived yet
             raise
         self.store.put(created)
         log.info("started the agent's %s %s/%s", desired["kind"], meta["namespace"], meta["name"])
+        return True
 
     async def _stop_workload(self, run: RunRef) -> None:
         for kind in ("Job", "Pod"):
