@@ -281,7 +281,12 @@ def test_upgrade_keeps_the_token_and_scales_out(crds: None) -> None:
     helm("upgrade", CRD_RELEASE, str(ROOT / "charts/stockade-crds"), "--namespace", NAMESPACE, "--wait")
     helm("upgrade", RELEASE, str(ROOT / "charts/stockade"), "--namespace", NAMESPACE, "--set", "replicaCount=2",
          "--wait", "--timeout", "3m")
-    assert get_json("deployment", RELEASE, "--namespace", NAMESPACE)["status"].get("availableReplicas") == 2
+    # `helm --wait` returns once 2 are ready; a pod of the old ReplicaSet may still be going away.
+    def settled() -> bool:
+        status = get_json("deployment", RELEASE, "--namespace", NAMESPACE)["status"]
+        return bool(status.get("availableReplicas") == status.get("replicas") == status.get("updatedReplicas") == 2)
+
+    wait_for("the Deployment to settle at 2 replicas", settled, timeout=60)
     assert get_json("secret", secret, "--namespace", NAMESPACE)["data"]["token"] == before
     assert exists("poddisruptionbudget", RELEASE, "--namespace", NAMESPACE)
     # The operator filled the webhook configuration in; an upgrade leaves its webhooks alone.
