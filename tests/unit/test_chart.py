@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from .helm_support import helm
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts/stockade"
 CRD_CHART = ROOT / "charts/stockade-crds"
@@ -18,15 +20,6 @@ KUBE_VERSION = "1.30.0"
 STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
                    "app.kubernetes.io/component", "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by",
                    "helm.sh/chart")
-
-
-def helm() -> str:
-    bindir = subprocess.run([str(ROOT / "e2e/cluster.sh"), "bindir"], capture_output=True, text=True,
-                            check=True).stdout.strip()
-    path = Path(bindir) / "helm"
-    if not path.exists():
-        pytest.fail(f"helm is not in {bindir}: run `e2e/cluster.sh build` (CI builds it)")
-    return str(path)
 
 
 def template(*sets: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:

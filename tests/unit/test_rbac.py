@@ -19,20 +19,13 @@ import yaml
 
 from stockade.rbac import PERMISSIONS, RELEASE, expand
 
+from .helm_support import helm
+
 ROOT = Path(__file__).resolve().parents[2]
 Grant = tuple[str, str, str, str]  # (group, resource, verb, name or "")
 ALL_FEATURES = {"peering.enabled", "webhook.enabled"}
 # Watches kopf makes by itself, with no handler of ours behind them.
 FRAMEWORK_WATCHES = {("apiextensions.k8s.io", "customresourcedefinitions"), ("kopf.dev", "clusterkopfpeerings")}
-
-
-def helm() -> str:
-    bindir = subprocess.run([str(ROOT / "e2e/cluster.sh"), "bindir"], capture_output=True, text=True,
-                            check=True).stdout.strip()
-    path = Path(bindir) / "helm"
-    if not path.exists():
-        pytest.fail(f"helm is not in {bindir}: run `e2e/cluster.sh build` (CI builds it)")
-    return str(path)
 
 
 def render(*sets: str, release: str = "stockade") -> list[dict[str, Any]]:
