@@ -11,10 +11,9 @@ from aiohttp.test_utils import TestServer
 from stockade.detect import prom
 from stockade.detect.config import DetectSettings
 from stockade.detect.watch import ApiDetector
-from stockade.store import Store
 
-from .test_detect_respond import RUN_NS, agentrun, pod
-from .test_detect_server import Queue
+from .test_detect_respond import RUN_NS
+from .test_detect_server import Queue, store_with_runs
 
 
 def series(metric: dict[str, str], value: float) -> dict[str, Any]:
@@ -35,16 +34,6 @@ def fake_prometheus(answers: dict[str, list[dict[str, Any]]], seen: list[str]) -
     app = web.Application()
     app.router.add_get("/api/v1/query", query)
     return app
-
-
-def store_with_runs() -> Store:
-    store = Store()
-    store.put_agentrun({**agentrun(), "metadata": {**agentrun()["metadata"], "resourceVersion": "5"}})
-    store.put({"apiVersion": "v1", "kind": "Namespace",
-               "metadata": {"name": RUN_NS, "resourceVersion": "1",
-                            "labels": {"stockade.io/agentrun": "rome", "stockade.io/agentrun-namespace": "team"}}})
-    store.put({**pod("rome"), "metadata": {**pod("rome")["metadata"], "resourceVersion": "7"}})
-    return store
 
 
 def poll(answers: dict[str, list[dict[str, Any]]], **settings: Any) -> tuple[Queue, list[str]]:

@@ -38,13 +38,19 @@ class NoKube:
         self.gets.append((namespace, name))
 
 
-def world() -> tuple[Store, Queue, NoKube, SignalServer]:
+def store_with_runs() -> Store:
+    """One AgentRun (team/rome), its run namespace and its pod, as the watches would have stored them."""
     store = Store()
     store.put_agentrun({**agentrun(), "metadata": {**agentrun()["metadata"], "resourceVersion": "5"}})
     store.put({"apiVersion": "v1", "kind": "Namespace",
                "metadata": {"name": RUN_NS, "resourceVersion": "1",
                             "labels": {"stockade.io/agentrun": "rome", "stockade.io/agentrun-namespace": "team"}}})
     store.put({**pod("rome"), "metadata": {**pod("rome")["metadata"], "resourceVersion": "7"}})
+    return store
+
+
+def world() -> tuple[Store, Queue, NoKube, SignalServer]:
+    store = store_with_runs()
     queue, kube = Queue(), NoKube()
     settings = DetectSettings(_env_file=None, signal_token=TOKEN)  # type: ignore[call-arg]
     detector = ApiDetector(store, queue, lambda: "t")  # type: ignore[arg-type]
