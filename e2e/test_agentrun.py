@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import pytest
+import yaml
 
 from .conftest import (
     KubectlError,
@@ -234,22 +235,66 @@ def test_status_is_not_rewritten_when_nothing_changes(operator: Operator, team_n
         run["metadata"]["resourceVersion"]
 
 
-def test_operator_killed_mid_reconcile_converges_without_duplicates(operator: Operator, team_namespace: str) -> None:
-    names = [f"burst-{i}" for i in range(8)]
-    apply([agentrun(n, team_namespace, simple_spec(dns=True)) for n in names])
-    time.sleep(0.3)  # let it get part-way through building the fences
-    operator.kill()
+def _hold_pods(team: str) -> dict[str, Any]:
+    """A ValidatingAdmissionPolicy that refuses every pod in this team's run namespaces: the operator
+    builds each fence up to the workload and no further, which is where a crash hurts most."""
+    name = f"e2e-hold-{team}"
+    match = {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
+                                "operations": ["CREATE"]}]}
+    held = (f"'{team}' in [namespaceObject.metadata.?labels[?'stockade.io/agentrun-namespace'].orValue(''), "
+            "object.metadata.?labels[?'e2e-hold'].orValue('')]")
+    return {
+        "policy": {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+                   "metadata": {"name": name},
+                   "spec": {"failurePolicy": "Fail", "matchConstraints": match,
+                            "validations": [{"expression": f"!({held})", "message": "e2e: pods held back"}]}},
+        "binding": {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+                    "metadata": {"name": name}, "spec": {"policyName": name, "validationActions": ["Deny"]}},
+    }
+
+
+def _held(team: str) -> bool:
+    probe = {"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": "probe", "namespace": team, "labels": {"e2e-hold": team}},
+             "spec": {"containers": [{"name": "c", "image": "registry.example/probe:1"}]}}
     try:
-        half_built = [n for n in names if not ready(team_namespace, n)]
+        kubectl("create", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(probe))
+    except KubectlError as err:
+        return "e2e: pods held back" in err.stderr
+    return False
+
+
+def test_operator_killed_mid_reconcile_converges_without_duplicates(operator: Operator, team_namespace: str) -> None:
+    hold = _hold_pods(team_namespace)
+    names = [f"burst-{i}" for i in range(8)]
+    apply([hold["policy"], hold["binding"]])
+    try:
+        wait_for(lambda: _held(team_namespace), timeout=30, what="the hold policy to take effect")
+        apply([agentrun(n, team_namespace, simple_spec(dns=True)) for n in names])
+
+        def fenced_without_workload(name: str) -> bool:
+            ns = run_namespace(team_namespace, name)
+            return len(get("networkpolicies", namespace=ns)["items"]) == 3 and \
+                get("resourcequota", "stockade-grant", ns) is not None
+
+        for name in names:
+            wait_for(lambda n=name: fenced_without_workload(n), timeout=60, what=f"{name}'s fence")
+        operator.kill()
+        for name in names:
+            assert not ready(team_namespace, name), f"{name} is Ready without its workload"
+            assert get("pods", namespace=run_namespace(team_namespace, name))["items"] == []
     finally:
-        operator.start()
+        kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy",
+                f"e2e-hold-{team_namespace}", check=False)
+        if operator.proc is None:
+            operator.start()
     for name in names:
         wait_ready(team_namespace, name, timeout=60)
         ns = run_namespace(team_namespace, name)
         assert len(get("pods", namespace=ns)["items"]) == 1, "exactly one workload"
         assert len(get("networkpolicies", namespace=ns)["items"]) == 3
         assert len(get("resourcequotas", namespace=ns)["items"]) == 1
-    assert half_built, "the kill landed after every run was already Ready; nothing was tested mid-reconcile"
+        assert len(get("serviceaccounts", namespace=ns, selector="stockade.io/agentrun")["items"]) == 1
 
 
 @pytest.mark.parametrize(("pod_phase", "run_phase", "stalled"), [("Succeeded", "Succeeded", "False"),
