@@ -31,6 +31,7 @@ export GOTOOLCHAIN=local CGO_ENABLED=0
 GOFLAGS_BUILD=(-trimpath)
 
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
 
 need_go() {
   command -v go >/dev/null || { log "go is required to build the control plane (apt-get install golang or https://go.dev)"; exit 1; }
@@ -159,6 +160,14 @@ cmd_up() {
       --kubeconfig "$KUBECONFIG_FILE" \
       --wait 180s >&2
   fi
+  # Pods need their namespace's default ServiceAccount, which the controllers (each with its own
+  # ServiceAccount, see cluster/kwokctl.yaml) make a few seconds after a cold start.
+  local tries=0
+  until kubectl_ get serviceaccount default --namespace kube-system >/dev/null 2>&1; do
+    tries=$((tries + 1))
+    [ "$tries" -le 120 ] || die "kube-system/default ServiceAccount did not appear in 60 s"
+    sleep 0.5
+  done
   kubectl_ apply -f "$HERE/cluster/nodes.yaml" >/dev/null
   # Node status is a subresource: advertise capacity (GPUs included) with a status patch.
   local node

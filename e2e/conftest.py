@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,6 +22,8 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+
+from . import chart
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -55,10 +58,18 @@ class KubectlError(Exception):
         self.stderr = stderr
 
 
+# Break-glass: the chart is installed with this group exempt from Stockade's admission, and BREAK_GLASS
+# (a user in it, and in system:masters for RBAC) stands for a platform admin changing a fence by hand.
+BREAK_GLASS_GROUP = "stockade:e2e-break-glass"
+BREAK_GLASS = "e2e-platform-admin"
+
+
 def kubectl(*args: str, stdin: str | None = None, as_user: str | None = None, check: bool = True) -> str:
     cmd = [str(BIN / "kubectl"), "--kubeconfig", KUBECONFIG, *args]
     if as_user:
         cmd += ["--as", as_user]
+        if as_user == BREAK_GLASS:
+            cmd += ["--as-group", BREAK_GLASS_GROUP, "--as-group", "system:masters"]
     result = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60, check=False)
     if check and result.returncode != 0:
         raise KubectlError(list(args), result.returncode, result.stderr)
@@ -122,6 +133,29 @@ def crds() -> None:
     kubectl("wait", "--for=condition=Established", "crd/agentruns.stockade.io", "--timeout=60s")
 
 
+def helm(*args: str) -> str:
+    result = subprocess.run([str(BIN / "helm"), "--kubeconfig", KUBECONFIG, *args], capture_output=True, text=True,
+                            timeout=300, check=False)
+    if result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def installed_chart(crds: None) -> dict[str, Any]:
+    """Both charts installed as a user would (the CRD chart takes over the CRDs applied above): the
+    operator's ServiceAccount, RBAC, admission policies and (empty) webhook configurations. Returns the
+    chart's Deployment, whose pod the operator fixture runs on this machine."""
+    helm("upgrade", "--install", chart.CRD_RELEASE, str(ROOT / "charts/stockade-crds"), "--namespace",
+         chart.NAMESPACE, "--create-namespace", "--take-ownership")
+    kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
+    # --take-ownership: `make run` on this cluster leaves the same webhook configurations and policies.
+    helm("upgrade", "--install", chart.RELEASE, str(ROOT / "charts/stockade"), "--namespace", chart.NAMESPACE,
+         "--take-ownership", "--set", f"admissionPolicy.exemptGroups={{{BREAK_GLASS_GROUP}}}")
+    deployment: dict[str, Any] = get("deployment", chart.RELEASE, chart.NAMESPACE)
+    return deployment
+
+
 class Dnsmasq:
     """A real DNS server on loopback whose records the tests change (dnsmasq from Debian)."""
 
@@ -166,11 +200,13 @@ def dnsmasq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsmasq]:
 
 
 class Operator:
-    """The operator as a real process (`stockade run`), restartable and killable mid-flight."""
+    """The operator as a real process (`stockade run` with the chart's arguments), restartable and killable
+    mid-flight."""
 
-    def __init__(self, logdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, logdir: Path, env: dict[str, str], args: list[str]) -> None:
         self.logdir = logdir
         self.env = env
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = int(env["STOCKADE_METRICS_PORT"])
         self.health_port = free_port()
@@ -180,7 +216,7 @@ class Operator:
         self.starts += 1
         log = (self.logdir / f"operator-{self.starts}.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stockade.cli", "run", "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"],
+            [sys.executable, "-m", "stockade.cli", *self.args, f"--liveness=http://127.0.0.1:{self.health_port}/healthz"],
             env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         wait_for(self._healthy, timeout=60, what="the operator's liveness endpoint")
@@ -218,26 +254,43 @@ class Operator:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
             return str(resp.read().decode())
 
+    def logs(self) -> list[str]:
+        return [line for path in sorted(self.logdir.glob("operator-*.log"))
+                for line in path.read_text(errors="replace").splitlines()]
+
+    def assert_never_refused_by_rbac(self) -> None:
+        # RBAC's refusals read 'User "..." cannot VERB resource "..."'; other 403s (a namespace being
+        # deleted refuses new Events) are not about the chart's permissions.
+        refused = [line for line in self.logs() if re.search(r"cannot [a-z]+ resource", line)]
+        assert not refused, "the operator was refused with the chart's identity:\n" + "\n".join(refused[:20])
+
     def log_tail(self, lines: int = 60) -> str:
         logs = sorted(self.logdir.glob("operator-*.log"))
         return "\n".join(logs[-1].read_text(errors="replace").splitlines()[-lines:]) if logs else ""
 
 
-def operator_env(dnsmasq: Dnsmasq) -> dict[str, str]:
-    return {
-        "STOCKADE_METRICS_PORT": str(free_port()),
+def operator_env(deployment: dict[str, Any], dnsmasq: Dnsmasq, kubeconfig: Path) -> dict[str, str]:
+    """The chart pod's environment and ServiceAccount, plus what points it at this machine's DNS server."""
+    env = chart.operator_env(deployment, kubectl)
+    env.update({
         "STOCKADE_DNS_SERVERS": json.dumps([f"127.0.0.1:{dnsmasq.port}"]),
         "STOCKADE_DNS_MIN_REFRESH_SECONDS": "1",
-        "KUBECONFIG": KUBECONFIG,
-    }
+        "KUBECONFIG": str(kubeconfig),
+    })
+    return env
 
 
 @pytest.fixture(scope="session")
-def operator(crds: None, dnsmasq: Dnsmasq, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    op = Operator(tmp_path_factory.mktemp("operator"), operator_env(dnsmasq))
+def operator(installed_chart: dict[str, Any], dnsmasq: Dnsmasq,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """The operator with nothing but the chart's identity: a missing permission fails the suite."""
+    home = tmp_path_factory.mktemp("operator")
+    kubeconfig = chart.serviceaccount_kubeconfig(kubectl, home / "kubeconfig")
+    op = Operator(home, operator_env(installed_chart, dnsmasq, kubeconfig), chart.operator_args(installed_chart))
     op.start()
     yield op
     op.stop()
+    op.assert_never_refused_by_rbac()
 
 
 @pytest.fixture

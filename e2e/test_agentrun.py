@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from .conftest import (
+    BREAK_GLASS,
     KubectlError,
     Operator,
     agentrun,
@@ -118,7 +119,9 @@ def test_hand_deleted_guardrail_comes_back(operator: Operator, team_namespace: s
     wait_ready(team_namespace, "drift")
     ns = run_namespace(team_namespace, "drift")
     before = get(kind, name, ns)["metadata"]["uid"]
-    kubectl("delete", kind, name, "-n", ns)
+    with pytest.raises(KubectlError, match=r"only the Stockade operator|managed by Stockade"):
+        kubectl("delete", kind, name, "-n", ns)  # a cluster admin, but not break-glass
+    kubectl("delete", kind, name, "-n", ns, as_user=BREAK_GLASS)
     restored = wait_for(lambda: (o := get(kind, name, ns)) and o["metadata"]["uid"] != before and o,
                         timeout=10, interval=0.05, what=f"{kind}/{name} to come back")
     assert restored["metadata"]["labels"]["stockade.io/agentrun"] == "drift"
@@ -132,12 +135,12 @@ def test_hand_edited_guardrail_is_restored(operator: Operator, team_namespace: s
     wait_ready(team_namespace, "edited")
     ns = run_namespace(team_namespace, "edited")
     kubectl("patch", "resourcequota", "stockade-grant", "-n", ns, "--type=merge",
-            "-p", '{"spec":{"hard":{"limits.cpu":"64","services.loadbalancers":"5"}}}')
+            "-p", '{"spec":{"hard":{"limits.cpu":"64","services.loadbalancers":"5"}}}', as_user=BREAK_GLASS)
     wait_for(lambda: get("resourcequota", "stockade-grant", ns)["spec"]["hard"]["limits.cpu"] == "2",
              timeout=10, interval=0.05, what="the quota edit to be reverted")
     assert get("resourcequota", "stockade-grant", ns)["spec"]["hard"]["services.loadbalancers"] == "0"
     kubectl("patch", "networkpolicy", "stockade-egress", "-n", ns, "--type=merge", "-p",
-            '{"spec":{"egress":[{"to":[{"ipBlock":{"cidr":"0.0.0.0/0"}}]}]}}')
+            '{"spec":{"egress":[{"to":[{"ipBlock":{"cidr":"0.0.0.0/0"}}]}]}}', as_user=BREAK_GLASS)
     wait_for(lambda: get("networkpolicy", "stockade-egress", ns)["spec"].get("egress", []) == [],
              timeout=10, interval=0.05, what="the widened egress policy to be narrowed again")
 
@@ -185,7 +188,9 @@ def test_hand_deleted_run_namespace_is_rebuilt(operator: Operator, team_namespac
     wait_ready(team_namespace, "rebuilt")
     ns = run_namespace(team_namespace, "rebuilt")
     old_uid = get("namespace", ns)["metadata"]["uid"]
-    kubectl("delete", "namespace", ns, "--wait=false")
+    with pytest.raises(KubectlError, match="managed by Stockade only"):
+        kubectl("delete", "namespace", ns, "--wait=false")
+    kubectl("delete", "namespace", ns, "--wait=false", as_user=BREAK_GLASS)
     wait_for(lambda: (n := get("namespace", ns)) and n["metadata"]["uid"] != old_uid
              and not n["metadata"].get("deletionTimestamp"), timeout=60, what="the run namespace to be re-created")
     wait_for(lambda: get("pod", "rebuilt", ns), timeout=30, what="the workload to return inside the new fence")

@@ -1,6 +1,10 @@
 """Render everything derived from the chart and the code: ``make manifests`` runs this.
 
 * charts/stockade/templates/_rbac.tpl      the ClusterRole rules, from operator/stockade/rbac.py
+* charts/stockade/files/admission-policies.json   the ValidatingAdmissionPolicies and bindings, from
+                                           operator/stockade/admission/vap.py (what the operator applies
+                                           itself when it runs without the chart), with placeholders that
+                                           templates/admission-policy.yaml fills in
 * charts/stockade-crds/templates/agentruns.stockade.io.yaml   crds/agentruns.stockade.io.yaml, kept on uninstall
 * manifests/crds/, manifests/operator/     `helm template` of both charts (manifests/values.yaml), one file
                                            per chart template, each folder a kustomization
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import os
 import re
 import shutil
@@ -21,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from stockade.admission import vap
 from stockade.rbac import helm_rules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +74,25 @@ def crd_chart_agentruns() -> str:
     return header + yaml.safe_dump(crd, sort_keys=False, width=120)
 
 
+# Placeholders in files/admission-policies.json; templates/admission-policy.yaml replaces them. Each is
+# text no CEL expression or name contains, and the values put in their place hold no JSON quote.
+OPERATOR_USER = "__STOCKADE_OPERATOR_USER__"
+OPERATOR_NAMESPACE = "__STOCKADE_RELEASE_NAMESPACE__"
+EXEMPT_GROUP = "__STOCKADE_EXEMPT_GROUP__"
+FULLNAME = "__STOCKADE_FULLNAME__"
+
+
+def admission_policies() -> str:
+    """vap.manifests() for the chart: names prefixed by the release's full name instead of "stockade"."""
+    objects = vap.manifests([OPERATOR_USER], [OPERATOR_NAMESPACE], [EXEMPT_GROUP])
+    for obj in objects:
+        obj["metadata"]["name"] = obj["metadata"]["name"].replace("stockade-", f"{FULLNAME}-", 1)
+        if obj["kind"] == "ValidatingAdmissionPolicyBinding":
+            obj["spec"]["policyName"] = obj["spec"]["policyName"].replace("stockade-", f"{FULLNAME}-", 1)
+    return json.dumps({"_comment": "Generated from operator/stockade/admission/vap.py by `make manifests`. "
+                       "Do not edit by hand.", "objects": objects}, indent=1) + "\n"
+
+
 def helm_template(helm: str, chart: str, values: Path | None) -> str:
     args = [helm, "template", RELEASE, str(ROOT / "charts" / chart), "--namespace", NAMESPACE,
             "--kube-version", KUBE_VERSION]
@@ -99,8 +124,9 @@ def outputs(helm: str) -> dict[Path, str]:
     out: dict[Path, str] = {
         ROOT / "charts/stockade/templates/_rbac.tpl": helm_rules(),
         ROOT / "charts/stockade-crds/templates/agentruns.stockade.io.yaml": crd_chart_agentruns(),
+        ROOT / "charts/stockade/files/admission-policies.json": admission_policies(),
     }
-    # The charts must be current before they are rendered: write those two first (not in --check).
+    # The charts must be current before they are rendered: write those three first (not in --check).
     for folder, chart, values in (("crds", "stockade-crds", None),
                                   ("operator", "stockade", ROOT / "manifests" / "values.yaml")):
         files = split_by_source(helm_template(helm, chart, values))
@@ -126,7 +152,8 @@ def main() -> int:
     check = parser.parse_args().check
     helm = helm_binary()
     if not check:
-        for path, text in list(outputs(helm).items())[:2]:
+        for path, text in list(outputs(helm).items())[:3]:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     produced = outputs(helm)
     problems = []

@@ -210,11 +210,13 @@ def admission_manifests(
         ..., "--operator-username", help="The operator's identity, exempt from the policies (repeatable), e.g. "
         "system:serviceaccount:stockade-system:stockade."),
     operator_namespace: str = typer.Option("stockade-system", help="The operator's namespace, never selected."),
+    exempt_group: list[str] = typer.Option(  # noqa: B008
+        [], "--exempt-group", help="A break-glass group whose members pass like the operator (repeatable)."),
 ) -> None:
     """Print the ValidatingAdmissionPolicies and their bindings (what holds while the operator is down)."""
     from stockade.admission.vap import render
 
-    sys.stdout.write(render(operator_username, [operator_namespace]))
+    sys.stdout.write(render(operator_username, [operator_namespace], exempt_group))
 
 
 def main() -> None:

@@ -81,6 +81,21 @@ def test_operator_identity_is_a_quoted_cel_string(name: str) -> None:
     assert inner.replace("\\\\", "").replace("\\'", "").count("'") == 0
 
 
+def test_break_glass_groups_pass_in_every_policy_and_webhook() -> None:
+    condition = vap.not_operator(OPERATOR, ["platform:break-glass"])
+    assert condition["expression"] == (f"!(request.userInfo.username in {vap.cel_list(OPERATOR)} || "
+                                       "request.userInfo.groups.exists(g, g in ['platform:break-glass']))")
+    policies = [o for o in vap.manifests(OPERATOR, (), ["platform:break-glass"]) if "validations" in o["spec"]]
+    configs = [webhook.validating(CLIENTS, OPERATOR, exempt_groups=["platform:break-glass"]),
+               webhook.mutating(CLIENTS, OPERATOR, exempt_groups=["platform:break-glass"])]
+    assert len(policies) == 3
+    for obj in policies:
+        assert condition in obj["spec"]["matchConditions"]
+    for config in configs:
+        for hook in config["webhooks"]:
+            assert condition in hook["matchConditions"]
+
+
 def test_every_policy_exempts_the_operator_and_every_check_explains_itself() -> None:
     for obj in vap.manifests(OPERATOR):
         if obj["kind"] != "ValidatingAdmissionPolicy":

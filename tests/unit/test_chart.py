@@ -1,4 +1,4 @@
-"""The Helm charts, rendered offline: lint, the values schema, hardening, labels, the admission policy file,
+"""The Helm charts, rendered offline: lint, the values schema, hardening, labels, the admission policies,
 and the committed plain manifests (which must match the chart: `make manifests`)."""
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from stockade.admission import vap
+
 from .helm_support import helm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,16 +24,17 @@ STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.
                    "helm.sh/chart")
 
 
-def template(*sets: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
-    args = [helm(), "template", "stockade", str(chart), "--namespace", "stockade-system",
-            "--kube-version", KUBE_VERSION]
+def template(*sets: str, chart: Path = CHART, release: str = "stockade",
+             namespace: str = "stockade-system") -> subprocess.CompletedProcess[str]:
+    args = [helm(), "template", release, str(chart), "--namespace", namespace, "--kube-version", KUBE_VERSION]
     for value in sets:
         args += ["--set", value]
     return subprocess.run(args, capture_output=True, text=True, check=False)
 
 
-def render(*sets: str, chart: Path = CHART) -> list[dict[str, Any]]:
-    result = template(*sets, chart=chart)
+def render(*sets: str, chart: Path = CHART, release: str = "stockade",
+           namespace: str = "stockade-system") -> list[dict[str, Any]]:
+    result = template(*sets, chart=chart, release=release, namespace=namespace)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -73,8 +76,8 @@ def test_lint(chart: Path) -> None:
     "webhook.timeoutSeconds=60",
     "webhook.certManager.issuerRef.kind=Vault",
     "signal.token.secretName=Not_A_Name",
-    "admissionPolicy.validationActions={Deny,Warn}",
-    "admissionPolicy.validationActions={Block}",
+    "admissionPolicy.exemptGroups={it's}",  # a quote would end the CEL string it goes into
+    "admissionPolicy.validationActions={Warn}",  # gone: audit mode is per AgentRun
     "resources.requests.cpu=lots",
     "podSecurityContext.runAsNonRoot=false",
     "securityContext.readOnlyRootFilesystem=false",
@@ -211,21 +214,43 @@ def test_signal_token_secret_can_come_from_elsewhere() -> None:
     assert env(docs)["STOCKADE_SIGNAL_TOKEN"] == {"secretKeyRef": {"name": "my-token", "key": "token"}}
 
 
-def test_admission_policies_come_from_the_file() -> None:
-    policies = yaml.safe_load((CHART / "files/validating-admission-policy.yaml").read_text())["policies"]
-    docs = render("admissionPolicy.exemptGroups={system:masters}", "admissionPolicy.validationActions={Warn,Audit}")
-    rendered = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"}
-    assert set(rendered) == {f"stockade-{key}" for key in policies}
-    for key, policy in policies.items():
-        spec = rendered[f"stockade-{key}"]["spec"]
-        assert spec["failurePolicy"] == "Fail"
-        assert spec["validations"] == policy["validations"]
-        assert spec["matchConstraints"] == policy["matchConstraints"]
-        injected = {v["name"]: v["expression"] for v in spec["variables"]}
-        assert injected["operator"] == "'system:serviceaccount:stockade-system:stockade'"
-        assert injected["exemptGroups"] == '["system:masters"]'
-        binding = one(docs, "ValidatingAdmissionPolicyBinding", f"stockade-{key}")
-        assert binding["spec"] == {"policyName": f"stockade-{key}", "validationActions": ["Warn", "Audit"]}
+def _sorted_selector_values(obj: Any) -> Any:
+    """Selector values are a set; the chart's namespace takes the placeholder's place in their order."""
+    if isinstance(obj, dict):
+        return {k: sorted(v) if k == "values" else _sorted_selector_values(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_sorted_selector_values(v) for v in obj]
+    return obj
+
+
+def test_admission_policies_are_the_operators_own() -> None:
+    """The chart ships exactly what the operator applies itself (vap.manifests), names and identity its own."""
+    docs = render("admissionPolicy.exemptGroups={platform:break-glass,system:masters}", namespace="ops",
+                  release="guard")
+    rendered = [d for d in docs if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    expected = vap.manifests(["system:serviceaccount:ops:guard-stockade"], ["ops"],
+                             ["platform:break-glass", "system:masters"])
+    assert len(rendered) == len(expected)
+    for got, want in zip(rendered, expected, strict=True):
+        assert got["kind"] == want["kind"]
+        assert got["metadata"]["name"] == want["metadata"]["name"].replace("stockade-", "guard-stockade-", 1)
+        assert got["metadata"]["labels"]["app.kubernetes.io/instance"] == "guard"
+        assert got["metadata"]["labels"]["app.kubernetes.io/component"] == "admission"
+        if want["kind"] == "ValidatingAdmissionPolicyBinding":
+            want["spec"]["policyName"] = want["spec"]["policyName"].replace("stockade-", "guard-stockade-", 1)
+        assert _sorted_selector_values(got["spec"]) == _sorted_selector_values(want["spec"])
+    assert env(docs)["STOCKADE_ADMISSION_EXEMPT_GROUPS"] == '["platform:break-glass","system:masters"]'
+    assert env(docs)["STOCKADE_ADMISSION_MANAGE_POLICY"] == "false", "the chart's policies, not the operator's"
+
+
+def test_admission_policies_without_break_glass_let_only_the_operator_through() -> None:
+    policies = [d for d in render() if d["kind"] == "ValidatingAdmissionPolicy"]
+    assert policies
+    for policy in policies:
+        assert policy["spec"]["matchConditions"] == [{
+            "name": "not-the-stockade-operator",
+            "expression": "!(request.userInfo.username in ['system:serviceaccount:stockade-system:stockade'] || "
+                          "request.userInfo.groups.exists(g, g in []))"}]
     assert "ValidatingAdmissionPolicy" not in kinds(render("admissionPolicy.enabled=false"))
 
 

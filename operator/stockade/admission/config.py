@@ -26,6 +26,9 @@ class AdmissionSettings(BaseSettings):
     # The operator's own identities: never refused, never sent to the webhook. Empty: asked from
     # the API server at startup (SelfSubjectReview), which is right both in-cluster and locally.
     operator_usernames: list[str] = Field(default_factory=list)
+    # Break-glass: groups whose members Stockade's admission lets through like the operator (JSON list).
+    # The reconciler still restores the fence they change, and detection still records it.
+    admission_exempt_groups: list[str] = Field(default_factory=list)
     # Apply the ValidatingAdmissionPolicies and the webhook configurations at startup. A chart that
     # ships the policies itself sets STOCKADE_ADMISSION_MANAGE_POLICY=false.
     admission_manage_policy: bool = True

@@ -33,6 +33,7 @@ log = logging.getLogger("stockade.admission")
 
 class _State:
     usernames: frozenset[str] = frozenset()
+    exempt_groups: frozenset[str] = frozenset()
     cert_dir: tempfile.TemporaryDirectory[str] | None = None
     recorder: Recorder | None = None
     pending = Pending()
@@ -55,6 +56,7 @@ async def admission_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     config = AdmissionSettings()
     kube = RUNTIME.kube  # made by stockade.handlers.startup, which kopf runs first
     STATE.usernames = frozenset(config.operator_usernames or [await webhook.whoami(kube)])
+    STATE.exempt_groups = frozenset(config.admission_exempt_groups)
     excluded = [RUNTIME.settings.namespace]
     if config.webhook_cert_dir:
         directory = Path(config.webhook_cert_dir)
@@ -79,19 +81,21 @@ async def admission_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
                                           service_port=config.webhook_service_port)
                for hid in (webhook.VALIDATE_ID, webhook.MUTATE_ID)}
     users = sorted(STATE.usernames)
+    groups = sorted(STATE.exempt_groups)
     if config.admission_manage_policy:
-        await webhook.apply(kube, vap.manifests(users, excluded))
+        await webhook.apply(kube, vap.manifests(users, excluded, groups))
     if config.admission_manage_webhooks:
         timeout = config.webhook_timeout_seconds
         name = config.webhook_configuration
-        await webhook.apply(kube, [webhook.validating(clients, users, excluded, timeout, name),
-                                   webhook.mutating(clients, users, excluded, timeout, name)])
+        await webhook.apply(kube, [
+            webhook.validating(clients, users, excluded, timeout=timeout, name=name, exempt_groups=groups),
+            webhook.mutating(clients, users, excluded, timeout=timeout, name=name, exempt_groups=groups)])
     # The webhook's thread waits for the interpreter lock while the main loop handles watch
     # events; a shorter switch interval (default 5 ms) bounds each of those waits.
     sys.setswitchinterval(config.admission_switch_interval_seconds)
     STATE.recorder = Recorder(kube, RUNTIME.store, config.admission_violations_kept)
-    log.info("admission webhook on %s:%s for %s; operator identity %s", host, port,
-             f"service {service[0]}/{service[1]}" if service else url, ", ".join(users))
+    log.info("admission webhook on %s:%s for %s; operator identity %s; break-glass groups %s", host, port,
+             f"service {service[0]}/{service[1]}" if service else url, ", ".join(users), ", ".join(groups) or "none")
 
 
 # Handlers -----------------------------------------------------------------------------------------------
@@ -146,6 +150,11 @@ def _run(req: policy.Request, *, usage: bool = True) -> policy.Run | None:
                       namespace_terminating=bool((live.get("metadata") or {}).get("deletionTimestamp")))
 
 
+def _exempt(req: policy.Request) -> bool:
+    """The operator, or break-glass (the webhook configurations do not even send these)."""
+    return req.username in STATE.usernames or not STATE.exempt_groups.isdisjoint(req.groups)
+
+
 def _no_patch(*_args: Any, **_kwargs: Any) -> list[dict[str, Any]]:
     return []
 
@@ -157,7 +166,7 @@ async def allowlist(**kwargs: Any) -> None:
     dryrun = bool(kwargs.get("dryrun"))
     req = _request(kwargs)
     run = _run(req)
-    decision = policy.decide(req, run, is_operator=req.username in STATE.usernames)
+    decision = policy.decide(req, run, is_operator=_exempt(req))
     if decision.action != "none" and run is not None and not dryrun and STATE.recorder is not None:
         STATE.recorder.record((run.namespace, run.name), req, decision)
     kwargs["warnings"].extend(decision.warnings)
@@ -179,7 +188,7 @@ async def gpu_visibility(**kwargs: Any) -> None:
     req = _request(kwargs)
     run = _run(req, usage=False)
     ops = policy.gpu_patch(req.obj or {}, run.spec.grant if run is not None else None)
-    if ops and req.username not in STATE.usernames:
+    if ops and not _exempt(req):
         # kopf would build the patch by deep-copying and diffing the whole pod (most of a request's
         # time); the operations are known exactly, so they are the answer.
         kwargs["patch"].as_json_patch = lambda *_args, **_kw: ops

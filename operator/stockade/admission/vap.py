@@ -60,10 +60,15 @@ def cel_list(items: Sequence[str]) -> str:
     return "[" + ", ".join(cel_string(item) for item in items) + "]"
 
 
-def not_operator(usernames: Sequence[str]) -> dict[str, str]:
-    """The operator builds the fence: its requests are never evaluated (nor sent to the webhook)."""
-    return {"name": "not-the-stockade-operator",
-            "expression": f"!(request.userInfo.username in {cel_list(sorted(set(usernames)))})"}
+def not_operator(usernames: Sequence[str], exempt_groups: Sequence[str] = ()) -> dict[str, str]:
+    """The operator builds the fence: its requests are never evaluated (nor sent to the webhook).
+    Members of ``exempt_groups`` (break-glass, empty by default) pass too; the reconciler still puts
+    back whatever they change in the fence."""
+    operator = f"request.userInfo.username in {cel_list(sorted(set(usernames)))}"
+    if not exempt_groups:
+        return {"name": "not-the-stockade-operator", "expression": f"!({operator})"}
+    groups = f"request.userInfo.groups.exists(g, g in {cel_list(sorted(set(exempt_groups)))})"
+    return {"name": "not-the-stockade-operator", "expression": f"!({operator} || {groups})"}
 
 
 def run_namespaces(excluded: Sequence[str] = ()) -> dict[str, Any]:
@@ -97,7 +102,8 @@ def _where() -> str:
             "'spec.jobTemplate.spec.template.spec' : 'spec.template.spec'")
 
 
-def baseline_policy(usernames: Sequence[str], excluded: Sequence[str] = ()) -> dict[str, Any]:
+def baseline_policy(usernames: Sequence[str], excluded: Sequence[str] = (),
+                    exempt_groups: Sequence[str] = ()) -> dict[str, Any]:
     absent_or_false = "!has({0}) || {0} == false"
     guardrail_exempt = (
         "(request.operation == 'DELETE' && (has(namespaceObject.metadata.deletionTimestamp) || "
@@ -116,7 +122,7 @@ def baseline_policy(usernames: Sequence[str], excluded: Sequence[str] = ()) -> d
                 "resourceRules": _rules(WORKLOAD_RULES, ["CREATE", "UPDATE"])
                 + _rules(GUARDRAIL_RULES, ["CREATE", "UPDATE", "DELETE"]),
             },
-            "matchConditions": [not_operator(usernames)],
+            "matchConditions": [not_operator(usernames, exempt_groups)],
             "variables": [
                 {"name": "workload", "expression": f"request.resource.resource in {cel_list(POD_KINDS)}"},
                 {"name": "guardrail", "expression": f"request.resource.resource in {cel_list(GUARDRAIL_KINDS)}"},
@@ -162,7 +168,8 @@ def baseline_policy(usernames: Sequence[str], excluded: Sequence[str] = ()) -> d
     }
 
 
-def run_namespace_policy(usernames: Sequence[str], excluded: Sequence[str] = ()) -> dict[str, Any]:
+def run_namespace_policy(usernames: Sequence[str], excluded: Sequence[str] = (),
+                         exempt_groups: Sequence[str] = ()) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": "ValidatingAdmissionPolicy",
@@ -178,7 +185,7 @@ def run_namespace_policy(usernames: Sequence[str], excluded: Sequence[str] = ())
                 "resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["namespaces"],
                                    "operations": ["UPDATE", "DELETE"], "scope": "Cluster"}],
             },
-            "matchConditions": [not_operator(usernames)],
+            "matchConditions": [not_operator(usernames, exempt_groups)],
             "validations": [_check(
                 "false", "a run namespace is managed by Stockade only: its labels select the fence; change or "
                 "delete its AgentRun instead", "'namespace ' + request.name")],
@@ -186,7 +193,8 @@ def run_namespace_policy(usernames: Sequence[str], excluded: Sequence[str] = ())
     }
 
 
-def grant_policy(usernames: Sequence[str], excluded: Sequence[str] = ()) -> dict[str, Any]:
+def grant_policy(usernames: Sequence[str], excluded: Sequence[str] = (),
+                 exempt_groups: Sequence[str] = ()) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": "ValidatingAdmissionPolicy",
@@ -199,7 +207,7 @@ def grant_policy(usernames: Sequence[str], excluded: Sequence[str] = ()) -> dict
                                          ("apps", ["deployments", "statefulsets", "daemonsets", "replicasets"]),
                                          ("batch", ["cronjobs"])], ["CREATE", "UPDATE"]),
             },
-            "matchConditions": [not_operator(usernames)],
+            "matchConditions": [not_operator(usernames, exempt_groups)],
             "validations": [
                 _check(f"!(request.resource.resource in {cel_list(WORKLOAD_KINDS)})",
                        "a grant never names this kind: agents get compute only as their workload and up to "
@@ -225,7 +233,8 @@ def binding(name: str, policy: str, actions: list[str], selector: dict[str, Any]
             "spec": spec}
 
 
-def manifests(usernames: Sequence[str], excluded: Sequence[str] = ()) -> list[dict[str, Any]]:
+def manifests(usernames: Sequence[str], excluded: Sequence[str] = (),
+              exempt_groups: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Every policy and binding, policies first (a binding to a missing policy does nothing)."""
     if not usernames:
         raise ValueError("the operator's username is needed, or the policies would refuse the operator itself")
@@ -235,9 +244,9 @@ def manifests(usernames: Sequence[str], excluded: Sequence[str] = ()) -> list[di
     audited = {"matchExpressions": [*run["matchExpressions"],
                                     {"key": ENFORCEMENT, "operator": "In", "values": ["audit"]}]}
     return [
-        baseline_policy(usernames, excluded),
-        run_namespace_policy(usernames, excluded),
-        grant_policy(usernames, excluded),
+        baseline_policy(usernames, excluded, exempt_groups),
+        run_namespace_policy(usernames, excluded, exempt_groups),
+        grant_policy(usernames, excluded, exempt_groups),
         binding("stockade-baseline", "stockade-baseline", ["Deny"]),
         binding("stockade-run-namespace", "stockade-run-namespace", ["Deny"]),
         binding("stockade-grant", "stockade-grant", ["Deny"], enforced),
@@ -251,5 +260,6 @@ class _NoAliases(yaml.SafeDumper):
         return True
 
 
-def render(usernames: Sequence[str], excluded: Sequence[str] = ()) -> str:
-    return yaml.dump_all(manifests(usernames, excluded), Dumper=_NoAliases, sort_keys=False, width=1000)
+def render(usernames: Sequence[str], excluded: Sequence[str] = (), exempt_groups: Sequence[str] = ()) -> str:
+    return yaml.dump_all(manifests(usernames, excluded, exempt_groups), Dumper=_NoAliases, sort_keys=False,
+                         width=1000)

@@ -53,7 +53,7 @@ def _rule(group: str, plurals: list[str], operations: list[str], scope: str = "N
 
 
 def validating(clients: Mapping[str, dict[str, Any]], usernames: Sequence[str], excluded: Sequence[str] = (),
-               timeout: int = 5, name: str = NAME) -> dict[str, Any]:
+               *, timeout: int = 5, name: str = NAME, exempt_groups: Sequence[str] = ()) -> dict[str, Any]:
     common = {
         "failurePolicy": "Fail",
         "matchPolicy": "Equivalent",
@@ -75,7 +75,7 @@ def validating(clients: Mapping[str, dict[str, Any]], usernames: Sequence[str], 
                 + [_rule(group, plurals, ["UPDATE"]) for group, plurals in UPDATE_RULES]
                 + [_rule(group, plurals, ["DELETE"]) for group, plurals in guardrails],
                 "namespaceSelector": vap.run_namespaces(excluded),
-                "matchConditions": [vap.not_operator(usernames), NOT_EVENTS],
+                "matchConditions": [vap.not_operator(usernames, exempt_groups), NOT_EVENTS],
                 **common,
             },
             {
@@ -85,7 +85,7 @@ def validating(clients: Mapping[str, dict[str, Any]], usernames: Sequence[str], 
                 # An objectSelector matches the old object too: removing the label is caught.
                 "objectSelector": {"matchExpressions": [{"key": "stockade.io/agentrun", "operator": "Exists"}]},
                 "namespaceSelector": {"matchExpressions": [vap.run_namespaces(excluded)["matchExpressions"][1]]},
-                "matchConditions": [vap.not_operator(usernames)],
+                "matchConditions": [vap.not_operator(usernames, exempt_groups)],
                 **common,
             },
         ],
@@ -93,7 +93,7 @@ def validating(clients: Mapping[str, dict[str, Any]], usernames: Sequence[str], 
 
 
 def mutating(clients: Mapping[str, dict[str, Any]], usernames: Sequence[str], excluded: Sequence[str] = (),
-             timeout: int = 5, name: str = NAME) -> dict[str, Any]:
+             *, timeout: int = 5, name: str = NAME, exempt_groups: Sequence[str] = ()) -> dict[str, Any]:
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
@@ -104,7 +104,7 @@ def mutating(clients: Mapping[str, dict[str, Any]], usernames: Sequence[str], ex
                 "clientConfig": clients[MUTATE_ID],
                 "rules": [_rule("", ["pods"], ["CREATE"])],
                 "namespaceSelector": vap.run_namespaces(excluded),
-                "matchConditions": [vap.not_operator(usernames)],
+                "matchConditions": [vap.not_operator(usernames, exempt_groups)],
                 # Ignore is safe here: the validating webhook (Fail) refuses a pod whose containers
                 # without a GPU request do not say NVIDIA_VISIBLE_DEVICES=void, so a skipped mutation
                 # can only turn into a refusal, never into hidden GPU access. It also lets the
