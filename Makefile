@@ -59,6 +59,7 @@ lint: $(STAMP)
 # The chart tests call helm from the build cache: build it first on a fresh machine.
 unit: $(STAMP)
 	@test -x $(BIN)/helm || $(CLUSTER) build
+	@$(CLUSTER) tool fluxhealth >/dev/null  # Flux's health evaluator, for tests/unit/test_flux_health.py
 	STOCKADE_BIN=$(BIN) $(VENV)/bin/pytest -q tests
 
 e2e: $(STAMP) deps

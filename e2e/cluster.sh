@@ -6,6 +6,7 @@
 #   e2e/cluster.sh down     stop every process it started and remove its state
 #   e2e/cluster.sh status   say whether the cluster is up
 #   e2e/cluster.sh env      print `export KUBECONFIG=...` (eval it) and the binary dir for PATH
+#   e2e/cluster.sh tool N   build e2e/tools/N (a small Go program of ours) if needed; print its path
 #
 # No Docker here, so kind cannot run: the control plane is real (kube-apiserver, controller-manager,
 # scheduler, etcd) and the nodes are kwok's fakes, so pods get scheduled and become Running without a
@@ -134,6 +135,24 @@ cmd_build() {
   log "build done in $((SECONDS - start)) s: $BIN_DIR"
 }
 
+# Our own Go helpers (e2e/tools/NAME: main.go, go.mod, go.sum), cached by a hash of their sources so
+# an edit rebuilds them and nothing else.
+cmd_tool() {
+  local name=${1:?usage: cluster.sh tool NAME} src hash out
+  src="$HERE/tools/$name"
+  [ -f "$src/go.mod" ] || die "no Go module at $src"
+  hash=$(cat "$src"/go.mod "$src"/go.sum "$src"/*.go | sha256sum | cut -c1-16)
+  out="$CACHE_ROOT/tools/$name-$hash/$name"
+  if [ ! -x "$out" ]; then
+    need_go
+    log "building $name from e2e/tools/$name (first time: downloads its modules, about 2 minutes)"
+    mkdir -p "$(dirname "$out")"
+    (cd "$src" && go build -mod=readonly "${GOFLAGS_BUILD[@]}" -ldflags "-s -w" -o "$out.tmp" .) && mv "$out.tmp" "$out"
+    log "built $out"
+  fi
+  echo "$out"
+}
+
 kubectl_() { "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 
 cluster_up_p() {
@@ -214,5 +233,6 @@ case "${1:-}" in
   env) cmd_env ;;
   bindir) echo "$BIN_DIR" ;;
   kubeconfig) echo "$KUBECONFIG_FILE" ;;
-  *) echo "usage: $0 build|up|down|status|env|bindir|kubeconfig" >&2; exit 2 ;;
+  tool) shift; cmd_tool "$@" ;;
+  *) echo "usage: $0 build|up|down|status|env|bindir|kubeconfig|tool NAME" >&2; exit 2 ;;
 esac
