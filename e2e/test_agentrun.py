@@ -84,7 +84,12 @@ def test_workload_is_created_only_after_every_guardrail(operator: Operator, team
     assert quota["status"]["used"]["pods"] == "1"
 
 
+def _counter(operator: Operator, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in operator.metrics().splitlines() if line.startswith(name + " "))
+
+
 def test_template_beyond_the_grant_is_refused_without_a_workload(operator: Operator, team_namespace: str) -> None:
+    refusals = _counter(operator, "stockade_template_refusals_total")
     spec = simple_spec(cpu="1")
     spec["template"]["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "2", "nvidia.com/gpu": "1"}}
     spec["template"]["spec"]["hostNetwork"] = True
@@ -107,6 +112,12 @@ def test_template_beyond_the_grant_is_refused_without_a_workload(operator: Opera
                                if e["reason"] == "TemplateExceedsGrant" and e["type"] == "Warning"],
                       timeout=15, what="a Warning event")
     assert "hostNetwork" in events[0]["message"]
+    # Another round of reconcile (a guardrail put back) refuses the same template again: counted once.
+    uid = get("limitrange", "stockade-limits", ns)["metadata"]["uid"]
+    kubectl("delete", "limitrange", "stockade-limits", "-n", ns, as_user=BREAK_GLASS)
+    wait_for(lambda: (o := get("limitrange", "stockade-limits", ns)) and o["metadata"]["uid"] != uid,
+             timeout=10, what="the LimitRange to come back")
+    assert _counter(operator, "stockade_template_refusals_total") == refusals + 1
 
 
 @pytest.mark.parametrize(("kind", "name"), [

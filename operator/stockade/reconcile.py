@@ -187,9 +187,9 @@ class Reconciler:
         if expired or terminal == "Expired":
             await self._stop_workload(run)
             expired = True
-        if plan.refusals and not expired:
-            self._warn_once(key, body, "TemplateExceedsGrant", "; ".join(f.text() for f in plan.refusals))
-            metrics.REFUSALS.inc()
+        refusal = "; ".join(f.text() for f in plan.refusals)
+        if plan.refusals and not expired and self._warn_once(key, body, "TemplateExceedsGrant", refusal):
+            metrics.REFUSALS.inc()  # once per refused generation, not once per reconcile
         started = False
         if not (expired or plan.refusals) and ready and terminal is None and quarantined is None:
             started = await self._ensure_workload(plan)
@@ -353,11 +353,14 @@ class Reconciler:
             return str(quarantine.get("reason") or "Violation"), str(quarantine.get("message") or "")
         return None
 
-    def _warn_once(self, key: RunKey, body: Mapping[str, Any], reason: str, message: str) -> None:
+    def _warn_once(self, key: RunKey, body: Mapping[str, Any], reason: str, message: str) -> bool:
+        """Emit the Warning unless this generation already got the same one; True if it was emitted."""
         token = f"{body['metadata'].get('generation')}:{reason}:{message}"
-        if self._warned.get(key) != token:
-            self._warned[key] = token
-            self.emit(body, "Warning", reason, message)
+        if self._warned.get(key) == token:
+            return False
+        self._warned[key] = token
+        self.emit(body, "Warning", reason, message)
+        return True
 
     async def _write_status(
         self, key: RunKey, body: Mapping[str, Any], observed: Observed, extra: Mapping[str, Any] | None = None
