@@ -69,7 +69,10 @@ e2e: $(STAMP) deps
 test: unit lint e2e
 
 bench: $(STAMP) deps
-	@export KUBECONFIG=$$($(CLUSTER) up) STOCKADE_BIN=$(BIN); $(PY) bench/run.py $(BENCH_ARGS)
+	@export KUBECONFIG=$$($(CLUSTER) up) STOCKADE_BIN=$(BIN); \
+	$(BIN)/kubectl apply --server-side --field-manager=stockade-install -f crds >/dev/null && \
+	$(BIN)/kubectl wait --for=condition=Established crd/agentruns.stockade.io --timeout=60s >/dev/null && \
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 .PHONY: help venv deps cluster cluster-down crds run lint unit e2e test bench
 
