@@ -121,6 +121,17 @@ def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     return {}
 
 
+def answers_ok(url: str, timeout: float = 1) -> bool:
+    """A readiness probe: True on HTTP 200, False while nothing (or an error) answers."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -222,15 +233,9 @@ class Operator:
         wait_for(self._healthy, timeout=60, what="the operator's liveness endpoint")
 
     def _healthy(self) -> bool:
-        import urllib.request
-
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"operator exited with {self.proc.returncode}: {self.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
+        return answers_ok(f"http://127.0.0.1:{self.health_port}/healthz")
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no graceful exit, as if the node died."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from .conftest import free_port, wait_for
+from .conftest import answers_ok, free_port, wait_for
 
 DCGM_LABELS = ["gpu", "UUID", "device", "modelName", "Hostname", "namespace", "pod", "container"]
 
@@ -77,11 +77,7 @@ class Prometheus:
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"prometheus exited with {self.proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
+        return answers_ok(f"{self.url}/-/ready")
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
@@ -119,11 +115,7 @@ class Signals:
             return err.code, json.load(err)
 
     def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.base}/healthz", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
+        return answers_ok(f"{self.base}/healthz", timeout=2)
 
 
 def falco_event(rule: str, namespace: str, pod: str, priority: str = "Notice", **fields: Any) -> dict[str, Any]:
