@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -70,3 +71,9 @@ def serviceaccount_kubeconfig(kubectl: Kubectl, path: Path, duration: str = "6h"
     config["contexts"][0]["context"]["user"] = "operator"
     path.write_text(json.dumps(config))
     return path
+
+
+def rbac_refusals(log_lines: list[str]) -> list[str]:
+    """The operator's log lines where RBAC refused it ('User "..." cannot VERB resource "..."'). Other
+    403s (a namespace being deleted refuses new Events) are not about the chart's permissions."""
+    return [line for line in log_lines if re.search(r"cannot [a-z]+ resource", line)]

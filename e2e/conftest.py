@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +22,7 @@ import pytest
 import yaml
 
 from . import chart
+from .chart import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -130,12 +129,6 @@ def answers_ok(url: str, timeout: float = 1) -> bool:
             return bool(resp.status == 200)
     except OSError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -264,9 +257,7 @@ class Operator:
                 for line in path.read_text(errors="replace").splitlines()]
 
     def assert_never_refused_by_rbac(self) -> None:
-        # RBAC's refusals read 'User "..." cannot VERB resource "..."'; other 403s (a namespace being
-        # deleted refuses new Events) are not about the chart's permissions.
-        refused = [line for line in self.logs() if re.search(r"cannot [a-z]+ resource", line)]
+        refused = chart.rbac_refusals(self.logs())
         assert not refused, "the operator was refused with the chart's identity:\n" + "\n".join(refused[:20])
 
     def log_tail(self, lines: int = 60) -> str:
@@ -327,6 +318,14 @@ def gpu_spec(**grant: Any) -> dict[str, Any]:
     spec["template"]["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "1", "memory": "2Gi",
                                                                          "nvidia.com/gpu": "1"}}
     return spec
+
+
+def wait_gpu_charged(run_namespace: str, gpus: str = "1") -> None:
+    """Wait for the run's quota to charge its GPUs. Quota admission charges a pod at creation, but the
+    quota controller can overwrite that with a count from a pod cache that has not seen the pod yet (a
+    Kubernetes race), until its next sync (15 s on the local cluster)."""
+    wait_for(lambda: (get("resourcequota", "stockade-grant", run_namespace)["status"].get("used") or {})
+             .get("requests.nvidia.com/gpu") == gpus, timeout=40, what="the quota to charge the agent's GPUs")
 
 
 def ready(namespace: str, name: str) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from .conftest import (
     ready,
     simple_spec,
     wait_for,
+    wait_gpu_charged,
 )
 
 GUARDRAILS = [
@@ -64,10 +65,7 @@ def test_gpu_run_becomes_ready_inside_a_complete_fence(operator: Operator, team_
     quota = get("resourcequota", "stockade-grant", ns)
     assert quota["status"]["hard"]["requests.nvidia.com/gpu"] == "1"
     assert quota["status"]["hard"]["services.loadbalancers"] == "0"
-    # Quota admission charges the pod at creation; the quota controller may briefly overwrite that from
-    # a pod cache that has not seen the pod yet, until its next sync (15 s here).
-    wait_for(lambda: get("resourcequota", "stockade-grant", ns)["status"]["used"].get("requests.nvidia.com/gpu")
-             == "1", timeout=40, what="the quota to count the agent's GPU")
+    wait_gpu_charged(ns)  # the agent's GPU is counted by the quota
 
     pod = get("pod", "rome-42", ns)
     assert pod["status"]["phase"] == "Running"

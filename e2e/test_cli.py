@@ -26,6 +26,7 @@ from .conftest import (
     ready,
     simple_spec,
     wait_for,
+    wait_gpu_charged,
 )
 
 VENV_BIN = Path(sys.executable).parent  # where `pip install` put stockade and kubectl-stockade
@@ -59,12 +60,7 @@ def test_status_json_matches_the_api_server(operator: Operator, dnsmasq: Dnsmasq
     apply(agentrun("fenced", team_namespace, spec))
     wait_for(lambda: (r := ready(team_namespace, "fenced")) and r["status"].get("resolvedEgress", {}).get(
         "api.cli.test") and r, timeout=30, what="Ready with the host resolved")
-    # The quota controller can overwrite the charge quota admission made with a count from a pod cache
-    # that has not seen the pod yet (a Kubernetes race); its next sync (15 s here) corrects it. The
-    # report is compared with the API server once the charge is settled.
-    wait_for(lambda: (q := get("resourcequota", "stockade-grant", f"{team_namespace}-fenced"))
-             and q["status"].get("used", {}).get("requests.nvidia.com/gpu") == "1", timeout=40,
-             what="the quota to charge the agent's GPU")
+    wait_gpu_charged(f"{team_namespace}-fenced")  # compare the report once the quota's charge is settled
     report = status_json("fenced", team_namespace)
     run = get("agentrun", "fenced", team_namespace)
     ns = run["status"]["runNamespace"]
