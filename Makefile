@@ -41,6 +41,7 @@ cluster-down:
 
 crds: $(STAMP)
 	$(PY) -m stockade.api.crd > crds/agentruns.stockade.io.yaml
+	$(PY) -m stockade.api.crd agentpolicies > crds/agentpolicies.stockade.io.yaml
 
 run: $(STAMP)
 	@if [ -z "$$KUBECONFIG" ]; then \

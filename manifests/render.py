@@ -5,7 +5,8 @@
                                            operator/stockade/admission/vap.py (what the operator applies
                                            itself when it runs without the chart), with placeholders that
                                            templates/admission-policy.yaml fills in
-* charts/stockade-crds/templates/agentruns.stockade.io.yaml   crds/agentruns.stockade.io.yaml, kept on uninstall
+* charts/stockade-crds/templates/<crd>.yaml   crds/agentruns.stockade.io.yaml and
+                                           crds/agentpolicies.stockade.io.yaml, kept on uninstall
 * manifests/crds/, manifests/operator/     `helm template` of both charts (manifests/values.yaml), one file
                                            per chart template, each folder a kustomization
 
@@ -63,14 +64,17 @@ def helm_binary() -> str:
     return found
 
 
-def crd_chart_agentruns() -> str:
-    """The AgentRun CRD for the CRD chart: the generated file plus Helm's labels and the keep policy."""
-    crd = yaml.safe_load((ROOT / "crds" / "agentruns.stockade.io.yaml").read_text())
+CRD_FILES = ("agentruns.stockade.io.yaml", "agentpolicies.stockade.io.yaml")
+
+
+def crd_chart(filename: str) -> str:
+    """A CRD for the CRD chart: the generated file plus Helm's labels and the keep policy."""
+    crd = yaml.safe_load((ROOT / "crds" / filename).read_text())
     meta = crd["metadata"]
     meta["labels"] = {**meta.get("labels", {}), "app.kubernetes.io/part-of": "stockade"}
     # Deleting the CRD deletes every AgentRun, and so every fence: never as a side effect of uninstall.
     meta["annotations"] = {**meta.get("annotations", {}), "helm.sh/resource-policy": "keep"}
-    header = "# Generated from crds/agentruns.stockade.io.yaml by `make manifests`. Do not edit by hand.\n"
+    header = f"# Generated from crds/{filename} by `make manifests`. Do not edit by hand.\n"
     return header + yaml.safe_dump(crd, sort_keys=False, width=120)
 
 
@@ -123,10 +127,10 @@ def kustomization(resources: list[str]) -> str:
 def outputs(helm: str) -> dict[Path, str]:
     out: dict[Path, str] = {
         ROOT / "charts/stockade/templates/_rbac.tpl": helm_rules(),
-        ROOT / "charts/stockade-crds/templates/agentruns.stockade.io.yaml": crd_chart_agentruns(),
+        **{ROOT / "charts/stockade-crds/templates" / name: crd_chart(name) for name in CRD_FILES},
         ROOT / "charts/stockade/files/admission-policies.json": admission_policies(),
     }
-    # The charts must be current before they are rendered: write those three first (not in --check).
+    # The charts must be current before they are rendered: write those first (not in --check).
     for folder, chart, values in (("crds", "stockade-crds", None),
                                   ("operator", "stockade", ROOT / "manifests" / "values.yaml")):
         files = split_by_source(helm_template(helm, chart, values))
@@ -152,7 +156,7 @@ def main() -> int:
     check = parser.parse_args().check
     helm = helm_binary()
     if not check:
-        for path, text in list(outputs(helm).items())[:3]:
+        for path, text in list(outputs(helm).items())[:2 + len(CRD_FILES)]:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     produced = outputs(helm)

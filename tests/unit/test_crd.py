@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from stockade.api.crd import agentrun_crd, render
+from stockade.api.crd import agentpolicy_crd, agentrun_crd, render
 from stockade.api.models import AgentRunSpec
+from stockade.api.policy import AgentPolicySpec
 
 from .fixtures import GPU_RUN
 
@@ -69,3 +70,62 @@ def test_models_reject_bad_grants(change, field):
     with pytest.raises(ValidationError) as err:
         AgentRunSpec.model_validate(raw)
     assert field in str(err.value)
+
+
+# AgentPolicy ---------------------------------------------------------------------------------------------
+POLICY_CRD_FILE = CRD_FILE.parent / "agentpolicies.stockade.io.yaml"
+
+
+def test_committed_policy_crd_matches_the_model():
+    assert POLICY_CRD_FILE.read_text() == render("agentpolicies"), "crds/ is stale: run `make crds` and commit"
+
+
+def test_policy_schema_is_structural_and_every_field_described():
+    crd = agentpolicy_crd()
+    version = crd["spec"]["versions"][0]
+    assert crd["spec"]["scope"] == "Cluster" and crd["spec"]["names"]["shortNames"] == ["ap"]
+    assert version["subresources"] == {"status": {}}
+    assert {"Runs", "GPUs"} <= {c["name"] for c in version["additionalPrinterColumns"]}
+    schema = version["schema"]["openAPIV3Schema"]
+    for path, node in _walk(schema):
+        assert "$ref" not in node and "patternProperties" not in node, path
+        assert node.get("additionalProperties") not in (True, False), path
+        if "properties" in node:
+            assert node.get("type") == "object", path
+            for name, prop in node["properties"].items():
+                if path.startswith("$.properties.spec") or path.startswith("$.properties.status"):
+                    assert prop.get("description"), f"{path}.{name} has no description"
+
+
+def test_policy_crd_carries_the_contradiction_rules():
+    spec = agentpolicy_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    rules = " ".join(v["rule"] for v in spec["x-kubernetes-validations"])
+    assert "defaults.duration" in rules and "ceilings.maxDuration" in rules
+    ceilings = spec["properties"]["ceilings"]
+    assert "requiredRuntimeClassName in self.runtimeClassNames" in ceilings["x-kubernetes-validations"][0]["rule"]
+    cidrs = spec["properties"]["egress"]["properties"]["cidrs"]
+    assert "isCIDR" in cidrs["x-kubernetes-validations"][0]["rule"]
+
+
+def test_grant_has_delegation_and_phase_queued():
+    grant = agentrun_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "grant"]["properties"]
+    assert grant["delegation"]["default"] is False and grant["delegation"]["description"]
+    phase = agentrun_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"][
+        "phase"]
+    assert "Queued" in phase["enum"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"namespaceSelector": {}, "ceilings": {"gpus": {"not a resource": 1}}},
+        {"namespaceSelector": {}, "ceilings": {"cpu": "lots"}},
+        {"namespaceSelector": {}, "egress": {"hosts": ["*.*.example.com"]}},
+        {"namespaceSelector": {}, "kubernetesAPI": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["exec"]}]},
+        {"namespaceSelector": {}, "surprise": True},
+    ],
+)
+def test_policy_model_rejects_bad_policies(bad):
+    with pytest.raises(ValidationError):
+        AgentPolicySpec.model_validate(bad)

@@ -1,7 +1,8 @@
-"""Generate the AgentRun CustomResourceDefinition from the pydantic models.
+"""Generate the AgentRun and AgentPolicy CustomResourceDefinitions from the pydantic models.
 
-``python -m stockade.api.crd`` (or ``stockade crds``) prints it; ``make crds`` writes
-``crds/agentruns.stockade.io.yaml``, and a unit test fails when the committed file differs.
+``python -m stockade.api.crd`` (or ``stockade crds``) prints the AgentRun CRD and
+``python -m stockade.api.crd agentpolicies`` the AgentPolicy CRD; ``make crds`` writes both into
+``crds/``, and a unit test fails when a committed file differs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import yaml
 
 from stockade.api.models import GROUP, KIND, PLURAL, VERSION, AgentRunSpec, AgentRunStatus
+from stockade.api.policy import POLICY_KIND, POLICY_PLURAL, AgentPolicySpec, AgentPolicyStatus
 
 # Keys pydantic emits that a Kubernetes structural schema does not take.
 _DROP = {"title", "$defs", "additionalProperties_", "examples"}
@@ -65,9 +67,9 @@ def _schema_of(model: type[Any]) -> dict[str, Any]:
     return result
 
 
-def openapi_schema() -> dict[str, Any]:
-    spec = _schema_of(AgentRunSpec)
-    status = _schema_of(AgentRunStatus)
+def openapi_schema(spec_model: type[Any] = AgentRunSpec, status_model: type[Any] = AgentRunStatus) -> dict[str, Any]:
+    spec = _schema_of(spec_model)
+    status = _schema_of(status_model)
     return {
         "type": "object",
         "required": ["spec"],
@@ -125,13 +127,66 @@ def agentrun_crd() -> dict[str, Any]:
     }
 
 
-def render() -> str:
-    header = "# Generated from operator/stockade/api/models.py by `make crds`. Do not edit by hand.\n"
-    return header + yaml.safe_dump(agentrun_crd(), sort_keys=False, width=120)
+def _policy_printer_columns() -> list[dict[str, Any]]:
+    return [
+        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+        {"name": "Namespaces", "type": "integer", "jsonPath": ".status.selectedNamespaces"},
+        {"name": "Runs", "type": "string", "jsonPath": ".status.usage.runs"},
+        {"name": "GPUs", "type": "string", "jsonPath": ".status.usage.gpusTotal"},
+        {"name": "CPU", "type": "string", "jsonPath": ".status.usage.cpu", "priority": 1},
+        {"name": "Memory", "type": "string", "jsonPath": ".status.usage.memory", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+
+def agentpolicy_crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{POLICY_PLURAL}.{GROUP}",
+            "labels": {"app.kubernetes.io/name": "stockade", "app.kubernetes.io/component": "crd"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Cluster",
+            "names": {
+                "kind": POLICY_KIND,
+                "listKind": f"{POLICY_KIND}List",
+                "plural": POLICY_PLURAL,
+                "singular": POLICY_KIND.lower(),
+                "shortNames": ["ap"],
+                "categories": ["stockade"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": _policy_printer_columns(),
+                    "schema": {"openAPIV3Schema": openapi_schema(AgentPolicySpec, AgentPolicyStatus)},
+                }
+            ],
+        },
+    }
+
+
+# Each generated CRD: the plural that names it on the command line, its source and its builder.
+CRDS: dict[str, tuple[str, Any]] = {
+    PLURAL: ("operator/stockade/api/models.py", agentrun_crd),
+    POLICY_PLURAL: ("operator/stockade/api/policy.py", agentpolicy_crd),
+}
+
+
+def render(plural: str = PLURAL) -> str:
+    source, build = CRDS[plural]
+    header = f"# Generated from {source} by `make crds`. Do not edit by hand.\n"
+    return header + yaml.safe_dump(build(), sort_keys=False, width=120)
 
 
 def main() -> None:
-    sys.stdout.write(render())
+    sys.stdout.write(render(sys.argv[1] if len(sys.argv) > 1 else PLURAL))
 
 
 if __name__ == "__main__":

@@ -148,6 +148,11 @@ class Grant(_Model):
         max_length=16,
         description="RuntimeClasses a pod may name (for example nvidia). None are allowed unless granted.",
     )
+    delegation: bool = Field(
+        default=False,
+        description="May the agent create AgentRuns of its own (children)? Their grants are carved out of this one: "
+        "together with this run's pods they stay within it, and they end no later than it does.",
+    )
 
     @field_validator("cpu", "memory", "ephemeralStorage", mode="before")
     @classmethod
@@ -158,7 +163,7 @@ class Grant(_Model):
 Enforcement = Literal["enforce", "audit"]
 ResponseStep = Literal["isolate", "freeze", "evict"]
 WorkloadKind = Literal["Pod", "Job"]
-Phase = Literal["Pending", "Running", "Quarantined", "Succeeded", "Failed", "Expired"]
+Phase = Literal["Pending", "Queued", "Running", "Quarantined", "Succeeded", "Failed", "Expired"]
 
 
 def _template_schema(schema: dict[str, Any]) -> None:
