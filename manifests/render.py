@@ -88,7 +88,8 @@ FULLNAME = "__STOCKADE_FULLNAME__"
 
 def admission_policies() -> str:
     """vap.manifests() for the chart: names prefixed by the release's full name instead of "stockade"."""
-    objects = vap.manifests([OPERATOR_USER], [OPERATOR_NAMESPACE], [EXEMPT_GROUP])
+    # The placeholder stands for the chart's ServiceAccount: it is the identity held to run namespaces.
+    objects = vap.manifests([OPERATOR_USER], [OPERATOR_NAMESPACE], [EXEMPT_GROUP], confined=[OPERATOR_USER])
     for obj in objects:
         obj["metadata"]["name"] = obj["metadata"]["name"].replace("stockade-", f"{FULLNAME}-", 1)
         if obj["kind"] == "ValidatingAdmissionPolicyBinding":

@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from stockade import labels
+from stockade import k8snames, labels
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +55,28 @@ class KubeError(Exception):
         return self.status == 409
 
 
+# RBAC objects may have any name that stays one path segment; everything else here is a DNS-1123 subdomain.
+_PATH_SEGMENT_NAMES = {"Role", "RoleBinding"}
+
+
 def object_path(api_version: str, kind: str, namespace: str | None = None, name: str | None = None) -> str:
+    """The REST path of a kind, a namespace's collection or one object. Every segment is validated as the
+    API server validates such names (ValueError otherwise): a name from outside, such as
+    ``../../kube-system/pods/x``, can never become the path of another object."""
     prefix, plural, namespaced = _KINDS[(api_version, kind)]
     path = prefix
     if namespaced:
         if not namespace:
             raise ValueError(f"{kind} is namespaced: a namespace is required")
+        if not k8snames.is_label(namespace):
+            raise ValueError(f"not a namespace name (DNS-1123 label): {namespace[:80]!r}")
         path += f"/namespaces/{namespace}"
     path += f"/{plural}"
     if name:
+        valid = k8snames.is_path_segment if kind in _PATH_SEGMENT_NAMES else \
+            k8snames.is_label if kind == "Namespace" else k8snames.is_subdomain
+        if not valid(name):
+            raise ValueError(f"not a valid {kind} name: {name[:80]!r}")
         path += f"/{name}"
     return path
 
@@ -151,7 +164,7 @@ class Kube:
         self, api_version: str, kind: str, namespace: str | None = None, selector: str | None = None
     ) -> list[dict[str, Any]]:
         prefix, plural, namespaced = _KINDS[(api_version, kind)]
-        path = f"{prefix}/namespaces/{namespace}/{plural}" if namespaced and namespace else f"{prefix}/{plural}"
+        path = object_path(api_version, kind, namespace) if namespaced and namespace else f"{prefix}/{plural}"
         query = [("labelSelector", selector)] if selector else []
         items: list[dict[str, Any]] = (await self.call("GET", path, query=query)).get("items", [])
         for item in items:

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from stockade import labels, metrics
+from stockade import k8snames, labels, metrics
 from stockade.api.models import AgentRunSpec, Violation
 from stockade.detect import evidence
 from stockade.detect.config import DetectSettings
@@ -35,12 +35,25 @@ from stockade.detect.rules import at_least
 from stockade.kube import Kube, KubeError, object_path
 from stockade.naming import run_namespace_name
 from stockade.reconcile import EmitEvent, stamp, utcnow
-from stockade.store import RunKey, Store
+from stockade.store import RunKey, Store, run_of
 
 log = logging.getLogger("stockade.respond")
 
 RETRIES = (0.1, 0.3, 1.0)
 EVENTS_PER_BATCH = 5
+
+# What became of a submitted violation, as its acknowledgement says (the signal endpoint answers by it).
+RECORDED = "recorded"  # in the AgentRun's status, as the API server returned it
+DROPPED = "dropped"  # refused: too many distinct violations already wait for this run
+GONE = "gone"  # the AgentRun no longer exists
+FAILED = "failed"  # the status write failed; the sender should try again
+Ack = asyncio.Future[str]
+
+
+def _settle(waiters: Iterable[Ack], outcome: str) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(outcome)
 
 
 @dataclass
@@ -53,6 +66,8 @@ class Incident:
     attributable: bool = True  # False: the agent cannot have done it; record, do not act
     force: bool = False  # act even on an already quarantined pod (its isolation was undone)
     count: int = 1
+    pod: Mapping[str, Any] | None = None  # the pod as the signal endpoint found it in the run namespace
+    waiters: list[Ack] = field(default_factory=list)  # resolved once the violation is recorded (or is not)
 
     @property
     def signature(self) -> tuple[str, str | None, str, str]:
@@ -88,6 +103,38 @@ def quarantine_policy(run_namespace: str, run_name: str, run_team: str) -> dict[
             "policyTypes": ["Ingress", "Egress"],
         },
     }
+
+
+# Confinement: every action stays inside the run namespace of the run the violation belongs to.
+def run_namespace(store: Store, key: RunKey, status: Mapping[str, Any]) -> str | None:
+    """The run's namespace as its status records it, only when that namespace's own labels (which only
+    the operator may set) name this run; None: nothing may be acted on."""
+    recorded = status.get("runNamespace") or run_namespace_name(*key)
+    if not k8snames.is_label(recorded) or store.run_of_namespace(recorded) != key:
+        return None
+    return str(recorded)
+
+
+def confined_pod(store: Store, key: RunKey, run_ns: str, name: str,
+                 found: Mapping[str, Any] | None = None) -> Mapping[str, Any] | None:
+    """The pod named, when it is one of this run's: in its run namespace as the store (or the signal
+    endpoint's own read) shows it, and not labelled as another run's. A pod the agent made itself need
+    not carry the run's labels (it cannot be trusted to set them), but it cannot leave the namespace,
+    and the namespace is what confines."""
+    if not k8snames.is_subdomain(name):
+        return None
+    pod = store.get("Pod", run_ns, name) or found
+    meta = (pod or {}).get("metadata") or {}
+    if pod is None or meta.get("namespace") != run_ns or meta.get("name") != name:
+        return None
+    marked = (meta.get("labels") or {}).keys() & {labels.AGENTRUN, labels.AGENTRUN_NAMESPACE}
+    if marked and run_of(pod) != key:
+        return None  # labelled as another run's pod (or half-labelled): never this run's to act on
+    return pod
+
+
+class ConfinementError(Exception):
+    """An action outside the run namespace of the run it is for was about to be taken (a bug: never)."""
 
 
 class EventPoster:
@@ -163,22 +210,35 @@ class Responder:
         self._tasks: set[asyncio.Task[None]] = set()
 
     # Intake --------------------------------------------------------------------------------------
-    def submit(self, key: RunKey, incidents: Iterable[Incident]) -> None:
-        """Queue violations for a run; never waits. Identical ones fold into a count."""
+    def submit(self, key: RunKey, incidents: Iterable[Incident]) -> Ack:
+        """Queue violations for a run; never waits. Identical ones fold into a count (and their
+        acknowledgements into the one status write that records them all).
+
+        The returned future says what became of them: RECORDED once the status write that holds them
+        succeeded, DROPPED at once when the run's queue is full, GONE or FAILED. Callers that need no
+        answer (the watches, the poller) ignore it; the signal endpoint answers by it."""
+        ack: Ack = asyncio.get_running_loop().create_future()
         pending = self._pending.setdefault(key, {})
         for incident in incidents:
             folded = pending.get(incident.signature)
             if folded is not None:
                 folded.count += incident.count
                 folded.force = folded.force or incident.force
+                folded.waiters += [ack, *incident.waiters]
                 continue
             if len(pending) >= self.settings.pending_per_run:
                 metrics.SIGNALS.labels(source=incident.violation.source, outcome="dropped").inc()
+                _settle([ack, *incident.waiters], DROPPED)
                 continue
+            incident.waiters.append(ack)
             pending[incident.signature] = incident
         self._backlog()
-        if pending and key not in self._workers:
+        if not pending:
+            self._pending.pop(key, None)
+            _settle([ack], RECORDED)  # nothing was submitted: nothing is owed
+        elif key not in self._workers:
             self._workers[key] = asyncio.get_running_loop().create_task(self._drain(key))
+        return ack
 
     def busy(self, key: RunKey) -> bool:
         """Work for this run is queued or in progress (its status and pods may be mid-change)."""
@@ -203,8 +263,16 @@ class Responder:
                 async with self._gate, self._lock(key):
                     try:
                         await self._handle(key, batch)
-                    except Exception:
-                        log.exception("responding to %d violation(s) of %s/%s failed", len(batch), *key)
+                    except Exception as err:
+                        # A KubeError is the API server's answer (logged without a traceback); anything
+                        # else is a bug and keeps its traceback.
+                        if isinstance(err, KubeError):
+                            log.error("responding to %d violation(s) of %s/%s failed: %s", len(batch), *key, err)
+                        else:
+                            log.exception("responding to %d violation(s) of %s/%s failed", len(batch), *key)
+                    finally:
+                        # Whatever was not recorded by now was not: the senders hear it and try again.
+                        _settle((w for i in batch for w in i.waiters), FAILED)
         finally:
             self._workers.pop(key, None)
 
@@ -214,6 +282,7 @@ class Responder:
             body = self.store.agentruns.get(key)
             if body is None:
                 log.info("%d violation(s) for %s/%s dropped: the AgentRun is gone", len(batch), *key)
+                _settle((w for i in batch for w in i.waiters), GONE)
                 return
             try:
                 await self._respond(key, body, batch)
@@ -226,6 +295,7 @@ class Responder:
                 if err.conflict:  # someone else wrote the status: decide again on what it says now
                     fresh = await self.kube.get("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
                     if fresh is None:
+                        _settle((w for i in batch for w in i.waiters), GONE)
                         return
                     self.store.put_agentrun(fresh)
                 else:
@@ -238,9 +308,10 @@ class Responder:
             log.warning("violations for %s/%s recorded without a response: its spec is invalid", *key)
             spec = None
         status = body.get("status") or {}
-        run_ns = status.get("runNamespace") or run_namespace_name(*key)
+        confirmed = run_namespace(self.store, key, status)
+        run_ns = confirmed or ""
         ladder = list(spec.response) if spec else []
-        plan = self._decide(spec, status, run_ns, batch)
+        plan = self._decide(key, spec, status, confirmed, batch)
         started = min(i.received for i in batch)
 
         # Evidence is captured before any rung: the pod as the watch last showed it, its Events now.
@@ -249,7 +320,7 @@ class Responder:
         if plan.acting:
             patch["quarantine"] = self._quarantine(status, plan, ladder)
         captured = time.perf_counter()
-        record = self._write_status(key, body, patch)
+        record = self._record(key, body, patch, batch)
         early = plan.acting and bool(plan.targets) and "isolate" in ladder and \
             not self.settings.evidence_before_isolation
         if early:
@@ -270,23 +341,31 @@ class Responder:
                   key[0], key[1], len(batch), (time.perf_counter() - started) * 1000, (captured - started) * 1000,
                   (recorded - captured) * 1000, (time.perf_counter() - recorded) * 1000)
 
-    def _decide(self, spec: AgentRunSpec | None, status: Mapping[str, Any], run_ns: str,
+    def _decide(self, key: RunKey, spec: AgentRunSpec | None, status: Mapping[str, Any], run_ns: str | None,
                 batch: list[Incident]) -> _Plan:
         """Which pods go on the ladder (and whether RBAC is frozen), and what each violation records."""
         quarantine = status.get("quarantine") or {}
         already = set(quarantine.get("pods") or []) if quarantine.get("active") else set()
         ladder = list(spec.response) if spec else []
-        live = sorted(p["metadata"]["name"] for p in self.store.in_namespace(run_ns, "Pod")
-                      if not p["metadata"].get("deletionTimestamp"))
+        live = sorted(p["metadata"]["name"] for p in self.store.in_namespace(run_ns or "", "Pod")
+                      if not p["metadata"].get("deletionTimestamp")
+                      and confined_pod(self.store, key, run_ns or "", p["metadata"]["name"]))
         plan = _Plan(already=already)
         for index, incident in enumerate(batch):
             v = incident.violation
             reason = self._no_action(spec, incident)
+            if reason is None and run_ns is None:
+                reason = "the run namespace is not confirmed by its labels"
             if reason is not None:
                 plan.actions[index] = f"none ({reason})"
                 continue
             pods = [v.pod] if v.pod else live
             fresh = [p for p in pods if p not in already or (incident.force and p in live)]
+            if v.pod and fresh and confined_pod(self.store, key, run_ns or "", v.pod, incident.pod) is None:
+                log.warning("violation %s names pod %r, which is not a pod of run namespace %s: not acted on",
+                            v.kind, v.pod[:80], run_ns)
+                plan.actions[index] = "none (the pod is not one of this run's)"
+                continue
             wants_freeze = "freeze" in ladder and "freeze" not in (quarantine.get("steps") or [])
             if not fresh and not wants_freeze:
                 plan.actions[index] = "none (already quarantined)" if pods else "none (no pod to act on)"
@@ -376,6 +455,13 @@ class Responder:
         items: list[dict[str, Any]] = found.get("items") or []
         return items
 
+    async def _record(self, key: RunKey, body: Mapping[str, Any], patch: Mapping[str, Any],
+                      batch: list[Incident]) -> None:
+        """The status write that records the batch; only then is each sender told it is safe (their
+        retries cover a crash before this point)."""
+        await self._write_status(key, body, patch)
+        _settle((w for i in batch for w in i.waiters), RECORDED)
+
     async def _write_status(self, key: RunKey, body: Mapping[str, Any], patch: Mapping[str, Any]) -> None:
         # The resourceVersion makes this a compare-and-swap: violations are a read-modify-write list
         # that admission appends to as well; on a conflict the caller re-reads and decides again.
@@ -401,8 +487,16 @@ class Responder:
             self.emit(body, "Warning", "Quarantined", f"applied {'+'.join(spec.response)} (pods: {pods})")
 
     # Rungs ---------------------------------------------------------------------------------------------
+    def _guard(self, key: RunKey, namespace: str) -> None:
+        """The last check before any write: only ever in this run's confirmed run namespace."""
+        run = self.store.agentruns.get(key) or {}
+        if run_namespace(self.store, key, run.get("status") or {}) != namespace:
+            raise ConfinementError(f"refusing to act in namespace {namespace!r}: not the run namespace of "
+                                   f"AgentRun {key[0]}/{key[1]}")
+
     async def _act(self, key: RunKey, run_ns: str, ladder: Sequence[str], targets: Mapping[str, Incident], *,
                    forced: set[str], freeze: bool) -> None:
+        self._guard(key, run_ns)
         for step in ladder:
             if step == "isolate" and targets:
                 await self._isolate(key, run_ns, targets)
@@ -415,6 +509,7 @@ class Responder:
                     await self._step("evict", partial(self._evict, run_ns, pod))
 
     async def _isolate(self, key: RunKey, run_ns: str, targets: Mapping[str, Incident]) -> None:
+        self._guard(key, run_ns)
         policy = quarantine_policy(run_ns, key[1], key[0])
         results = await asyncio.gather(
             self._step("isolate", lambda: self._apply_policy(policy)),

@@ -56,9 +56,12 @@ def test_audit_mode_relaxes_only_what_a_grant_decides(binding: str, actions: lis
         assert {"key": "stockade.io/agentrun", "operator": "Exists"} in expressions
 
 
+CONFINEMENT = "stockade-operator-confinement"  # the one policy that holds the operator itself (below)
+
+
 def test_policies_select_run_namespaces_only_and_never_the_control_plane() -> None:
     for obj in vap.manifests(OPERATOR, ["stockade-system"]):
-        if obj["kind"] != "ValidatingAdmissionPolicy":
+        if obj["kind"] != "ValidatingAdmissionPolicy" or obj["metadata"]["name"] == CONFINEMENT:
             continue
         constraints = obj["spec"]["matchConstraints"]
         names = next(e for e in constraints["namespaceSelector"]["matchExpressions"]
@@ -85,7 +88,8 @@ def test_break_glass_groups_pass_in_every_policy_and_webhook() -> None:
     condition = vap.not_operator(OPERATOR, ["platform:break-glass"])
     assert condition["expression"] == (f"!(request.userInfo.username in {vap.cel_list(OPERATOR)} || "
                                        "request.userInfo.groups.exists(g, g in ['platform:break-glass']))")
-    policies = [o for o in vap.manifests(OPERATOR, (), ["platform:break-glass"]) if "validations" in o["spec"]]
+    policies = [o for o in vap.manifests(OPERATOR, (), ["platform:break-glass"]) if "validations" in o["spec"]
+                and o["metadata"]["name"] != CONFINEMENT]
     configs = [webhook.validating(CLIENTS, OPERATOR, exempt_groups=["platform:break-glass"]),
                webhook.mutating(CLIENTS, OPERATOR, exempt_groups=["platform:break-glass"])]
     assert len(policies) == 3
@@ -100,7 +104,8 @@ def test_every_policy_exempts_the_operator_and_every_check_explains_itself() -> 
     for obj in vap.manifests(OPERATOR):
         if obj["kind"] != "ValidatingAdmissionPolicy":
             continue
-        assert vap.not_operator(OPERATOR) in obj["spec"]["matchConditions"]
+        if obj["metadata"]["name"] != CONFINEMENT:
+            assert vap.not_operator(OPERATOR) in obj["spec"]["matchConditions"]
         for check in obj["spec"]["validations"]:
             assert check["message"].startswith("Stockade: ")
             assert check["reason"] == "Forbidden"
@@ -113,8 +118,31 @@ def test_no_operator_identity_refuses_to_render() -> None:
 
 def test_render_is_yaml_the_chart_can_ship() -> None:
     docs = list(yaml.safe_load_all(vap.render(["system:serviceaccount:{{ .Release.Namespace }}:stockade"])))
-    assert len(docs) == 7
+    assert len(docs) == 9  # with the operator's confinement and its binding
     assert "{{ .Release.Namespace }}" in docs[0]["spec"]["matchConditions"][0]["expression"]
+
+
+def test_the_operators_service_account_is_confined_to_run_namespaces() -> None:
+    """RBAC cannot select namespaces by label: the API server refuses the operator's ServiceAccount every
+    write of the kinds it manages outside run namespaces (kube-system and its own included)."""
+    found = by_name(vap.manifests(OPERATOR, ["stockade-system"]))
+    policy = found[f"ValidatingAdmissionPolicy/{CONFINEMENT}"]["spec"]
+    assert policy["failurePolicy"] == "Fail"
+    assert policy["matchConstraints"]["namespaceSelector"] == {
+        "matchExpressions": [{"key": "stockade.io/agentrun", "operator": "DoesNotExist"}]}
+    assert policy["matchConditions"] == [{"name": "the-stockade-operator", "expression": (
+        "request.userInfo.username in ['system:serviceaccount:stockade-system:stockade']")}]
+    rules = {(r["apiGroups"][0], res): r["operations"] for r in policy["matchConstraints"]["resourceRules"]
+             for res in r["resources"]}
+    for kind in [("", "pods"), ("", "pods/*"), ("batch", "jobs"), ("networking.k8s.io", "networkpolicies"),
+                 ("rbac.authorization.k8s.io", "rolebindings"), ("", "serviceaccounts")]:
+        assert rules[kind] == ["CREATE", "UPDATE", "DELETE"], kind
+    assert ("", "events") not in rules, "Events on AgentRuns are posted in team namespaces"
+    assert [c["expression"] for c in policy["validations"]] == ["false"]
+    assert found[f"ValidatingAdmissionPolicyBinding/{CONFINEMENT}"]["spec"] == {
+        "policyName": CONFINEMENT, "validationActions": ["Deny"]}
+    # A person running the operator with their own credentials (make run) is not confined.
+    assert f"ValidatingAdmissionPolicy/{CONFINEMENT}" not in by_name(vap.manifests(["kwok-admin"]))
 
 
 CLIENTS = {hid: webhook.client_config(b"CA", hid, url="https://127.0.0.1:9443")

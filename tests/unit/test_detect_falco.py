@@ -99,3 +99,26 @@ def test_event_without_pod_fields_has_no_pod() -> None:
     payload = event("Terminal shell in container")
     del payload["output_fields"]["k8s.pod.name"]
     assert falco.parse(payload).pod is None
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("k8s.pod.name", "../../kube-system/pods/probe-victim"),
+    ("k8s.pod.name", "a/b"),
+    ("k8s.pod.name", "%2e%2e"),
+    ("k8s.pod.name", "Rome"),
+    ("k8s.pod.name", "x" * 254),
+    ("k8s.ns.name", "../kube-system"),
+    ("k8s.ns.name", "a.b"),  # a namespace is a DNS-1123 label: no dots
+    ("k8s.ns.name", "n" * 64),
+])
+def test_names_that_are_not_kubernetes_names_are_refused(field: str, value: str) -> None:
+    payload = event("Terminal shell in container", **{field: value, "proc.name": "bash"})
+    with pytest.raises(falco.FalcoPayloadError, match=field):
+        falco.parse(payload)
+
+
+def test_falco_not_available_marker_is_no_name() -> None:
+    parsed = falco.parse(event("Terminal shell in container", **{"k8s.ns.name": "<NA>", "k8s.pod.name": "<NA>"}))
+    assert parsed.namespace is None and parsed.pod is None
+    dotted = falco.parse(event("Terminal shell in container", **{"k8s.pod.name": "rome.v2-0"}))
+    assert dotted.pod == "rome.v2-0"

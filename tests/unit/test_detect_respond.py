@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from stockade import labels
+from stockade import labels, respond
 from stockade.api.models import Violation
 from stockade.detect import rules
 from stockade.detect.config import DetectSettings
@@ -120,12 +120,18 @@ def pod(name: str, **meta: Any) -> dict[str, Any]:
             "status": {"phase": "Running", "podIP": "10.244.1.5"}}
 
 
+RUN_NAMESPACE = {"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": RUN_NS, "resourceVersion": "1",
+                              "labels": {labels.AGENTRUN: "rome", labels.AGENTRUN_NAMESPACE: "team"}}}
+
+
 class World:
     def __init__(self, run: dict[str, Any], pods: list[dict[str, Any]], **settings: Any) -> None:
         self.kube = FakeKube()
         self.store = Store()
         self.events = Events()
         self.store.put_agentrun(self.kube.put(AR_PATH, run))
+        self.store.put(RUN_NAMESPACE)  # the run namespace, labelled for this run, as the watch shows it
         for item in pods:
             path = object_path("v1", "Pod", RUN_NS, item["metadata"]["name"])
             self.store.put(self.kube.put(path, item))
@@ -451,3 +457,112 @@ def test_violations_for_a_deleted_run_are_dropped() -> None:
 def test_violation_model_round_trips_count() -> None:
     found = Violation(time="t", kind="K", detail="d", source="api", count=3, lastTime="u")
     assert found.model_dump(exclude_none=True)["count"] == 3
+
+
+# Confinement -----------------------------------------------------------------------------------------
+def test_a_pod_outside_the_run_namespace_is_never_acted_on() -> None:
+    """A violation naming a pod the run namespace does not hold (another namespace's, or a path) changes
+    nothing anywhere: no label, no delete, no policy; the violation is recorded as not acted on."""
+    victim = {**pod("probe-victim"), "metadata": {**pod("probe-victim")["metadata"], "namespace": "kube-system"}}
+    world = World(agentrun(), [pod("rome")])
+    world.store.put(victim)
+    incidents = [ssh("probe-victim"), ssh("../../kube-system/pods/probe-victim", detail="traversal"),
+                 Incident(ssh("probe-victim", detail="verified elsewhere").violation, pod=victim)]
+
+    async def scenario() -> None:
+        for incident in incidents:
+            world.submit(incident)
+        await world.responder.idle()
+
+    run(scenario())
+    assert world.kube.verbs() == [("PATCH", STATUS_PATH)], "only the record"
+    assert {v["action"] for v in world.status["violations"]} == {"none (the pod is not one of this run's)"}
+    assert not (world.status.get("quarantine") or {}).get("active")
+
+
+def test_a_pod_labelled_as_another_runs_is_not_this_runs() -> None:
+    other = pod("rome", labels={labels.AGENTRUN: "other", labels.AGENTRUN_NAMESPACE: "team"})
+    world = World(agentrun(), [other])
+
+    async def scenario() -> None:
+        world.submit(ssh("rome"))
+        await world.responder.idle()
+
+    run(scenario())
+    assert world.kube.verbs() == [("PATCH", STATUS_PATH)]
+
+
+def test_nothing_is_acted_on_where_the_run_namespace_is_not_confirmed_by_its_labels() -> None:
+    world = World(agentrun(), [pod("rome")])
+    world.store.remove(RUN_NAMESPACE)  # status says team-rome, but no namespace labelled for the run
+
+    async def scenario() -> None:
+        world.submit(ssh())
+        world.submit(ssh(None, detail="run-level"))
+        await world.responder.idle()
+
+    run(scenario())
+    assert world.kube.verbs() == [("PATCH", STATUS_PATH)]
+    assert {v["action"] for v in world.status["violations"]} == {
+        "none (the run namespace is not confirmed by its labels)"}
+
+
+def test_the_last_guard_refuses_another_namespace() -> None:
+    world = World(agentrun(), [pod("rome")])
+
+    async def scenario() -> None:
+        from stockade.respond import ConfinementError
+        with pytest.raises(ConfinementError):
+            await world.responder._isolate(("team", "rome"), "kube-system", {"coredns": ssh("coredns")})
+        with pytest.raises(ConfinementError):
+            await world.responder._act(("team", "rome"), "default", ["evict"], {"x": ssh("x")}, forced=set(),
+                                       freeze=False)
+
+    run(scenario())
+    assert world.kube.verbs() == []
+
+
+# Acknowledgements ------------------------------------------------------------------------------------
+def test_acks_resolve_only_after_the_status_write_and_a_storm_shares_it() -> None:
+    world = World(agentrun(response=["isolate"]), [pod("rome")])
+    seen_at_write: list[bool] = []
+    write = world.kube.merge_patch
+
+    async def watching(path: str, patch: dict[str, Any]) -> dict[str, Any]:
+        if path == STATUS_PATH:
+            seen_at_write.append(any(a.done() for a in acks))
+        return await write(path, patch)
+
+    world.kube.merge_patch = watching  # type: ignore[method-assign]
+    acks: list[asyncio.Future[str]] = []
+
+    async def scenario() -> None:
+        acks.extend(world.responder.submit(("team", "rome"), [ssh()]) for _ in range(200))
+        assert not any(a.done() for a in acks)
+        await world.responder.idle()
+
+    run(scenario())
+    assert seen_at_write == [False], "one write, and no sender was answered before it"
+    assert {a.result() for a in acks} == {respond.RECORDED}
+    assert world.status["violations"][0]["count"] == 200
+
+
+def test_acks_say_failed_dropped_and_gone() -> None:
+    world = World(agentrun(response=["isolate"]), [pod("rome")], pending_per_run=2)
+
+    async def failing(path: str, patch: dict[str, Any]) -> dict[str, Any]:
+        raise KubeError(500, "InternalError", "etcd is sad")
+
+    async def scenario() -> tuple[list[str], str]:
+        world.kube.merge_patch = failing  # type: ignore[method-assign]
+        acks = [world.responder.submit(("team", "rome"), [ssh(detail=f"attempt {i}")]) for i in range(3)]
+        assert acks[2].done() and acks[2].result() == respond.DROPPED, "beyond the bound: answered at once"
+        await world.responder.idle()
+        world.store.forget_agentrun(("team", "rome"))
+        gone = world.responder.submit(("team", "rome"), [ssh()])
+        await world.responder.idle()
+        return [a.result() for a in acks], gone.result()
+
+    outcomes, gone = asyncio.run(scenario())
+    assert outcomes == [respond.FAILED, respond.FAILED, respond.DROPPED]
+    assert gone == respond.GONE

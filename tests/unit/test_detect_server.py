@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from stockade import respond
 from stockade.detect.config import DetectSettings
 from stockade.detect.server import SignalServer
 from stockade.detect.watch import ApiDetector
@@ -23,11 +26,18 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class Queue:
-    def __init__(self) -> None:
-        self.submitted: list[tuple[tuple[str, str], Incident]] = []
+    """The responder's intake as the server sees it: submit, and the acknowledgement it awaits."""
 
-    def submit(self, key: tuple[str, str], incidents: Any) -> None:
+    def __init__(self, outcome: str = respond.RECORDED) -> None:
+        self.submitted: list[tuple[tuple[str, str], Incident]] = []
+        self.outcome = outcome
+
+    def submit(self, key: tuple[str, str], incidents: Any) -> asyncio.Future[str]:
         self.submitted += [(key, i) for i in incidents]
+        ack: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if self.outcome:
+            ack.set_result(self.outcome)
+        return ack
 
 
 class NoKube:
@@ -172,7 +182,139 @@ def test_endpoint_stays_off_without_a_way_to_authenticate() -> None:
 def test_a_storm_of_concurrent_events_is_answered() -> None:
     async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
         answers = await asyncio.gather(*(client.post("/falco", json=ssh_event(), headers=AUTH) for _ in range(300)))
-        assert {a.status for a in answers} == {202}
-        assert len(queue.submitted) == 300
+        statuses = [a.status for a in answers]
+        assert set(statuses) <= {202, 429}
+        assert statuses.count(202) == len(queue.submitted) > 0, "every 202 was handed to the responder"
+        assert all(a.headers["Retry-After"] == "1" for a in answers if a.status == 429)
 
     with_client(test)
+
+
+def with_server(test: Callable[[TestClient[Any, Any], Queue, NoKube], Awaitable[None]], queue: Queue,
+                **settings: Any) -> None:
+    async def main() -> None:
+        store = store_with_runs()
+        kube = NoKube()
+        config = DetectSettings(_env_file=None, signal_token=TOKEN, **settings)  # type: ignore[call-arg]
+        detector = ApiDetector(store, queue, lambda: "t")  # type: ignore[arg-type]
+        server = SignalServer(config, store, kube, queue, spec_of=detector.spec, now=lambda: "t")  # type: ignore[arg-type]
+        async with TestClient(TestServer(server.app())) as client:
+            await test(client, queue, kube)
+
+    asyncio.run(main())
+
+
+GENERIC = {"detector": "tetragon", "namespace": RUN_NS, "pod": "rome", "kind": "PrivEsc", "detail": "setuid"}
+
+
+@pytest.mark.parametrize(("namespace", "pod_name"), [
+    (RUN_NS, "../../kube-system/pods/probe-victim"),
+    (RUN_NS, "../default/pods/victim"),
+    (RUN_NS, "rome/../../../kube-system/pods/x"),
+    (RUN_NS, "%2e%2e%2fkube-system"),
+    (RUN_NS, "Rome"),
+    ("../kube-system", "coredns"),
+    ("team-rome/pods/rome/../../../kube-system", "coredns"),
+])
+def test_names_that_are_paths_are_refused_before_any_lookup(namespace: str, pod_name: str) -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, kube: NoKube) -> None:
+        resp = await client.post("/falco", json=ssh_event(namespace, pod_name), headers=AUTH)
+        assert resp.status == 400, await resp.text()
+        resp = await client.post("/signal", json={**GENERIC, "namespace": namespace, "pod": pod_name}, headers=AUTH)
+        assert resp.status == 400, await resp.text()
+        assert queue.submitted == [] and kube.gets == [], "refused before anything was looked up"
+
+    with_client(test)
+
+
+def test_a_pod_the_store_shows_elsewhere_is_not_the_runs() -> None:
+    """The API answers for a name in the run namespace with a pod of another namespace (a proxy, a bug):
+    it is not taken for the run's pod."""
+    class ElsewhereKube(NoKube):
+        async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:  # type: ignore[override]
+            self.gets.append((namespace, name))
+            return {**pod(name), "metadata": {**pod(name)["metadata"], "namespace": "kube-system"}}
+
+    async def main() -> None:
+        store, queue = store_with_runs(), Queue()
+        kube = ElsewhereKube()
+        config = DetectSettings(_env_file=None, signal_token=TOKEN)  # type: ignore[call-arg]
+        detector = ApiDetector(store, queue, lambda: "t")  # type: ignore[arg-type]
+        server = SignalServer(config, store, kube, queue, spec_of=detector.spec, now=lambda: "t")  # type: ignore[arg-type]
+        async with TestClient(TestServer(server.app())) as client:
+            resp = await client.post("/signal", json={**GENERIC, "pod": "probe-victim"}, headers=AUTH)
+            assert resp.status == 404
+        assert queue.submitted == [] and kube.gets == [(RUN_NS, "probe-victim")]
+
+    asyncio.run(main())
+
+
+# Evidence nested 5,000 levels inside an otherwise valid signal (built as bytes: json.dumps would recurse).
+DEEP_EVIDENCE = json.dumps(GENERIC).encode()[:-1] + b', "evidence": ' + b'{"x": ' * 5000 + b"{}" + b"}" * 5001
+
+
+@pytest.mark.parametrize("body", [b"[" * 200_000, b'{"a":' * 5000 + b"1" + b"}" * 5000, DEEP_EVIDENCE],
+                         ids=["200k-brackets", "5000-objects", "5000-evidence"])
+def test_deeply_nested_json_is_refused_with_400(body: bytes) -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
+        for path in ("/falco", "/signal"):
+            resp = await client.post(path, data=body, headers={**AUTH, "Content-Type": "application/json"})
+            assert resp.status == 400
+            assert "nested deeper than 32 levels" in (await resp.json())["error"]
+        assert queue.submitted == []
+
+    with_client(test)
+
+
+def test_nesting_within_the_limit_is_parsed() -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
+        evidence = functools.reduce(lambda inner, _: {"x": inner}, range(30), {})
+        resp = await client.post("/signal", json={**GENERIC, "evidence": evidence}, headers=AUTH)
+        assert resp.status == 202
+        assert len(queue.submitted) == 1
+
+    with_client(test)
+
+
+def test_an_oversized_body_is_refused_with_413() -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
+        resp = await client.post("/signal", json={**GENERIC, "detail": "x" * 300_000}, headers=AUTH)
+        assert resp.status == 413
+        assert queue.submitted == []
+
+    with_client(test)
+
+
+@pytest.mark.parametrize(("outcome", "status", "retry"), [
+    (respond.RECORDED, 202, False),
+    (respond.FAILED, 503, True),
+    (respond.DROPPED, 429, True),
+    (respond.GONE, 404, False),
+    (None, 503, True),  # never recorded within the timeout
+])
+def test_the_answer_follows_the_status_write(outcome: str | None, status: int, retry: bool) -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
+        resp = await client.post("/falco", json=ssh_event(), headers=AUTH)
+        assert resp.status == status
+        assert ("Retry-After" in resp.headers) is retry
+        if status == 202:
+            assert (await resp.json())["result"] == "recorded"
+
+    with_server(test, Queue(outcome or ""), signal_ack_timeout_seconds=0.2)
+
+
+def test_requests_beyond_the_inflight_bound_are_told_to_come_back() -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
+        waiting = [asyncio.ensure_future(client.post("/falco", json=ssh_event(), headers=AUTH)) for _ in range(3)]
+        for _ in range(500):  # until all three hold their slot, waiting for a status write
+            if len(queue.submitted) == 3:
+                break
+            await asyncio.sleep(0.01)
+        refused = await client.post("/falco", json=ssh_event(), headers=AUTH)
+        assert refused.status == 429 and refused.headers["Retry-After"] == "1"
+        assert len(queue.submitted) == 3, "refused before its body was handed on"
+        assert {r.status for r in await asyncio.gather(*waiting)} == {503}  # their writes never came
+        again = await client.post("/falco", json=ssh_event(), headers=AUTH)
+        assert again.status == 503, "slots are given back"
+
+    with_server(test, Queue(""), signal_max_inflight=3, signal_ack_timeout_seconds=0.5)

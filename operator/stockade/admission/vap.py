@@ -14,6 +14,11 @@ exactly as shipped. They hold only what no grant can change, so they need no Age
   DaemonSets, ReplicaSets, ReplicationControllers, CronJobs) and Services of any type but
   ClusterIP or with external IPs. Deny, or Warn and Audit where the reconciler labelled the
   namespace ``stockade.io/enforcement=audit``.
+* ``stockade-operator-confinement``: the other way round, the operator's own ServiceAccount may not
+  create, change or delete pods, Jobs or fence objects in any namespace that is not a run namespace
+  (kube-system and its own included). Its ClusterRole must hold those verbs cluster-wide, since RBAC
+  cannot select namespaces by label and run namespaces come and go; this makes the API server refuse
+  the rest, so a bug in the operator (a name from a signal, say) cannot act outside the runs.
 
 PodSecurity ``restricted`` covers most of the baseline for pods too; these also cover pod
 templates (PodSecurity only warns about those) and are Stockade's own, not a label someone flips.
@@ -49,6 +54,16 @@ WORKLOAD_RULES = [
     ("batch", ["jobs", "cronjobs"]),
 ]
 COMMON_LABELS = {"app.kubernetes.io/name": "stockade", "app.kubernetes.io/component": "admission"}
+# What the operator writes in run namespaces, and nowhere else (operator/stockade/rbac.py): the workload,
+# a quarantined pod's label and its eviction, and the fence. Events (on AgentRuns, in team namespaces),
+# AgentRuns and cluster-scoped objects are written elsewhere and are not listed.
+CONFINED_RULES = [
+    ("", ["pods", "pods/*", "serviceaccounts", "resourcequotas", "limitranges"]),
+    ("batch", ["jobs", "jobs/*"]),
+    ("networking.k8s.io", ["networkpolicies"]),
+    ("rbac.authorization.k8s.io", ["roles", "rolebindings"]),
+]
+SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 
 
 def cel_string(text: str) -> str:
@@ -225,6 +240,28 @@ def grant_policy(usernames: Sequence[str], excluded: Sequence[str] = (),
     }
 
 
+def operator_confinement_policy(usernames: Sequence[str]) -> dict[str, Any]:
+    """The operator's identities may write the kinds it manages only in run namespaces."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": _meta("stockade-operator-confinement"),
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "namespaceSelector": {"matchExpressions": [{"key": labels.AGENTRUN, "operator": "DoesNotExist"}]},
+                "resourceRules": _rules(CONFINED_RULES, ["CREATE", "UPDATE", "DELETE"]),
+            },
+            "matchConditions": [{"name": "the-stockade-operator",
+                                 "expression": f"request.userInfo.username in {cel_list(sorted(set(usernames)))}"}],
+            "validations": [_check(
+                "false", "the Stockade operator acts on pods, Jobs and fences only in run namespaces (labelled "
+                f"{labels.AGENTRUN}); this namespace is not one",
+                "request.kind.kind + ' ' + request.namespace + '/' + request.name")],
+        },
+    }
+
+
 def binding(name: str, policy: str, actions: list[str], selector: dict[str, Any] | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {"policyName": policy, "validationActions": actions}
     if selector is not None:
@@ -234,10 +271,18 @@ def binding(name: str, policy: str, actions: list[str], selector: dict[str, Any]
 
 
 def manifests(usernames: Sequence[str], excluded: Sequence[str] = (),
-              exempt_groups: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Every policy and binding, policies first (a binding to a missing policy does nothing)."""
+              exempt_groups: Sequence[str] = (), confined: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Every policy and binding, policies first (a binding to a missing policy does nothing).
+
+    ``confined``: the identities held to run namespaces; by default the operator's ServiceAccounts
+    (a person running the operator with their own credentials, as `make run` does, is not confined)."""
     if not usernames:
         raise ValueError("the operator's username is needed, or the policies would refuse the operator itself")
+    if confined is None:
+        confined = [u for u in usernames if u.startswith(SERVICE_ACCOUNT_PREFIX)]
+    confinement = [operator_confinement_policy(confined),
+                   binding("stockade-operator-confinement", "stockade-operator-confinement", ["Deny"])] \
+        if confined else []
     run = run_namespaces(excluded)
     enforced = {"matchExpressions": [*run["matchExpressions"],
                                      {"key": ENFORCEMENT, "operator": "NotIn", "values": ["audit"]}]}
@@ -247,10 +292,12 @@ def manifests(usernames: Sequence[str], excluded: Sequence[str] = (),
         baseline_policy(usernames, excluded, exempt_groups),
         run_namespace_policy(usernames, excluded, exempt_groups),
         grant_policy(usernames, excluded, exempt_groups),
+        *confinement[:1],
         binding("stockade-baseline", "stockade-baseline", ["Deny"]),
         binding("stockade-run-namespace", "stockade-run-namespace", ["Deny"]),
         binding("stockade-grant", "stockade-grant", ["Deny"], enforced),
         binding("stockade-grant-audit", "stockade-grant", ["Warn", "Audit"], audited),
+        *confinement[1:],
     ]
 
 

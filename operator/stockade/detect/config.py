@@ -15,16 +15,31 @@ class DetectSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STOCKADE_", extra="ignore")
 
     # The signal endpoint (Falcosidekick's webhook output, the generic schema). 0 turns it off.
-    signal_host: str = "0.0.0.0"  # in a cluster the callers are other pods
+    signal_host: str = "0.0.0.0"  # in a cluster the callers are other pods; "::" for IPv6, 127.0.0.1 locally
     signal_port: int = 8443
     # Callers authenticate with this bearer token, or with a client certificate signed by
     # signal_client_ca (mTLS). With neither configured the endpoint does not start: fail closed.
     signal_token: SecretStr | None = None
     signal_token_file: Path | None = None
+    # HTTPS unless turned off explicitly (false: plain HTTP, and the bearer token travels in clear text).
+    signal_tls: bool = False  # TEMPORARY until the chart serves its certificate (see git log)
+    # The serving certificate: these two files, else tls.crt and tls.key in signal_cert_dir (a mounted
+    # Secret: the chart's, cert-manager's or yours). Where neither exists, a self-signed CA and a
+    # certificate for signal_cert_names are generated into signal_cert_dir (or a fresh temporary
+    # directory), with the CA in ca.crt for callers to trust.
     signal_tls_cert: Path | None = None
     signal_tls_key: Path | None = None
+    signal_cert_dir: Path | None = None
+    signal_cert_names: list[str] = Field(default_factory=lambda: ["localhost"])
     signal_client_ca: Path | None = None
-    signal_max_body_bytes: int = 256 * 1024
+    # Bounds on what one request may cost: body size, JSON nesting (checked on the raw bytes before
+    # parsing), requests handled at once (beyond it: 429 with Retry-After), and how long a request
+    # waits for its violation to be recorded in the AgentRun's status (beyond it: 503, Retry-After).
+    signal_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    signal_max_depth: int = Field(default=32, ge=2, le=512)
+    signal_max_inflight: int = Field(default=64, ge=1)
+    signal_ack_timeout_seconds: float = Field(default=5.0, gt=0)
+    signal_retry_after_seconds: int = Field(default=1, ge=1)
     # The cluster resolver's addresses: DNS to them is what grant.dns allows. Empty: port 53 to any
     # cluster-internal address counts as the resolver (the DNS NetworkPolicy narrows it anyway).
     cluster_dns_addresses: list[str] = Field(default_factory=list)

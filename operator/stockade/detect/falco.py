@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from stockade import k8snames
+
 Category = Literal["ssh", "miner", "reverse-shell", "shell", "c2", "connection", "other"]
 
 RULES: dict[str, Category] = {
@@ -110,6 +112,12 @@ def parse(payload: Any) -> RuntimeEvent:
         raise FalcoPayloadError("rule is missing")
     if not isinstance(fields, Mapping):
         raise FalcoPayloadError("output_fields is missing")
+    namespace, pod = _k8s_name(fields.get("k8s.ns.name")), _k8s_name(fields.get("k8s.pod.name"))
+    # Names as the API server allows them, or the event is refused: they select what is acted on.
+    if namespace is not None and not k8snames.is_label(namespace):
+        raise FalcoPayloadError(f"k8s.ns.name is not a namespace name (DNS-1123 label): {namespace[:80]!r}")
+    if pod is not None and not k8snames.is_subdomain(pod):
+        raise FalcoPayloadError(f"k8s.pod.name is not a pod name (DNS-1123 subdomain): {pod[:80]!r}")
     priority = str(payload.get("priority") or "Notice")
     process = _text(fields.get("proc.name"))
     exe = _text(fields.get("proc.exepath")) or _text(fields.get("proc.exe"))
@@ -121,8 +129,8 @@ def parse(payload: Any) -> RuntimeEvent:
         rule=rule,
         priority=priority,
         time=str(payload.get("time") or ""),
-        namespace=_text(fields.get("k8s.ns.name")),
-        pod=_text(fields.get("k8s.pod.name")),
+        namespace=namespace,
+        pod=pod,
         category=categorise(rule, process, exe, cmdline, server if outbound is not False else None),
         severity=PRIORITIES.get(priority.lower(), "medium"),
         process=process,
@@ -161,6 +169,12 @@ def _text(value: Any) -> str | None:
         return None
     text = str(value).strip()
     return text or None
+
+
+def _k8s_name(value: Any) -> str | None:
+    """Falco writes <NA> for a field an event does not have (a process outside any pod)."""
+    text = _text(value)
+    return None if text in (None, "<NA>") else text
 
 
 def _port(value: Any) -> int | None:

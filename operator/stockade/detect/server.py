@@ -5,31 +5,42 @@
     GET  /signal/schema  the generic signal's JSON Schema
     GET  /healthz        liveness (no authentication)
 
-Callers authenticate with ``Authorization: Bearer <STOCKADE_SIGNAL_TOKEN>`` (Falcosidekick:
+Served over HTTPS (STOCKADE_SIGNAL_TLS=false for plain HTTP, an explicit opt-out). Callers
+authenticate with ``Authorization: Bearer <STOCKADE_SIGNAL_TOKEN>`` (Falcosidekick:
 ``webhook.customHeaders: "Authorization:Bearer <token>"``) or, when STOCKADE_SIGNAL_CLIENT_CA is set,
-with a client certificate signed by that CA. A signal must name a pod of some AgentRun's run
-namespace; anything else is refused (404) and nothing is done. An accepted violation is queued for
-the responder and answered at once (202), so a storm of signals costs the sender nothing and the
-operator a queue entry each.
+with a client certificate signed by that CA.
+
+A signal must name, by valid names, a pod of some AgentRun's run namespace; anything else is refused
+(4xx) and nothing is done. Bodies are bounded before they are parsed (size, then nesting depth on the
+raw bytes), and so is the number of requests handled at once (429 beyond it). A violation is answered
+202 only once the responder has recorded it in the AgentRun's status, so an answered signal survives
+an operator crash and a sender's retries cover everything else (503 with Retry-After when the write
+failed or took too long; 429 when the run's queue is full). Identical signals in a storm share one
+status write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import ipaddress
 import logging
 import ssl
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from stockade import metrics
+from stockade import k8snames, metrics, respond
+from stockade.admission import certs
 from stockade.api.models import AgentRunSpec, Violation
 from stockade.detect import falco, rules
 from stockade.detect.config import DetectSettings
-from stockade.detect.schema import Signal, json_schema
+from stockade.detect.schema import JSONTooDeep, Signal, json_schema, loads_bounded
 from stockade.kube import Kube, KubeError
 from stockade.respond import Incident, Responder
 from stockade.store import RunKey, Store
@@ -62,7 +73,10 @@ class SignalServer:
         self.now = now
         self.token = settings.token()
         self._runner: web.AppRunner | None = None
+        self._cert_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._inflight = 0
         self.port: int | None = None
+        self.ca_file: Path | None = None  # the CA callers trust, where the operator generated its own
 
     # Serving ----------------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -73,11 +87,40 @@ class SignalServer:
         app.router.add_get("/healthz", self.healthz)
         return app
 
+    def tls_files(self) -> tuple[Path, Path] | None:
+        """The serving certificate and key (None: plain HTTP). Given files win; then a mounted
+        directory's tls.crt/tls.key; else a self-signed CA and certificate are made, as for the webhook."""
+        s = self.settings
+        if not s.signal_tls:
+            return None
+        if s.signal_tls_cert and s.signal_tls_key:
+            return s.signal_tls_cert, s.signal_tls_key
+        if s.signal_cert_dir is not None:
+            found = certs.paths(s.signal_cert_dir)
+            if found.cert.exists() and found.key.exists():
+                return found.cert, found.key  # the chart's, cert-manager's or the user's: used as it is
+            directory = s.signal_cert_dir
+        else:
+            self._cert_dir = self._cert_dir or tempfile.TemporaryDirectory(prefix="stockade-signal-")
+            directory = Path(self._cert_dir.name)
+        made = certs.ensure(directory, list(s.signal_cert_names), self._cert_ips())
+        self.ca_file = made.ca
+        return made.cert, made.key
+
+    def _cert_ips(self) -> list[str]:
+        try:
+            address = ipaddress.ip_address(self.settings.signal_host)
+        except ValueError:
+            return []
+        return [] if address.is_unspecified else [str(address)]
+
     def ssl_context(self) -> ssl.SSLContext | None:
-        if not (self.settings.signal_tls_cert and self.settings.signal_tls_key):
+        files = self.tls_files()
+        if files is None:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.settings.signal_tls_cert, self.settings.signal_tls_key)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(*files)
         if self.settings.signal_client_ca:
             context.load_verify_locations(cafile=str(self.settings.signal_client_ca))
             context.verify_mode = ssl.CERT_REQUIRED
@@ -87,24 +130,34 @@ class SignalServer:
         """None when the endpoint can start; otherwise why not."""
         if not self.settings.signal_port:
             return "STOCKADE_SIGNAL_PORT is 0"
-        if self.token is None and not (self.settings.signal_client_ca and self.settings.signal_tls_cert):
+        if self.settings.signal_client_ca and not self.settings.signal_tls:
+            return "STOCKADE_SIGNAL_CLIENT_CA needs TLS, but STOCKADE_SIGNAL_TLS is false"
+        if self.token is None and not self.settings.signal_client_ca:
             return "no STOCKADE_SIGNAL_TOKEN and no client CA: callers could not be authenticated"
         return None
 
     async def start(self) -> None:
+        context = self.ssl_context()
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.signal_host, self.settings.signal_port,
-                           ssl_context=self.ssl_context(), backlog=1024)
+                           ssl_context=context, backlog=1024)
         await site.start()
         self.port = self.settings.signal_port
-        log.info("signal endpoint on %s:%s (%s)", self.settings.signal_host, self.port,
-                 "TLS" if self.ssl_context() else "plain HTTP")
+        if context is None:
+            log.warning("signal endpoint on %s:%s in plain HTTP (STOCKADE_SIGNAL_TLS=false): bearer tokens and "
+                        "signals travel unencrypted", self.settings.signal_host, self.port)
+        else:
+            log.info("signal endpoint on https://%s:%s%s", self.settings.signal_host, self.port,
+                     f" (self-signed; callers trust {self.ca_file})" if self.ca_file else "")
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._cert_dir is not None:
+            self._cert_dir.cleanup()
+            self._cert_dir = None
 
     # Authentication ----------------------------------------------------------------------------------
     @web.middleware
@@ -131,6 +184,24 @@ class SignalServer:
         return web.json_response(json_schema())
 
     async def falco(self, request: web.Request) -> web.Response:
+        return await self._bounded("runtime", request, self._falco)
+
+    async def signal(self, request: web.Request) -> web.Response:
+        return await self._bounded("signal", request, self._signal)
+
+    async def _bounded(self, source: str, request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.Response]]) -> web.Response:
+        """At most signal_max_inflight requests at once (each holds its body and waits for a status
+        write); beyond that the sender is told to come back, before its body is even read."""
+        if self._inflight >= self.settings.signal_max_inflight:
+            return self._retry(source, 429, "busy", "too many signals at once; try again")
+        self._inflight += 1
+        try:
+            return await handler(request)
+        finally:
+            self._inflight -= 1
+
+    async def _falco(self, request: web.Request) -> web.Response:
         received = time.perf_counter()
         payload = await self._body(request)
         if isinstance(payload, web.Response):
@@ -148,9 +219,9 @@ class SignalServer:
         status = body.get("status") or {}
         found = rules.judge_runtime(event, spec.grant, status.get("resolvedEgress") or {}, pod_ips(pod), self.now(),
                                     dns_addresses=self.settings.cluster_dns_addresses)
-        return self._queue("runtime", key, found, payload, received)
+        return await self._queue("runtime", key, found, payload, received=received, pod=pod)
 
-    async def signal(self, request: web.Request) -> web.Response:
+    async def _signal(self, request: web.Request) -> web.Response:
         received = time.perf_counter()
         payload = await self._body(request)
         if isinstance(payload, web.Response):
@@ -163,17 +234,25 @@ class SignalServer:
         owner = await self._owner(signal.namespace, signal.pod, source="signal")
         if isinstance(owner, web.Response):
             return owner
-        key, body, spec, _ = owner
+        key, body, spec, pod = owner
         status = body.get("status") or {}
         found = rules.judge_signal(signal, spec.grant, status.get("resolvedEgress") or {}, self.now(),
                                    dns_addresses=self.settings.cluster_dns_addresses)
-        return self._queue("signal", key, found, payload, received)
+        return await self._queue("signal", key, found, payload, received=received, pod=pod)
 
     # Helpers ------------------------------------------------------------------------------------------
     async def _body(self, request: web.Request) -> Any:
+        """The JSON body, bounded before it is parsed: its size (client_max_size) and its nesting."""
         source = SOURCES.get(request.path, "other")
         try:
-            return await request.json()
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._refuse(source, 413, "too-large",
+                                f"the body is larger than {self.settings.signal_max_body_bytes} bytes")
+        try:
+            return loads_bounded(raw, self.settings.signal_max_depth)
+        except JSONTooDeep as err:
+            return self._refuse(source, 400, "invalid", f"the body is {err}")
         except ValueError:
             return self._refuse(source, 400, "invalid", "the body is not JSON")
 
@@ -181,12 +260,21 @@ class SignalServer:
         metrics.SIGNALS.labels(source=source, outcome=outcome).inc()
         return _json(status, error=message)
 
+    def _retry(self, source: str, status: int, outcome: str, message: str) -> web.Response:
+        metrics.SIGNALS.labels(source=source, outcome=outcome).inc()
+        return web.json_response({"error": message}, status=status,
+                                 headers={"Retry-After": str(self.settings.signal_retry_after_seconds)})
+
     async def _owner(self, namespace: str, pod: str, source: str = "runtime"
                      ) -> tuple[RunKey, Mapping[str, Any], AgentRunSpec, Mapping[str, Any]] | web.Response:
-        """The AgentRun that owns the pod: its run namespace's, and the pod must exist there."""
+        """The AgentRun that owns the pod: its run namespace's (as the namespace's labels and the run's
+        status both say), and the pod must exist there. Names were validated by the parsers already;
+        they are checked once more here, since they go into an API path."""
+        if not (k8snames.is_label(namespace) and k8snames.is_subdomain(pod)):
+            return self._refuse(source, 400, "invalid", "namespace and pod must be valid Kubernetes names")
         key = self.store.run_of_namespace(namespace)
         body = self.store.agentruns.get(key) if key else None
-        if key is None or body is None:
+        if key is None or body is None or respond.run_namespace(self.store, key, body.get("status") or {}) != namespace:
             return self._refuse(source, 404, "unknown-pod", f"no AgentRun owns namespace {namespace}; nothing done")
         found = self.store.get("Pod", namespace, pod)
         if found is None:
@@ -194,20 +282,32 @@ class SignalServer:
                 found = await self.kube.get("v1", "Pod", namespace, pod)
             except KubeError as err:
                 log.warning("could not look up pod %s/%s: %s", namespace, pod, err)
-        if found is None:
+        if found is None or respond.confined_pod(self.store, key, namespace, pod, found) is None:
             return self._refuse(source, 404, "unknown-pod", f"pod {namespace}/{pod} does not exist; nothing done")
         spec = self.spec_of(key, body)
         if spec is None:
             return self._refuse(source, 409, "invalid-run", f"AgentRun {key[0]}/{key[1]} has an invalid spec")
         return key, body, spec, found
 
-    def _queue(self, source: str, key: RunKey, found: Violation | None, payload: Any, received: float) -> web.Response:
+    async def _queue(self, source: str, key: RunKey, found: Violation | None, payload: Any, *, received: float,
+                     pod: Mapping[str, Any]) -> web.Response:
+        """Hand the violation to the responder and answer once it is recorded in the AgentRun's status."""
         run = f"{key[0]}/{key[1]}"
         if found is None:
             metrics.SIGNALS.labels(source=source, outcome="within-grant").inc()
             return _json(200, agentRun=run, violation=None, result="within the grant: nothing to do")
-        self.responder.submit(key, [Incident(found, signal=payload, received=received)])
+        ack = self.responder.submit(key, [Incident(found, signal=payload, received=received, pod=pod)])
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(ack), self.settings.signal_ack_timeout_seconds)
+        except TimeoutError:
+            return self._retry(source, 503, "unrecorded", "the violation is not recorded yet; send it again")
+        if outcome == respond.DROPPED:
+            return self._retry(source, 429, "dropped", f"too many violations wait for AgentRun {run}; try again")
+        if outcome == respond.GONE:
+            return self._refuse(source, 404, "unknown-pod", f"AgentRun {run} is gone; nothing done")
+        if outcome != respond.RECORDED:
+            return self._retry(source, 503, "unrecorded", "the violation could not be recorded; send it again")
         metrics.SIGNALS.labels(source=source, outcome="accepted").inc()
-        return _json(202, agentRun=run, result="queued",
+        return _json(202, agentRun=run, result="recorded",
                      violation={"kind": found.kind, "severity": found.severity, "pod": found.pod,
                                 "detail": found.detail})
