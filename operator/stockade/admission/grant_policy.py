@@ -1,0 +1,110 @@
+"""kopf registration for the AgentRun policy webhook, and the watches that feed its policy index.
+
+Every decision is ``grantpolicy.admit.decide`` over the watch store; the only API calls a request
+makes are SubjectAccessReviews, one per API permission the grant gives (and a namespace read the
+first moment after a namespace is created, before its watch event arrives).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from stockade.admission import webhook
+from stockade.admission.metrics import REQUESTS, SECONDS
+from stockade.api.models import GROUP, VERSION
+from stockade.api.policy import POLICY_PLURAL
+from stockade.grantpolicy import admit
+from stockade.grantpolicy.findings import summary
+from stockade.grantpolicy.index import INDEX
+from stockade.kube import KubeError
+from stockade.runtime import RUNTIME
+
+log = logging.getLogger("stockade.admission")
+POLICIES_PATH = f"/apis/{GROUP}/{VERSION}/{POLICY_PLURAL}"
+SAR_PATH = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+
+
+# Watches ------------------------------------------------------------------------------------------------
+@kopf.on.startup()
+async def policy_index_startup(**_: Any) -> None:
+    """Fill the index before the webhook answers: an empty index would refuse every AgentRun."""
+    kube = RUNTIME.kube  # made by stockade.handlers.startup, which kopf runs first
+    policies, namespaces = await asyncio.gather(kube.call("GET", POLICIES_PATH), kube.list_objects("v1", "Namespace"))
+    for body in policies.get("items", []):
+        INDEX.put_policy(body)
+    for body in namespaces:
+        INDEX.put_namespace(body)
+    INDEX.synced = True
+    log.info("policy index: %d AgentPolicies, %d namespaces", len(INDEX.policies()), len(INDEX.namespaces()))
+
+
+@kopf.on.event(GROUP, VERSION, POLICY_PLURAL)
+async def agentpolicy_indexed(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+    if event.get("type") == "DELETED":
+        INDEX.forget_policy(body["metadata"]["name"])
+    else:
+        bound = INDEX.put_policy(body)
+        if bound.spec is None:
+            log.warning("AgentPolicy %s cannot be evaluated and admits nothing: %s", bound.name, bound.error)
+
+
+@kopf.on.event("", "v1", "namespaces")
+async def namespace_indexed(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+    if event.get("type") == "DELETED":
+        INDEX.forget_namespace(body["metadata"]["name"])
+    else:
+        INDEX.put_namespace(body)
+
+
+# The webhook --------------------------------------------------------------------------------------------
+async def _ensure_namespace(namespace: str) -> None:
+    if INDEX.namespace_labels(namespace) is None:
+        found = await RUNTIME.kube.get("v1", "Namespace", None, namespace)
+        if found is not None:
+            INDEX.put_namespace(found)
+
+
+async def _held(verdict: admit.Verdict, namespace: str, user: Mapping[str, Any]) -> list[Any]:
+    """The permissions the requester does not hold (fail closed: no answer, not held)."""
+
+    async def one(perm: Any) -> bool:
+        try:
+            answer = await RUNTIME.kube.call("POST", SAR_PATH, admit.review(perm, namespace, user))
+        except KubeError as err:
+            log.warning("SubjectAccessReview for %s failed: %s", perm.text(), err)
+            return False
+        return bool((answer.get("status") or {}).get("allowed"))
+
+    answers = await asyncio.gather(*(one(perm) for perm in verdict.permissions))
+    return [admit.not_held(perm, namespace, str(user.get("username") or ""))
+            for perm, allowed in zip(verdict.permissions, answers, strict=True) if not allowed]
+
+
+@kopf.on.validate(GROUP, VERSION, "agentruns", id=webhook.POLICY_ID, operations=["CREATE", "UPDATE"])
+async def agentrun_policy(**kwargs: Any) -> None:
+    """An AgentRun's grant within every AgentPolicy that bounds it, and nothing granted the requester lacks."""
+    started = time.perf_counter()
+    body = kwargs.get("new") or {}
+    meta = body.get("metadata") or {}
+    user = kwargs.get("userinfo") or {}
+    req = admit.AgentRunRequest(operation=str(kwargs.get("operation") or ""), namespace=str(meta.get("namespace")
+                                or ""), name=str(meta.get("name") or ""), obj=body, old=kwargs.get("old"),
+                                username=str(user.get("username") or ""))
+    await _ensure_namespace(req.namespace)
+    verdict = admit.decide(req, index=INDEX, store=RUNTIME.store, now=datetime.datetime.now(datetime.UTC))
+    if verdict.allowed and verdict.permissions:
+        verdict.findings += await _held(verdict, req.namespace, user)
+    kwargs["patch"].as_json_patch = lambda *_args, **_kw: []  # nothing patched: skip kopf's deep-copy diff
+    REQUESTS.labels(webhook=webhook.POLICY_ID, decision="allowed" if verdict.allowed else "refused").inc()
+    SECONDS.labels(webhook=webhook.POLICY_ID).observe(time.perf_counter() - started)
+    if not verdict.allowed:
+        log.info("AgentRun %s/%s refused by policy", req.namespace, req.name,
+                 extra={"user": req.username, "findings": [f.kind for f in verdict.findings]})
+        raise kopf.AdmissionError(summary(verdict.findings), code=403)
