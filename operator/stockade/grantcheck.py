@@ -1,19 +1,20 @@
-"""Is this pod within the grant? Pure checks shared by the planner and the admission webhook.
+"""Is this pod within the grant? One pure check, ``check_pod``, for the planner and the admission webhook.
 
 The rule is an allowlist: a pod may set only the fields listed here, only the volume types listed
 here, and only the resources the grant names, up to what the grant has left. Anything else is a
-finding with the field, what the grant allows and how to change the grant.
+finding with the field, what the grant allows and how to change the grant. The operator checks the
+workload it is about to create with the same function, metadata included, that the webhook applies
+to a pod an agent creates: the two can never disagree about what a pod may be.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from stockade import labels
+from stockade import labels, podshape
 from stockade.api.models import Grant
 from stockade.quantity import parse_quantity
 
@@ -47,6 +48,10 @@ DEVICE_ANNOTATION_PREFIXES = ("cdi.k8s.io/", "io.kubernetes.cri-o.devices", "io.
 APPARMOR_ANNOTATION_PREFIX = "container.apparmor.security.beta.kubernetes.io/"
 # SELinux types a container may run as (PodSecurity "baseline" allows the same ones).
 SELINUX_TYPES = {"container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
+# Audiences a projected ServiceAccount token may name with an API grant: none (the API server's own,
+# the default) or the API server's usual ones. A platform allows more through ``token_audiences``.
+API_SERVER_AUDIENCES = ("https://kubernetes.default.svc.cluster.local", "https://kubernetes.default.svc",
+                        "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
 DEFAULTED: dict[str, set[Any]] = {
     "dnsPolicy": {"ClusterFirst"},
     "schedulerName": {"default-scheduler"},
@@ -151,6 +156,31 @@ def _grant_hint(field_name: str) -> str:
     return f"to allow it, raise spec.grant.{field_name} on the AgentRun"
 
 
+def check_pod(
+    pod: Mapping[str, Any],
+    grant: Grant,
+    *,
+    path: str = "",
+    usage: Usage | None = None,
+    require_hidden_gpus: bool = True,
+    token_audiences: Collection[str] = API_SERVER_AUDIENCES,
+) -> list[Finding]:
+    """Everything in a pod or pod template (``{metadata, spec}``) that the grant does not allow.
+
+    ``path`` is where the object sits ("" for a Pod, "spec.template" for a Job or an AgentRun). A value
+    of the wrong type (``volumes: 5``) is a finding too, and then the only ones: the other checks read
+    the fields as the Kubernetes types they are.
+    """
+    prefix = f"{path}." if path else ""
+    shape = podshape.pod_findings(pod, path)
+    if shape:
+        return [Finding("InvalidField", field, message, "the Kubernetes type of the field",
+                        "fix the template: it is not a valid pod") for field, message in shape]
+    return check_pod_metadata(pod.get("metadata") or {}, path=f"{prefix}metadata") + check_pod_spec(
+        pod.get("spec") or {}, grant, path=f"{prefix}spec", usage=usage, require_hidden_gpus=require_hidden_gpus,
+        token_audiences=token_audiences)
+
+
 def check_pod_spec(
     spec: Mapping[str, Any],
     grant: Grant,
@@ -158,6 +188,7 @@ def check_pod_spec(
     path: str = "spec",
     usage: Usage | None = None,
     require_hidden_gpus: bool = False,
+    token_audiences: Collection[str] = API_SERVER_AUDIENCES,
 ) -> list[Finding]:
     """Everything in the pod spec that the grant does not allow (empty: allowed).
 
@@ -168,6 +199,7 @@ def check_pod_spec(
     findings += _check_fields(spec, path)
     findings += _check_host_access(spec, path)
     findings += _check_volumes(spec, path)
+    findings += _check_tokens(spec, grant, path, token_audiences)
     findings += _check_identity(spec, grant, path)
     for cpath, container in _all_containers(spec, path):
         findings += _check_container(container, grant, cpath)
@@ -237,6 +269,28 @@ def _check_volumes(spec: Mapping[str, Any], path: str) -> list[Finding]:
     return out
 
 
+def _check_tokens(spec: Mapping[str, Any], grant: Grant, path: str, audiences: Collection[str]) -> list[Finding]:
+    """Projected ServiceAccount tokens: an API credential (or, for another audience, a credential for
+    whatever trusts the cluster's tokens, such as Vault), so only with an API grant, and then only for
+    the API server unless a platform allows more audiences."""
+    out = []
+    for index, volume in enumerate(spec.get("volumes") or []):
+        for number, source in enumerate(((volume.get("projected") or {}).get("sources")) or []):
+            token = source.get("serviceAccountToken")
+            if token is None:
+                continue
+            where = f"{path}.volumes[{index}].projected.sources[{number}].serviceAccountToken"
+            audience = token.get("audience") or ""
+            if not grant.kubernetesAPI:
+                out.append(Finding("APIAccessNotGranted", where, "mounts a ServiceAccount token but no Kubernetes "
+                                   "API access is granted", "no token of any kind", _grant_hint("kubernetesAPI")))
+            elif audience and audience not in audiences:
+                out.append(Finding("TokenNotGranted", f"{where}.audience", f"a token for audience {audience!r} is a "
+                                   "credential outside the cluster's API", "the API server's audience (leave "
+                                   "audience unset)", "a platform policy must allow other audiences"))
+    return out
+
+
 def _check_identity(spec: Mapping[str, Any], grant: Grant, path: str) -> list[Finding]:
     out = []
     account = spec.get("serviceAccountName") or spec.get("serviceAccount")
@@ -259,6 +313,7 @@ def _check_identity(spec: Mapping[str, Any], grant: Grant, path: str) -> list[Fi
     if security.get("runAsUser") == 0:
         out.append(Finding("PrivilegeNotAllowed", f"{path}.securityContext.runAsUser",
                            "root is never granted", "a non-zero user"))
+    out += _check_non_root(security, f"{path}.securityContext")
     if security.get("sysctls"):
         out.append(Finding("PrivilegeNotAllowed", f"{path}.securityContext.sysctls",
                            "sysctls are never granted", "none"))
@@ -269,6 +324,15 @@ def _check_identity(spec: Mapping[str, Any], grant: Grant, path: str) -> list[Fi
                            "cpu, memory, ephemeral-storage and the granted GPU resource",
                            _grant_hint("gpu and spec.grant.gpuResource")))
     return out
+
+
+def _check_non_root(security: Mapping[str, Any], path: str) -> list[Finding]:
+    # PodSecurity "restricted" (the run namespace's level) refuses the pod later, with a message the
+    # AgentRun's owner never sees; here it is a finding that names the field.
+    if security.get("runAsNonRoot") is False:
+        return [Finding("PrivilegeNotAllowed", f"{path}.runAsNonRoot", "running as root is never granted "
+                        "(PodSecurity restricted)", "true", "leave it unset: Stockade sets true")]
+    return []
 
 
 def _check_confinement(security: Mapping[str, Any], path: str) -> list[Finding]:
@@ -309,6 +373,12 @@ def _check_container(container: Mapping[str, Any], grant: Grant, path: str) -> l
     if security.get("runAsUser") == 0:
         out.append(Finding("PrivilegeNotAllowed", f"{path}.securityContext.runAsUser",
                            "root is never granted", "a non-zero user"))
+    out += _check_non_root(security, f"{path}.securityContext")
+    drop = (security.get("capabilities") or {}).get("drop")
+    if drop is not None and "ALL" not in drop:
+        out.append(Finding("PrivilegeNotAllowed", f"{path}.securityContext.capabilities.drop",
+                           "must drop ALL capabilities (PodSecurity restricted)", "drop: [ALL]",
+                           "add ALL to the list, or leave it unset for Stockade to fill in"))
     if security.get("procMount") not in (None, "Default"):
         out.append(Finding("PrivilegeNotAllowed", f"{path}.securityContext.procMount",
                            "an unmasked /proc is never granted", "Default"))
@@ -395,47 +465,3 @@ def _check_totals(spec: Mapping[str, Any], grant: Grant, path: str, usage: Usage
                     f"{left.normalize():f} more ({granted[name].normalize():f} granted)",
                     _grant_hint(field_name)))
     return out
-
-
-def harden_pod_spec(spec: Mapping[str, Any], grant: Grant) -> dict[str, Any]:
-    """Safe defaults where the template is silent; explicit unsafe settings stay (and are refused).
-
-    PodSecurity ``restricted`` would reject a pod that merely omits these fields, so the operator
-    fills them in rather than make every user spell them out.
-    """
-    out = copy.deepcopy(dict(spec))
-    out.setdefault("restartPolicy", "Never")
-    out["serviceAccountName"] = out.get("serviceAccountName") or labels.SERVICE_ACCOUNT
-    out.pop("serviceAccount", None)
-    if not grant.kubernetesAPI:
-        out.setdefault("automountServiceAccountToken", False)
-    security = out.setdefault("securityContext", {})
-    security.setdefault("runAsNonRoot", True)
-    security.setdefault("seccompProfile", {"type": "RuntimeDefault"})
-    for key in ("initContainers", "containers"):
-        for container in out.get(key) or []:
-            csec = container.setdefault("securityContext", {})
-            csec.setdefault("allowPrivilegeEscalation", False)
-            csec.setdefault("capabilities", {}).setdefault("drop", ["ALL"])
-            if not _container_gpu(container, grant):
-                hide_gpus(container)
-    if grant.gpu and grant.gpuResource:
-        tolerations = out.setdefault("tolerations", [])
-        if not any(t.get("key") == grant.gpuResource for t in tolerations):
-            tolerations.append({"key": grant.gpuResource, "operator": "Exists", "effect": "NoSchedule"})
-    return out
-
-
-def hide_gpus(container: dict[str, Any]) -> bool:
-    """Make the NVIDIA runtime expose no GPU to this container; True if anything changed.
-
-    Images built on CUDA bases set NVIDIA_VISIBLE_DEVICES=all, and on a node whose default runtime
-    is nvidia that alone exposes every GPU. An explicit env entry wins over the image and envFrom.
-    """
-    env = container.setdefault("env", [])
-    present = {item.get("name") for item in env}
-    changed = False
-    if "NVIDIA_VISIBLE_DEVICES" not in present:
-        env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": GPU_HIDDEN})
-        changed = True
-    return changed

@@ -7,28 +7,17 @@ every guardrail exists, so an agent never runs outside its fence.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stockade import labels
+from stockade import apirules, labels, podshape
 from stockade.api.models import AgentRunSpec, EgressRule, Grant
-from stockade.grantcheck import Finding, check_pod_spec, harden_pod_spec
+from stockade.grantcheck import Finding, check_pod
+from stockade.harden import harden_pod_spec
 from stockade.naming import run_namespace_name
 from stockade.quantity import format_bytes, format_cpu, parse_quantity
-
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)")
-_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Go-style duration ("4h", "1h30m", "90s")."""
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"{text!r} is not a duration such as 4h, 90m or 30s")
-    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
-
+from stockade.quantity import parse_duration as parse_duration  # noqa: PLC0414 (re-exported for the reconciler)
 
 @dataclass(frozen=True)
 class PlanSettings:
@@ -313,10 +302,24 @@ def build(
     ]
     if grant.dns:
         guardrails.append(dns_policy(run, settings))
-    if grant.kubernetesAPI and not frozen:
+    not_grantable = api_rule_findings(grant)
+    if grant.kubernetesAPI and not frozen and not not_grantable:
         guardrails += [role(run, grant), role_binding(run)]
+    shape = podshape.template_findings(spec.template)
+    if shape:  # nothing to harden or check: the template is not a pod (the CRD schema refuses this too)
+        refusals = not_grantable + [Finding("InvalidField", f, m, "the Kubernetes type of the field") for f, m in shape]
+        return Plan(guardrails=guardrails, workload=None, refusals=refusals)
     desired = workload(run, spec)
-    body = desired["spec"]["template"]["spec"] if desired["kind"] == "Job" else desired["spec"]
-    refusals = check_pod_spec(body, grant, path="spec.template.spec")
+    pod = desired["spec"]["template"] if desired["kind"] == "Job" else desired
+    # The webhook's own check of a pod an agent creates, metadata included (the operator's pods skip the webhook).
+    refusals = not_grantable + check_pod(pod, grant, path="spec.template")
     return Plan(guardrails=guardrails, workload=None if refusals else desired, refusals=refusals)
+
+
+def api_rule_findings(grant: Grant) -> list[Finding]:
+    """Rules of grant.kubernetesAPI that are never grantable (the CRD refuses them; a Role never carries them)."""
+    rules = [rule.model_dump(exclude_none=True) for rule in grant.kubernetesAPI]
+    return [Finding("APIRuleNotGrantable", field, message, "namespaced rules of the run's own resources",
+                    "remove the rule from spec.grant.kubernetesAPI")
+            for field, message in apirules.rules_findings(rules, "spec.grant.kubernetesAPI")]
 

@@ -1,4 +1,4 @@
-"""Kubernetes resource quantities ("500m", "16Gi", "1e3") as exact Decimals.
+"""Kubernetes resource quantities ("500m", "16Gi", "1e3") as exact Decimals, and Go-style durations.
 
 The Kubernetes client ships a parser, but pure modules stay free of the client (see the
 import-linter contract), and the grammar is small and fixed by the API.
@@ -13,6 +13,8 @@ _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei"
 _DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
             "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
             "P": Decimal("1e15"), "E": Decimal("1e18")}
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _FORM = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))((?:[KMGTPE]i)|[numkMGTPE]|(?:[eE][+-]?[0-9]+))?$")
 
 
@@ -49,3 +51,11 @@ def format_bytes(value: Decimal) -> str:
         if amount and amount % unit == 0:
             return f"{amount // unit}{suffix}"
     return str(amount)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration ("4h", "1h30m", "90s")."""
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration such as 4h, 90m or 30s")
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)

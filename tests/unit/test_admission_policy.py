@@ -80,6 +80,16 @@ def obj(kind: str, name: str, spec: dict[str, Any] | None = None, **top: Any) ->
 
 
 GPU = {"gpu": 1, "gpuResource": "nvidia.com/gpu"}
+CONFIGMAPS = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]
+
+
+def TOKEN_VOLUME(audience: str | None = None) -> dict[str, Any]:  # noqa: N802
+    token: dict[str, Any] = {"path": "token"}
+    if audience:
+        token["audience"] = audience
+    return {"name": "token", "projected": {"sources": [{"serviceAccountToken": token}]}}
+
+
 SERVICES = [{"apiGroups": [""], "resources": ["services"], "verbs": ["create"]}]
 QUARANTINED = {"stockade.io/quarantined": "true"}
 RAY = {"kind": "RayCluster", "metadata": {"name": "r", "namespace": NS}, "spec": {}}
@@ -227,6 +237,26 @@ CASES: list[tuple[str, Request, Run, str | None, list[str]]] = [
     ("an in-place resize beyond the grant", req("UPDATE", "", "pods", "Pod",
                                                 pod(containers=[container(resources={"limits": {"cpu": "5"}})]), pod(),
                                                 subresource="resize"), run(), "ResourceExceedsGrant", ["limits.cpu"]),
+    # tokens (issue 14.5): no API grant, no token; with one, only for the API server's audience
+    ("a projected token without an API grant", create_pod(pod(volumes=[TOKEN_VOLUME()])), run(),
+     "APIAccessNotGranted", ["ServiceAccount token", "spec.grant.kubernetesAPI"]),
+    ("a projected token for another audience", create_pod(pod(volumes=[TOKEN_VOLUME("https://vault.example")])),
+     run(kubernetesAPI=CONFIGMAPS), "TokenNotGranted", ["https://vault.example", "audience"]),
+    ("a projected token for the API server", create_pod(pod(volumes=[TOKEN_VOLUME()])),
+     run(kubernetesAPI=CONFIGMAPS), None, []),
+    # PodSecurity restricted, named before the API server refuses it
+    ("runAsNonRoot false", create_pod(pod(securityContext={"runAsNonRoot": False})), run(),
+     "PrivilegeNotAllowed", ["spec.securityContext.runAsNonRoot"]),
+    ("capabilities kept", create_pod(pod(containers=[container(securityContext={"capabilities": {"drop": ["NET_RAW"]}})])),
+     run(), "PrivilegeNotAllowed", ["capabilities.drop", "ALL"]),
+    # a Role with never-grantable rules names them (issue 14.4), besides being the fence
+    ("a role minting tokens", req("CREATE", "rbac.authorization.k8s.io", "roles", "Role", obj(
+        "Role", "r", rules=[{"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]}])),
+     run(), "APIRuleNotGrantable", ["rules[0].resources", "serviceaccounts/token"]),
+    ("bindings through a grant stored before the CRD refused it", req("CREATE", "", "bindings", "Binding",
+                                                                       obj("Binding", "b")),
+     run(kubernetesAPI=[{"apiGroups": [""], "resources": ["bindings"], "verbs": ["create"]}]),
+     "KindNotGranted", ["bindings"]),
     # everything else: an allowlist of kinds
     ("a configmap", req("CREATE", "", "configmaps", "ConfigMap", obj("ConfigMap", "c")), run(), None, []),
     ("a lease", req("CREATE", "coordination.k8s.io", "leases", "Lease", obj("Lease", "l")), run(), None, []),

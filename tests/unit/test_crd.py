@@ -129,3 +129,38 @@ def test_grant_has_delegation_and_phase_queued():
 def test_policy_model_rejects_bad_policies(bad):
     with pytest.raises(ValidationError):
         AgentPolicySpec.model_validate(bad)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [({"cpu": "-1"}, "negative"), ({"cpu": "1e100"}, "most"), ({"memory": "2Ei"}, "most"),
+     ({"ephemeralStorage": "-5Gi"}, "negative"), ({"duration": "1000000h"}, "at most"), ({"duration": "0s"}, "more")],
+)
+def test_grant_amounts_and_durations_are_bounded(change, words):
+    raw = {**GPU_RUN, "grant": {**GPU_RUN["grant"], **change}}
+    with pytest.raises(ValidationError) as err:
+        AgentRunSpec.model_validate(raw)
+    assert words in str(err.value) and next(iter(change)) in str(err.value)
+
+
+def test_the_crd_bounds_what_the_api_server_would_refuse_later():
+    grant = agentrun_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "grant"]
+    rules = {r["rule"] for r in grant["x-kubernetes-validations"]}
+    for field in ("cpu", "memory", "ephemeralStorage"):
+        assert any(f"quantity(string(self.{field})).sign() >= 0" in r for r in rules), field
+        assert any(f"quantity(string(self.{field})).compareTo" in r for r in rules), field
+    assert any("duration('2147483647s')" in r for r in rules)
+
+
+def test_the_template_schema_types_what_the_operator_reads():
+    template = agentrun_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"]["template"]
+    pod = template["properties"]["spec"]["properties"]
+    assert pod["volumes"]["type"] == "array" and pod["dnsPolicy"]["type"] == "string"
+    assert pod["securityContext"]["type"] == "object"
+    env = pod["containers"]["items"]["properties"]["env"]
+    assert env["type"] == "array" and env["items"]["type"] == "object"
+    assert template["properties"]["metadata"]["properties"]["annotations"]["additionalProperties"] == {
+        "type": "string"}
+    assert pod["containers"]["minItems"] == 1

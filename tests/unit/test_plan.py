@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import copy
 import ipaddress
 
 import pytest
 
 from stockade import labels
-from stockade.plan import PlanSettings, RunRef, build, parse_duration
+from stockade.admission.policy import Request, Run, decide
+from stockade.inputcheck import spec_problem
+from stockade.plan import PlanSettings, RunRef, build, parse_duration, workload
 
 from .fixtures import container, spec
 
@@ -220,3 +223,98 @@ def test_a_frozen_run_loses_its_api_access_but_keeps_its_fence():
     kinds = {o["kind"] for o in plan.guardrails}
     assert "Role" not in kinds and "RoleBinding" not in kinds
     assert {"Namespace", "ResourceQuota", "LimitRange", "NetworkPolicy"} <= kinds
+
+
+# Issue 14 -------------------------------------------------------------------------------------------
+def test_a_mig_grant_tolerates_the_gpu_taint_its_nodes_carry():
+    mig = "nvidia.com/mig-1g.10gb"
+    tmpl = {"spec": {"containers": [container(resources={"limits": {mig: "1"}})]}}
+    body = build(RUN, spec(grant_gpuResource=mig, template=tmpl), {}, PlanSettings()).workload["spec"]
+    keys = [t["key"] for t in body["tolerations"]]
+    assert keys == [mig, "nvidia.com/gpu"], keys
+
+
+@pytest.mark.parametrize("annotation", ["cdi.k8s.io/gpu", "io.kubernetes.cri-o.Devices"])
+def test_the_operator_refuses_device_annotations_on_its_own_workload(annotation):
+    tmpl = {"metadata": {"annotations": {annotation: "nvidia.com/gpu=all"}},
+            "spec": {"containers": [container(resources={"limits": {"nvidia.com/gpu": "1"}})]}}
+    plan = build(RUN, spec(template=tmpl), RESOLVED, PlanSettings())
+    assert plan.workload is None
+    assert [(f.kind, f.field) for f in plan.refusals] == [
+        ("GPUNotGranted", f"spec.template.metadata.annotations[{annotation}]")]
+
+
+def _token_volume(audience=None):
+    token = {"path": "token", **({"audience": audience} if audience else {})}
+    return {"name": "t", "projected": {"sources": [{"serviceAccountToken": token}]}}
+
+
+@pytest.mark.parametrize(
+    ("rules", "audience", "kind"),
+    [([], None, "APIAccessNotGranted"), ([], "https://vault.example", "APIAccessNotGranted"),
+     ([{"resources": ["configmaps"], "verbs": ["get"]}], "https://vault.example", "TokenNotGranted"),
+     ([{"resources": ["configmaps"], "verbs": ["get"]}], None, None),
+     ([{"resources": ["configmaps"], "verbs": ["get"]}], "https://kubernetes.default.svc.cluster.local", None)],
+)
+def test_no_api_grant_no_token_and_then_only_for_the_api_server(rules, audience, kind):
+    tmpl = {"spec": {"volumes": [_token_volume(audience)], "containers": [container()]}}
+    plan = build(RUN, spec(grant_kubernetesAPI=rules, grant_gpu=0, grant_gpuResource=None, template=tmpl),
+                 {}, PlanSettings())
+    kinds = [f.kind for f in plan.refusals]
+    assert kinds == ([kind] if kind else []), plan.refusals
+    assert (plan.workload is None) == bool(kind)
+
+
+@pytest.mark.parametrize(
+    ("template_spec", "field"),
+    [({"volumes": 5}, "spec.template.spec.volumes"), ({"dnsPolicy": []}, "spec.template.spec.dnsPolicy"),
+     ({"securityContext": "x"}, "spec.template.spec.securityContext"),
+     ({"containers": [{"name": "a", "image": "i", "env": [1]}]}, "spec.template.spec.containers[0].env[0]"),
+     ({"containers": [{"name": "a", "image": "i", "resources": {"limits": {"cpu": True}}}]},
+      "spec.template.spec.containers[0].resources.limits[cpu]"),
+     ({"containers": ["agent"]}, "spec.template.spec.containers[0]"),
+     ({"activeDeadlineSeconds": 0}, "spec.template.spec.activeDeadlineSeconds")],
+)
+def test_a_template_of_the_wrong_shape_is_a_finding_not_an_exception(template_spec, field):
+    tmpl = {"spec": {"containers": [container()], **template_spec}}
+    plan = build(RUN, spec(template=tmpl), RESOLVED, PlanSettings())
+    assert plan.workload is None
+    assert field in [f.field for f in plan.refusals if f.kind == "InvalidField"], plan.refusals
+    problem = spec_problem(spec(template=tmpl))
+    assert problem is not None and problem.startswith("InvalidTemplate: ") and field in problem
+
+
+@pytest.mark.parametrize(
+    ("security", "field"),
+    [({"runAsNonRoot": False}, "spec.template.spec.securityContext.runAsNonRoot"),
+     ({"runAsUser": 0}, "spec.template.spec.securityContext.runAsUser")],
+)
+def test_podsecurity_restricted_is_checked_before_the_api_server_refuses_it(security, field):
+    tmpl = {"spec": {"securityContext": security, "containers": [container()]}}
+    plan = build(RUN, spec(template=tmpl), RESOLVED, PlanSettings())
+    assert field in [f.field for f in plan.refusals if f.kind == "PrivilegeNotAllowed"]
+
+
+TEMPLATES_FOR_BOTH = [
+    {"metadata": {"annotations": {"cdi.k8s.io/x": "nvidia.com/gpu=0"}}, "spec": {"containers": [container()]}},
+    {"spec": {"containers": [container(securityContext={"privileged": True})]}},
+    {"spec": {"hostPID": True, "containers": [container()]}},
+    {"spec": {"volumes": [_token_volume("https://vault.example")], "containers": [container()]}},
+    {"spec": {"securityContext": {"runAsNonRoot": False}, "containers": [container()]}},
+    {"spec": {"containers": [container(resources={"limits": {"cpu": "9"}})]}},
+    {"spec": {"containers": [container(env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}])]}},
+    {"spec": {"containers": [container()]}},
+]
+
+
+@pytest.mark.parametrize("template", TEMPLATES_FOR_BOTH)
+def test_the_operator_and_the_webhook_refuse_the_same_pods(template):
+    agentrun = spec(grant_gpu=0, grant_gpuResource=None, template=template)
+    plan = build(RUN, agentrun, RESOLVED, PlanSettings())
+    operator_says = {(f.kind, f.field.removeprefix("spec.template.")) for f in plan.refusals}
+    pod = copy.deepcopy(plan.workload) if plan.workload else workload(RUN, agentrun)
+    request = Request("CREATE", "", "pods", "Pod", RUN.run_namespace, "p", pod, None,
+                      f"system:serviceaccount:{RUN.run_namespace}:agent")
+    decision = decide(request, Run(RUN.namespace, RUN.name, agentrun), is_operator=False)
+    webhook_says = {(f.kind, f.field) for f in decision.findings}
+    assert operator_says == webhook_says

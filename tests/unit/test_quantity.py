@@ -33,3 +33,11 @@ def test_cpu_round_trip(millis):
 @given(st.integers(min_value=0, max_value=2**50))
 def test_bytes_round_trip(amount):
     assert parse_quantity(format_bytes(Decimal(amount))) == amount
+
+
+def test_durations_are_parsed_where_the_models_can_use_them():
+    from stockade.quantity import parse_duration
+
+    assert parse_duration("1h30m") == 5400
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration("1d")

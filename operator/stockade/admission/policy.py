@@ -26,18 +26,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
-from stockade import labels
+from stockade import apirules, labels
 from stockade.api.models import AgentRunSpec, Grant
-from stockade.grantcheck import (
-    GPU_HIDDEN,
-    Finding,
-    Usage,
-    check_pod_metadata,
-    check_pod_spec,
-    has_gpu_request,
-    hide_gpus,
-    pod_amounts,
-)
+from stockade.grantcheck import GPU_HIDDEN, Finding, Usage, check_pod, has_gpu_request, pod_amounts
+from stockade.harden import hide_gpus
 
 Resource = tuple[str, str]  # (API group, plural)
 
@@ -72,7 +64,7 @@ SERVICE_ACCOUNT_CONTROLLER = "system:serviceaccount:kube-system:service-account-
 NAMESPACE_CONTROLLER = "system:serviceaccount:kube-system:namespace-controller"
 # Findings that no grant can allow: refused in audit mode too.
 ABSOLUTE = {"HostAccess", "PrivilegeNotAllowed", "GuardrailChange", "RunNamespaceChange", "QuarantineLabelChange",
-            "UnknownRun", "Frozen", "TokenNotGranted"}
+            "UnknownRun", "Frozen", "TokenNotGranted", "APIRuleNotGrantable"}
 
 Action = Literal["none", "denied", "warned"]
 
@@ -225,7 +217,17 @@ def _guardrail(req: Request, run: Run) -> list[Finding]:
     return [Finding("GuardrailChange", f"{kind} {req.name}".strip(),
                     f"{kind}s in a run namespace are the fence: only the Stockade operator creates, changes "
                     "or deletes them", "no changes by anyone but the operator",
-                    f"change spec.grant on the AgentRun {run.namespace}/{run.name} and Stockade updates the fence")]
+                    f"change spec.grant on the AgentRun {run.namespace}/{run.name} and Stockade updates the fence"),
+            *_role_rules(req)]
+
+
+def _role_rules(req: Request) -> list[Finding]:
+    """Never-grantable rules in a Role, named (the same table the CRD and the reconciler use)."""
+    if req.target != ("rbac.authorization.k8s.io", "roles") or req.operation not in ("CREATE", "UPDATE"):
+        return []
+    rules = (req.obj or {}).get("rules")
+    return [Finding("APIRuleNotGrantable", field, message, "namespaced rules of the run's own resources")
+            for field, message in apirules.rules_findings(rules if isinstance(rules, list) else [], "rules")]
 
 
 # Compute ----------------------------------------------------------------------------------------------
@@ -250,8 +252,8 @@ def _pod(req: Request, run: Run) -> list[Finding]:
 
 
 def _pod_findings(pod: Mapping[str, Any], grant: Grant, usage: Usage) -> list[Finding]:
-    return check_pod_metadata(pod.get("metadata") or {}) + check_pod_spec(
-        pod.get("spec") or {}, grant, path="spec", usage=usage, require_hidden_gpus=True)
+    # The very check the operator applies to the workload it creates (grantcheck.check_pod).
+    return check_pod(pod, grant, usage=usage)
 
 
 def _quarantine_label(req: Request) -> list[Finding]:
@@ -276,7 +278,8 @@ def _job(req: Request, run: Run) -> list[Finding]:
                         f"{run.spec.grant.pods} pod(s)",
                         "run more work as pods within spec.grant.pods, or set spec.workload: Job on the AgentRun")]
     template = (((req.obj or {}).get("spec") or {}).get("template") or {})
-    return findings + check_pod_spec(template.get("spec") or {}, run.spec.grant, path="spec.template.spec")
+    # The Job's pods meet the mutating webhook (which hides GPUs) only when they are created.
+    return findings + check_pod(template, run.spec.grant, path="spec.template", require_hidden_gpus=False)
 
 
 def _workload(req: Request) -> list[Finding]:
@@ -331,6 +334,8 @@ def _other_kind(req: Request, grant: Grant) -> list[Finding]:
 
 def grant_allows_create(grant: Grant, group: str, resource: str) -> bool:
     for rule in grant.kubernetesAPI:
+        if apirules.never_grantable(rule.model_dump(exclude_none=True)):
+            continue  # (the CRD refuses such a rule; one stored before that grants nothing either)
         if ("create" in rule.verbs and (group in rule.apiGroups or "*" in rule.apiGroups)
                 and (resource in rule.resources or "*" in rule.resources)):
             return True

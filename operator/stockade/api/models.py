@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from stockade.quantity import parse_quantity
+from stockade import apirules, podshape
+from stockade.quantity import parse_duration, parse_quantity
 
 GROUP = "stockade.io"
 VERSION = "v1alpha1"
@@ -25,6 +26,12 @@ QUANTITY_PATTERN = (
 )
 # Go's time.ParseDuration syntax without a sign: "4h", "1h30m", "90s", "500ms".
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$"
+# The most a grant may name, so every amount fits the quota and the pod (int64 milli-units, int32
+# activeDeadlineSeconds): a value beyond these would be refused by the API server only later, on the
+# quota or the pod, where the user never sees why.
+QUANTITY_MAX = {"cpu": "1M", "memory": "1Ei", "ephemeralStorage": "1Ei"}
+DURATION_MAX_SECONDS = podshape.MAX_INT32
+DURATION_MAX = f"{DURATION_MAX_SECONDS}s"
 EXTENDED_RESOURCE_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)/[A-Za-z0-9._-]+$"
 
 
@@ -39,10 +46,29 @@ def _quantity_schema(schema: dict[str, Any]) -> None:
     )
 
 
-def _normalise_quantity(value: object) -> str:
+def _normalise_quantity(value: object, field: str | None = None) -> str:
+    """The quantity as text; with ``field`` (a grant amount) also within 0 and QUANTITY_MAX."""
     text = str(value)
-    parse_quantity(text)  # raises ValueError with a readable message
+    amount = parse_quantity(text)  # raises ValueError with a readable message
+    if field is None:
+        return text
+    if amount < 0:
+        raise ValueError(f"{text!r} is negative: a grant is an amount of 0 or more")
+    if amount > parse_quantity(QUANTITY_MAX[field]):
+        raise ValueError(f"{text!r} is more than the most a grant may name ({QUANTITY_MAX[field]})")
     return text
+
+
+def _quantity_rule(field: str) -> list[Any]:
+    """CEL for one grant amount: not negative and at most QUANTITY_MAX (the pattern checks the syntax)."""
+    value = f"quantity(string(self.{field}))"
+    guard = f"!has(self.{field}) || !isQuantity(string(self.{field})) || "
+    return [
+        {"rule": guard + f"{value}.sign() >= 0", "fieldPath": f".{field}",
+         "message": f"{field} must not be negative"},
+        {"rule": guard + f"{value}.compareTo(quantity('{QUANTITY_MAX[field]}')) <= 0", "fieldPath": f".{field}",
+         "message": f"{field} must be at most {QUANTITY_MAX[field]}"},
+    ]
 
 
 Quantity = Annotated[str, Field(json_schema_extra=_quantity_schema)]
@@ -86,14 +112,27 @@ class EgressRule(_Model):
 
 
 class PolicyRule(_Model):
-    """An RBAC rule granted to the agent's ServiceAccount, namespaced to the run."""
+    """An RBAC rule granted to the agent's ServiceAccount, namespaced to the run.
 
-    apiGroups: list[Annotated[str, Field(max_length=253)]] = Field(default_factory=list, max_length=32)
-    resources: list[Annotated[str, Field(max_length=253)]] = Field(min_length=1, max_length=64)
+    Rules that are a way out of the fence (stockade.apirules: pods/binding, serviceaccounts/token,
+    wildcards, cluster-scoped resources, ...) are refused here by CEL generated from that table.
+    """
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": apirules.cel_rules()}, extra="forbid")
+
+    apiGroups: list[Annotated[str, Field(max_length=253)]] = Field(
+        default_factory=lambda: [""], min_length=1, max_length=32,
+        json_schema_extra={"default": [""]},
+        description='API groups of the resources ("" is the core group, the default).',
+    )
+    resources: list[Annotated[str, Field(max_length=253)]] = Field(
+        min_length=1, max_length=64, description="Resources (plural names) in those groups; pods/log is the only "
+        "subresource a grant may name.")
     verbs: list[
         Literal["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
-    ] = Field(min_length=1, max_length=8)
-    resourceNames: list[Annotated[str, Field(max_length=253)]] | None = Field(default=None, max_length=64)
+    ] = Field(min_length=1, max_length=8, description="What the agent may do with them.")
+    resourceNames: list[Annotated[str, Field(max_length=253)]] | None = Field(
+        default=None, max_length=64, description="Only objects of these names (all of them if unset).")
 
 
 class Grant(_Model):
@@ -112,6 +151,13 @@ class Grant(_Model):
                     "message": "duration must be a positive duration such as 4h or 90m",
                     "fieldPath": ".duration",
                 },
+                {
+                    "rule": f"!has(self.duration) || duration(self.duration) <= duration('{DURATION_MAX}')",
+                    "message": f"duration must be at most {DURATION_MAX_SECONDS // 3600}h (the most a pod's "
+                               "activeDeadlineSeconds holds)",
+                    "fieldPath": ".duration",
+                },
+                *[rule for field in ("cpu", "memory", "ephemeralStorage") for rule in _quantity_rule(field)],
             ]
         },
         extra="forbid",
@@ -156,8 +202,15 @@ class Grant(_Model):
 
     @field_validator("cpu", "memory", "ephemeralStorage", mode="before")
     @classmethod
-    def _quantity(cls, value: object) -> str:
-        return _normalise_quantity(value)
+    def _quantity(cls, value: object, info: ValidationInfo) -> str:
+        return _normalise_quantity(value, str(info.field_name))
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None and not 0 < parse_duration(value) <= DURATION_MAX_SECONDS:
+            raise ValueError(f"{value!r} must be more than 0s and at most {DURATION_MAX_SECONDS // 3600}h")
+        return value
 
 
 Enforcement = Literal["enforce", "audit"]
@@ -167,28 +220,12 @@ Phase = Literal["Pending", "Queued", "Running", "Quarantined", "Succeeded", "Fai
 
 
 def _template_schema(schema: dict[str, Any]) -> None:
-    # A PodTemplateSpec is open-ended (unknown fields kept), but the parts every agent needs are
-    # typed, so the API server refuses a template without containers before the operator sees it.
-    open_object = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    # A PodTemplateSpec is open-ended (unknown fields kept, for the grant check to refuse by name), but
+    # every field Stockade reads is typed (stockade.podshape), so the API server refuses a template
+    # without containers, or with ``volumes: 5``, before the operator sees it.
     schema.clear()
-    schema.update(
-        {
-            **open_object,
-            "description": "A PodTemplateSpec: the agent's pod. Checked against the grant before it runs.",
-            "required": ["spec"],
-            "properties": {
-                "metadata": open_object,
-                "spec": {
-                    **open_object,
-                    "required": ["containers"],
-                    "properties": {
-                        "containers": {"type": "array", "minItems": 1, "maxItems": 32, "items": open_object},
-                        "initContainers": {"type": "array", "maxItems": 32, "items": open_object},
-                    },
-                },
-            },
-        }
-    )
+    schema.update({**podshape.template_schema(),
+                   "description": "A PodTemplateSpec: the agent's pod. Checked against the grant before it runs."})
 
 
 class AgentRunSpec(_Model):

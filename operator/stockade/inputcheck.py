@@ -1,0 +1,41 @@
+"""Is this AgentRun usable at all? Pure checks of user input, before any object is built from it.
+
+A spec the CRD let through (an older CRD, or a value only the API server's later checks refuse)
+must end in ``Ready=False`` with a reason the user can act on, never in an exception or a retry
+loop. ``spec_problem`` is the pass before planning; ``api_refusal`` tells an API server answer that
+no retry can change (the object is invalid) from one that passes (a conflict, a throttle, a quota
+still being counted).
+"""
+
+from __future__ import annotations
+
+from stockade import apirules, podshape
+from stockade.api.models import AgentRunSpec
+
+MAX_MESSAGE = 900  # status messages stay readable; the full text is in the Warning Event and the log
+
+
+def _join(findings: list[tuple[str, str]]) -> str:
+    text = "; ".join(f"{field}: {message}" for field, message in findings)
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def spec_problem(spec: AgentRunSpec) -> str | None:
+    """``"Reason: message"`` for a spec no fence can be built from, else None."""
+    rules = [rule.model_dump(exclude_none=True) for rule in spec.grant.kubernetesAPI]
+    not_grantable = apirules.rules_findings(rules, "spec.grant.kubernetesAPI")
+    if not_grantable:
+        return f"APIRuleNotGrantable: {_join(not_grantable)}"
+    shape = podshape.template_findings(spec.template)
+    if shape:
+        return f"InvalidTemplate: {_join(shape)}"
+    return None
+
+
+def api_refusal(status: int, message: str) -> str | None:
+    """``"Reason: message"`` when the API server refused an object for what it is (retrying cannot help)."""
+    if status in (400, 422):
+        return f"RefusedByAPIServer: {message[:MAX_MESSAGE]}"
+    if status == 403 and "violates PodSecurity" in message:
+        return f"PodSecurityRefused: {message[:MAX_MESSAGE]}"
+    return None
