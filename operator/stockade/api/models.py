@@ -64,7 +64,7 @@ def _quantity_rule(field: str) -> list[Any]:
     value = f"quantity(string(self.{field}))"
     guard = f"!has(self.{field}) || !isQuantity(string(self.{field})) || "
     return [
-        {"rule": guard + f"{value}.sign() >= 0", "fieldPath": f".{field}",
+        {"rule": guard + f"{value}.compareTo(quantity('0')) >= 0", "fieldPath": f".{field}",
          "message": f"{field} must not be negative"},
         {"rule": guard + f"{value}.compareTo(quantity('{QUANTITY_MAX[field]}')) <= 0", "fieldPath": f".{field}",
          "message": f"{field} must be at most {QUANTITY_MAX[field]}"},
@@ -296,6 +296,9 @@ class AgentRunStatus(_Model):
     workload: str | None = None
     resolvedEgress: dict[str, list[str]] | None = Field(
         default=None, description="Addresses that each granted host resolved to, as enforced now."
+    )
+    policies: list[str] | None = Field(
+        default=None, description="The AgentPolicies that bound the run (its grant and its budgets), by name."
     )
 
 
