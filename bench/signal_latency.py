@@ -190,7 +190,9 @@ class Bench:
     def start_operator(self, extra: dict[str, str]) -> None:
         log = Path(f"/tmp/stockade-signal-bench-{self.team}.log").open("ab")  # noqa: SIM115 (the child keeps it)
         env = {**os.environ, "STOCKADE_METRICS_PORT": str(self.metrics_port), "STOCKADE_SIGNAL_HOST": "127.0.0.1",
-               "STOCKADE_SIGNAL_PORT": str(self.signal_port), "STOCKADE_SIGNAL_TOKEN": self.token, **extra}
+               "STOCKADE_SIGNAL_PORT": str(self.signal_port), "STOCKADE_SIGNAL_TOKEN": self.token,
+               # Loopback only: plain HTTP (an explicit opt-out), so the figures leave TLS handshakes out.
+               "STOCKADE_SIGNAL_TLS": "false", **extra}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stockade.cli", "run", "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

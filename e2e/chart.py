@@ -13,6 +13,7 @@ import base64
 import json
 import re
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,25 @@ def operator_env(deployment: dict[str, Any], kubectl: Kubectl) -> dict[str, str]
             env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
     for name in ("STOCKADE_WEBHOOK_SERVICE", "STOCKADE_WEBHOOK_SERVICE_PORT"):
         env.pop(name, None)
+    if env.get("STOCKADE_SIGNAL_CERT_DIR"):  # the chart's signal certificate, as the pod would mount it
+        env["STOCKADE_SIGNAL_CERT_DIR"] = str(mounted_secret(deployment, kubectl, "signal-tls"))
+    env["STOCKADE_SIGNAL_HOST"] = "127.0.0.1"  # loopback only on this machine
     env.update(STOCKADE_WEBHOOK_HOST="127.0.0.1", STOCKADE_WEBHOOK_PORT=str(free_port()),
                STOCKADE_SIGNAL_PORT=str(free_port()), STOCKADE_METRICS_PORT=str(free_port()))
     return env
+
+
+def mounted_secret(deployment: dict[str, Any], kubectl: Kubectl, volume: str) -> Path:
+    """A Secret volume of the chart's pod, written to a local directory as the kubelet would mount it."""
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    name = next(v["secret"]["secretName"] for v in volumes if v["name"] == volume)
+    secret = json.loads(kubectl("get", "secret", name, "--namespace", NAMESPACE, "-o", "json"))
+    directory = Path(tempfile.mkdtemp(prefix=f"stockade-{volume}-"))
+    for key, value in (secret.get("data") or {}).items():
+        path = directory / key
+        path.write_bytes(base64.b64decode(value))
+        path.chmod(0o600)
+    return directory
 
 
 def serviceaccount_kubeconfig(kubectl: Kubectl, path: Path, duration: str = "6h") -> Path:

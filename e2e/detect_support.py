@@ -3,14 +3,18 @@ control, and a client for the operator's signal endpoint. Everything listens on 
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import http.client
 import json
 import shutil
+import socket
+import ssl
 import subprocess
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,28 +98,68 @@ class Prometheus:
         self.log.close()
 
 
+SIGNAL_SERVICE = "stockade-signal.stockade-system.svc"  # the name the chart's certificate is for
+
+
+def chart_signal_ca(kubectl: Callable[..., str] | None = None) -> bytes | None:
+    """The CA of the chart's signal certificate (Secret stockade-signal-tls), None when the chart serves
+    plain HTTP (signal.tls.enabled=false: no such Secret)."""
+    from .conftest import kubectl as cluster_kubectl
+
+    out = (kubectl or cluster_kubectl)("get", "secret", "stockade-signal-tls", "--namespace", "stockade-system",
+                                       "--ignore-not-found", "-o", "json")
+    return base64.b64decode(json.loads(out)["data"]["ca.crt"]) if out.strip() else None
+
+
 class Signals:
-    """A client for the operator's signal endpoint."""
+    """A client for the operator's signal endpoint on loopback. By default it speaks as the chart deploys
+    the endpoint: HTTPS, verifying the server against the chart's CA under the Service's name (the
+    operator here serves the chart's certificate); plain HTTP when the chart has TLS turned off."""
 
-    def __init__(self, port: int, token: str) -> None:
-        self.base = f"http://127.0.0.1:{port}"
+    def __init__(self, port: int, token: str, ca: bytes | str | None = "chart",
+                 server_name: str = SIGNAL_SERVICE) -> None:
+        self.port = port
         self.token = token
+        self.server_name = server_name
+        self.ca = chart_signal_ca() if ca == "chart" else ca
+        self.context = ssl.create_default_context(cadata=self.ca.decode()) if isinstance(self.ca, bytes) else None
+        self.base = f"{'https' if self.context else 'http'}://127.0.0.1:{port}"
 
-    def post(self, path: str, body: Any, token: str | None = "default") -> tuple[int, dict[str, Any]]:
+    def connection(self, timeout: float = 10) -> http.client.HTTPConnection:
+        if self.context is None:
+            return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        # Connect to loopback, verify the certificate for the Service's name (SNI and hostname check).
+        conn = http.client.HTTPSConnection(self.server_name, self.port, timeout=timeout, context=self.context)
+        conn._create_connection = (  # type: ignore[attr-defined]
+            lambda address, *args, **kwargs: socket.create_connection(("127.0.0.1", address[1]), *args, **kwargs))
+        return conn
+
+    def request(self, method: str, path: str, body: bytes | None = None, token: str | None = "default",
+                timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
         headers = {"Content-Type": "application/json"}
         bearer = self.token if token == "default" else token
         if bearer is not None:
             headers["Authorization"] = f"Bearer {bearer}"
-        request = urllib.request.Request(f"{self.base}{path}", data=json.dumps(body).encode(), headers=headers,
-                                         method="POST")
+        conn = self.connection(timeout)
         try:
-            with urllib.request.urlopen(request, timeout=10) as resp:
-                return resp.status, json.load(resp)
-        except urllib.error.HTTPError as err:
-            return err.code, json.load(err)
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, dict(resp.getheaders()), resp.read()
+        finally:
+            conn.close()
+
+    def post(self, path: str, body: Any, token: str | None = "default") -> tuple[int, dict[str, Any]]:
+        status, _, raw = self.request("POST", path, json.dumps(body).encode(), token)
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, {"raw": raw.decode(errors="replace")}
 
     def healthy(self) -> bool:
-        return answers_ok(f"{self.base}/healthz", timeout=2)
+        try:
+            return self.request("GET", "/healthz", timeout=2)[0] == 200
+        except (OSError, http.client.HTTPException):
+            return False
 
 
 def falco_event(rule: str, namespace: str, pod: str, priority: str = "Notice", **fields: Any) -> dict[str, Any]:

@@ -66,6 +66,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s-webhook-tls" (include "stockade.fullname" .) }}
 {{- end }}
 
+{{- define "stockade.signalTLSSecret" -}}
+{{- default (printf "%s-signal-tls" (include "stockade.fullname" .)) .Values.signal.tls.secretName }}
+{{- end }}
+
+{{- define "stockade.signalTLS" -}}
+{{- if and .Values.signal.enabled .Values.signal.tls.enabled }}true{{ end }}
+{{- end }}
+
 {{- define "stockade.signalTokenSecret" -}}
 {{- default (printf "%s-signal-token" (include "stockade.fullname" .)) .Values.signal.token.secretName }}
 {{- end }}

@@ -22,7 +22,7 @@ class DetectSettings(BaseSettings):
     signal_token: SecretStr | None = None
     signal_token_file: Path | None = None
     # HTTPS unless turned off explicitly (false: plain HTTP, and the bearer token travels in clear text).
-    signal_tls: bool = False  # TEMPORARY until the chart serves its certificate (see git log)
+    signal_tls: bool = True
     # The serving certificate: these two files, else tls.crt and tls.key in signal_cert_dir (a mounted
     # Secret: the chart's, cert-manager's or yours). Where neither exists, a self-signed CA and a
     # certificate for signal_cert_names are generated into signal_cert_dir (or a fresh temporary
