@@ -49,7 +49,10 @@ run: $(STAMP)
 	  echo "using the local kwok cluster: export KUBECONFIG=$$KUBECONFIG"; \
 	else KUBECTL=$$(command -v kubectl || echo $(BIN)/kubectl); echo "using KUBECONFIG=$$KUBECONFIG"; fi; \
 	$$KUBECTL apply --server-side --field-manager=stockade-install -f crds/ && \
-	$$KUBECTL wait --for=condition=Established crd/agentruns.stockade.io --timeout=60s && \
+	$$KUBECTL wait --for=condition=Established crd/agentruns.stockade.io crd/agentpolicies.stockade.io --timeout=60s && \
+	echo "applying the chart's default AgentPolicy (closed by default: no policy, no AgentRun)" && \
+	$(BIN)/helm template stockade charts/stockade --namespace stockade-system -s templates/agentpolicy.yaml | \
+	  $$KUBECTL apply --server-side --field-manager=stockade-install -f - && \
 	exec $(VENV)/bin/stockade run $(RUN_ARGS)
 
 lint: $(STAMP)

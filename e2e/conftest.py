@@ -134,7 +134,8 @@ def answers_ok(url: str, timeout: float = 1) -> bool:
 @pytest.fixture(scope="session")
 def crds() -> None:
     kubectl("apply", "--server-side", "--field-manager=stockade-install", "-f", str(ROOT / "crds"))
-    kubectl("wait", "--for=condition=Established", "crd/agentruns.stockade.io", "--timeout=60s")
+    kubectl("wait", "--for=condition=Established", "crd/agentruns.stockade.io", "crd/agentpolicies.stockade.io",
+            "--timeout=60s")
 
 
 def helm(*args: str) -> str:
@@ -154,8 +155,10 @@ def installed_chart(crds: None) -> dict[str, Any]:
          chart.NAMESPACE, "--create-namespace", "--take-ownership")
     kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
     # --take-ownership: `make run` on this cluster leaves the same webhook configurations and policies.
+    # e2e/values-policy.yaml: the chart's default AgentPolicy made permissive for the fence tests.
     helm("upgrade", "--install", chart.RELEASE, str(ROOT / "charts/stockade"), "--namespace", chart.NAMESPACE,
-         "--take-ownership", "--set", f"admissionPolicy.exemptGroups={{{BREAK_GLASS_GROUP}}}")
+         "--take-ownership", "--set", f"admissionPolicy.exemptGroups={{{BREAK_GLASS_GROUP}}}",
+         "-f", str(ROOT / "e2e" / "values-policy.yaml"))
     deployment: dict[str, Any] = get("deployment", chart.RELEASE, chart.NAMESPACE)
     return deployment
 

@@ -69,7 +69,15 @@ PERMISSIONS: tuple[Permission, ...] = (
                ("stockade.reconcile:Reconciler._write_status", "stockade.respond:Responder._write_status",
                 "stockade.admission.record:Recorder._write")),
     # The run namespace: applied like a guardrail, deleted when the AgentRun goes.
-    Permission("", "namespaces", ("list", "watch"), ("stockade.handlers:namespace_event", "stockade.handlers:_prime")),
+    Permission("", "namespaces", ("list", "watch"), ("stockade.handlers:namespace_event", "stockade.handlers:_prime",
+                                                    "stockade.admission.grant_policy:namespace_indexed",
+                                                    "stockade.admission.grant_policy:policy_index_startup")),
+    # A team namespace created a moment ago, before its watch event: its labels say which policies bound it.
+    Permission("", "namespaces", ("get",), ("stockade.admission.grant_policy:_ensure_namespace",)),
+    # AgentPolicies bound every grant: watched into the policy index (and listed once at start).
+    Permission("stockade.io", "agentpolicies", ("list", "watch"),
+               ("stockade.admission.grant_policy:agentpolicy_indexed",
+                "stockade.admission.grant_policy:policy_index_startup")),
     Permission("", "namespaces", ("create", "patch"), ("stockade.reconcile:Reconciler._apply",)),
     Permission("", "namespaces", ("delete",), ("stockade.reconcile:Reconciler._finalize",)),
     # Guardrails (and the quarantine NetworkPolicy; freezing deletes the RoleBinding).
@@ -111,6 +119,9 @@ PERMISSIONS: tuple[Permission, ...] = (
                ("stockade.admission.webhook:apply",), names=(RELEASE,), feature="webhook.enabled"),
     Permission("admissionregistration.k8s.io", "mutatingwebhookconfigurations", ("patch",),
                ("stockade.admission.webhook:apply",), names=(RELEASE,), feature="webhook.enabled"),
+    # Whether whoever writes an AgentRun holds every API permission it grants.
+    Permission("authorization.k8s.io", "subjectaccessreviews", ("create",),
+               ("stockade.admission.grant_policy:_held",)),
     # kopf itself: it watches CRDs to learn which resources exist.
     Permission("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"),
                ("kopf._core.reactor.observation:resource_observer",)),

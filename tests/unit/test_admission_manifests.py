@@ -146,20 +146,20 @@ def test_the_operators_service_account_is_confined_to_run_namespaces() -> None:
 
 
 CLIENTS = {hid: webhook.client_config(b"CA", hid, url="https://127.0.0.1:9443")
-           for hid in (webhook.VALIDATE_ID, webhook.MUTATE_ID)}
+           for hid in (webhook.VALIDATE_ID, webhook.MUTATE_ID, webhook.POLICY_ID)}
 
 
 def test_validating_webhook_is_fail_closed_short_and_scoped_to_run_namespaces() -> None:
     config = webhook.validating(CLIENTS, OPERATOR, ["stockade-system"])
     assert config["metadata"]["name"] == "stockade"
-    for hook in config["webhooks"]:
+    allowlist, namespace, _agentrun_policy = config["webhooks"]  # the last: tests/unit/test_grantpolicy_admit.py
+    for hook in (allowlist, namespace):
         assert hook["failurePolicy"] == "Fail"
         assert hook["timeoutSeconds"] == 5
         assert hook["admissionReviewVersions"] == ["v1"]
         assert hook["sideEffects"] == "NoneOnDryRun"
         assert vap.not_operator(OPERATOR) in hook["matchConditions"]
         assert hook["clientConfig"]["url"] == "https://127.0.0.1:9443/allowlist"
-    allowlist, namespace = config["webhooks"]
     assert allowlist["namespaceSelector"] == vap.run_namespaces(["stockade-system"])
     creates = [r for r in allowlist["rules"] if r["operations"] == ["CREATE"]]
     assert creates == [{"apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"], "operations": ["CREATE"],

@@ -258,13 +258,15 @@ def test_admission_policies_without_break_glass_let_only_the_operator_through() 
 def test_crd_chart_carries_the_generated_crds_and_keeps_them() -> None:
     docs = render(chart=CRD_CHART)
     names = sorted(d["metadata"]["name"] for d in docs)
-    assert names == ["agentruns.stockade.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"]
-    generated = yaml.safe_load((ROOT / "crds/agentruns.stockade.io.yaml").read_text())
-    agentruns = one(docs, "CustomResourceDefinition", "agentruns.stockade.io")
-    assert agentruns["spec"] == generated["spec"]
+    assert names == ["agentpolicies.stockade.io", "agentruns.stockade.io", "clusterkopfpeerings.kopf.dev",
+                     "kopfpeerings.kopf.dev"]
+    for crd in ("agentruns.stockade.io", "agentpolicies.stockade.io"):
+        generated = yaml.safe_load((ROOT / "crds" / f"{crd}.yaml").read_text())
+        assert one(docs, "CustomResourceDefinition", crd)["spec"] == generated["spec"]
     for doc in docs:
         assert doc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert [d["metadata"]["name"] for d in render("kopfPeering=false", chart=CRD_CHART)] == ["agentruns.stockade.io"]
+    assert sorted(d["metadata"]["name"] for d in render("kopfPeering=false", chart=CRD_CHART)) == [
+        "agentpolicies.stockade.io", "agentruns.stockade.io"]
 
 
 def test_committed_manifests_match_the_chart() -> None:

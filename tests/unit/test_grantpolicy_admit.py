@@ -39,7 +39,7 @@ def world(delegation: bool = False) -> tuple[PolicyIndex, Store]:
     parent["status"] = {"phase": "Running", "expiresAt": "2026-12-02T10:00:00Z", "runNamespace": RUN_NS}
     store.put_agentrun(parent)
     run_ns = {"kind": "Namespace", "metadata": {"name": RUN_NS, "resourceVersion": "1", "labels": {
-        labels.AGENTRUN: "rome-42", labels.AGENTRUN_NAMESPACE: "ml", labels.AGENTRUN_UID: "uid-rome-42"}}}
+        labels.AGENTRUN: "rome-42", labels.AGENTRUN_NAMESPACE: "ml", "stockade.io/agentrun-uid": "uid-rome-42"}}}
     store.put(run_ns)
     index.put_namespace(run_ns)
     return index, store
@@ -126,7 +126,7 @@ def test_granted_api_rules_become_one_review_each_of_the_requesting_user():
 
 def test_the_webhook_entry_judges_agentruns_only_in_every_namespace_but_the_exempt_ones():
     clients = {hid: webhook.client_config(b"CA", hid, url="https://127.0.0.1:9443")
-               for hid in (webhook.VALIDATE_ID, webhook.MUTATE_ID, webhook.AGENTRUN_MUTATE_ID, webhook.POLICY_ID)}
+               for hid in (webhook.VALIDATE_ID, webhook.MUTATE_ID, webhook.POLICY_ID)}
     hooks = webhook.validating(clients, ["op"], ["stockade-system"])["webhooks"]
     (entry,) = [h for h in hooks if h["name"] == "agentrun-policy.stockade.io"]
     assert entry["rules"] == [{"apiGroups": ["stockade.io"], "apiVersions": ["*"], "resources": ["agentruns"],

@@ -16,9 +16,17 @@
 - apiGroups: ["stockade.io"]
   resources: ["agentruns/status"]
   verbs: ["patch"]
-# stockade.handlers:namespace_event, stockade.handlers:_prime
+# stockade.handlers:namespace_event, stockade.handlers:_prime, stockade.admission.grant_policy:namespace_indexed, stockade.admission.grant_policy:policy_index_startup
 - apiGroups: [""]
   resources: ["namespaces"]
+  verbs: ["list", "watch"]
+# stockade.admission.grant_policy:_ensure_namespace
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get"]
+# stockade.admission.grant_policy:agentpolicy_indexed, stockade.admission.grant_policy:policy_index_startup
+- apiGroups: ["stockade.io"]
+  resources: ["agentpolicies"]
   verbs: ["list", "watch"]
 # stockade.reconcile:Reconciler._apply
 - apiGroups: [""]
@@ -187,6 +195,10 @@
   verbs: ["patch"]
   resourceNames: ["{{ include "stockade.fullname" . }}"]
 {{- end }}
+# stockade.admission.grant_policy:_held
+- apiGroups: ["authorization.k8s.io"]
+  resources: ["subjectaccessreviews"]
+  verbs: ["create"]
 # kopf._core.reactor.observation:resource_observer
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]

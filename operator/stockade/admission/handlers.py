@@ -17,6 +17,7 @@ from typing import Any
 
 import kopf
 
+import stockade.admission.grant_policy  # noqa: F401  (registers the AgentRun policy webhook and its watches)
 from stockade.admission import certs, policy, vap, webhook
 from stockade.admission.config import AdmissionSettings
 from stockade.admission.metrics import REQUESTS, SECONDS
@@ -79,7 +80,7 @@ async def admission_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.admission.managed = None  # the configurations below are ours, not kopf's
     clients = {hid: webhook.client_config(paths.ca_bundle(), hid, url=url, service=service,
                                           service_port=config.webhook_service_port)
-               for hid in (webhook.VALIDATE_ID, webhook.MUTATE_ID)}
+               for hid in (webhook.VALIDATE_ID, webhook.MUTATE_ID, webhook.POLICY_ID)}
     users = sorted(STATE.usernames)
     groups = sorted(STATE.exempt_groups)
     if config.admission_manage_policy:

@@ -20,6 +20,7 @@ log = logging.getLogger("stockade.admission")
 NAME = "stockade"
 VALIDATE_ID = "allowlist"  # kopf handler ids: the path of each webhook's URL
 MUTATE_ID = "gpu-visibility"
+POLICY_ID = "agentrun-policy"  # AgentRuns against the AgentPolicies that bound them
 FIELD_MANAGER = "stockade-admission"
 
 # Updates and deletions the webhook judges; every kind is judged on creation.
@@ -87,6 +88,17 @@ def validating(clients: Mapping[str, dict[str, Any]], usernames: Sequence[str], 
                 "namespaceSelector": {"matchExpressions": [vap.run_namespaces(excluded)["matchExpressions"][1]]},
                 "matchConditions": [vap.not_operator(usernames, exempt_groups)],
                 **common,
+            },
+            {
+                # AgentRuns only, in every namespace (team namespaces hold them) but the control plane's
+                # and the operator's: a grant must fit every AgentPolicy, and no policy means no run.
+                "name": "agentrun-policy.stockade.io",
+                "clientConfig": clients[POLICY_ID],
+                "rules": [_rule("stockade.io", ["agentruns"], ["CREATE", "UPDATE"])],
+                "namespaceSelector": {"matchExpressions": [vap.run_namespaces(excluded)["matchExpressions"][1]]},
+                "matchConditions": [vap.not_operator(usernames, exempt_groups)],
+                **common,
+                "sideEffects": "None",  # SubjectAccessReviews change nothing
             },
         ],
     }

@@ -69,7 +69,8 @@ def _from_run(req: AgentRunRequest, index: PolicyIndex, store: Store) -> tuple[s
 def _parent(store: Store, run_namespace: str) -> carve.Parent | None:
     key = store.run_of_namespace(run_namespace)
     body = store.agentruns.get(key) if key else None
-    if key is None or body is None or store.run_namespace_of(key) != run_namespace:
+    recorded = ((body or {}).get("status") or {}).get("runNamespace")
+    if key is None or body is None or (recorded and recorded != run_namespace):
         return None
     try:
         spec = AgentRunSpec.model_validate(body.get("spec") or {})
