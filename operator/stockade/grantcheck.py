@@ -16,7 +16,12 @@ from typing import Any
 
 from stockade import labels, podshape
 from stockade.api.models import Grant
+from stockade.findings import Finding, grant_hint
+from stockade.gpucheck import GPU_HIDDEN, check_gpu_env, check_gpus_hidden, has_gpu_request
 from stockade.quantity import parse_quantity
+
+__all__ = ["GPU_HIDDEN", "Finding", "Usage", "check_pod", "check_pod_metadata", "check_pod_spec", "granted_amounts",
+           "has_gpu_request", "pod_amounts"]
 
 # Fields of a PodSpec an agent pod may set. Values the API server defaults on create (dnsPolicy,
 # schedulerName, priority, ...) are allowed with their default values only.
@@ -38,10 +43,6 @@ CONTAINER_FIELDS = {
 }
 VOLUME_TYPES = {"emptyDir", "configMap", "secret", "projected", "downwardAPI"}
 BASE_RESOURCES = ("cpu", "memory", "ephemeral-storage")
-# Environment that exposes GPUs through the NVIDIA container runtime without a GPU request.
-GPU_VISIBILITY_ENV = ("NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES")
-GPU_HIDDEN = "void"
-GPU_HIDDEN_VALUES = ("", GPU_HIDDEN, "none")
 # Pod annotations that container runtimes read as device requests (CDI in containerd and CRI-O,
 # CRI-O's device annotation) or as a relaxed confinement: they bypass the resource model entirely.
 DEVICE_ANNOTATION_PREFIXES = ("cdi.k8s.io/", "io.kubernetes.cri-o.devices", "io.kubernetes.cri-o.Devices")
@@ -59,25 +60,6 @@ DEFAULTED: dict[str, set[Any]] = {
     "preemptionPolicy": {"PreemptLowerPriority", "Never"},
     "hostUsers": {False},
 }
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One thing the pod asks for that the grant does not give."""
-
-    kind: str
-    field: str
-    message: str
-    allowed: str = ""
-    hint: str = ""
-
-    def text(self) -> str:
-        parts = [f"{self.field}: {self.message}"]
-        if self.allowed:
-            parts.append(f"the grant allows {self.allowed}")
-        if self.hint:
-            parts.append(self.hint)
-        return "; ".join(parts)
 
 
 @dataclass
@@ -138,24 +120,6 @@ def _all_containers(spec: Mapping[str, Any], path: str) -> Iterable[tuple[str, d
             yield f"{path}.{key}[{index}]", container
 
 
-def _container_gpu(container: Mapping[str, Any], grant: Grant) -> bool:
-    resources = container.get("resources") or {}
-    for which in ("limits", "requests"):
-        for name, value in (resources.get(which) or {}).items():
-            if name == grant.gpuResource and (_quantity(value) or 0) > 0:
-                return True
-    return False
-
-
-def has_gpu_request(container: Mapping[str, Any], grant: Grant) -> bool:
-    """Does this container ask for the granted GPU resource (and so get GPUs from the device plugin)?"""
-    return _container_gpu(container, grant)
-
-
-def _grant_hint(field_name: str) -> str:
-    return f"to allow it, raise spec.grant.{field_name} on the AgentRun"
-
-
 def check_pod(
     pod: Mapping[str, Any],
     grant: Grant,
@@ -203,8 +167,8 @@ def check_pod_spec(
     findings += _check_identity(spec, grant, path)
     for cpath, container in _all_containers(spec, path):
         findings += _check_container(container, grant, cpath)
-        if require_hidden_gpus and not _container_gpu(container, grant):
-            findings += _check_gpus_hidden(container, cpath)
+        if require_hidden_gpus and not has_gpu_request(container, grant):
+            findings += check_gpus_hidden(container, cpath)
     findings += _check_totals(spec, grant, path, usage or Usage())
     return findings
 
@@ -216,7 +180,7 @@ def check_pod_metadata(meta: Mapping[str, Any], *, path: str = "metadata") -> li
         if key.startswith(DEVICE_ANNOTATION_PREFIXES):
             out.append(Finding("GPUNotGranted", f"{path}.annotations[{key}]",
                                "a device annotation asks the container runtime for devices outside the grant",
-                               "devices only as granted resources", _grant_hint("gpu and spec.grant.gpuResource")))
+                               "devices only as granted resources", grant_hint("gpu and spec.grant.gpuResource")))
         elif key.startswith(APPARMOR_ANNOTATION_PREFIX) and str(value) == "unconfined":
             out.append(Finding("PrivilegeNotAllowed", f"{path}.annotations[{key}]",
                                "an unconfined AppArmor profile is never granted", "runtime/default or localhost/*"))
@@ -283,7 +247,7 @@ def _check_tokens(spec: Mapping[str, Any], grant: Grant, path: str, audiences: C
             audience = token.get("audience") or ""
             if not grant.kubernetesAPI:
                 out.append(Finding("APIAccessNotGranted", where, "mounts a ServiceAccount token but no Kubernetes "
-                                   "API access is granted", "no token of any kind", _grant_hint("kubernetesAPI")))
+                                   "API access is granted", "no token of any kind", grant_hint("kubernetesAPI")))
             elif audience and audience not in audiences:
                 out.append(Finding("TokenNotGranted", f"{where}.audience", f"a token for audience {audience!r} is a "
                                    "credential outside the cluster's API", "the API server's audience (leave "
@@ -300,12 +264,12 @@ def _check_identity(spec: Mapping[str, Any], grant: Grant, path: str) -> list[Fi
     if spec.get("automountServiceAccountToken") and not grant.kubernetesAPI:
         out.append(Finding("APIAccessNotGranted", f"{path}.automountServiceAccountToken",
                            "mounts an API token but no Kubernetes API access is granted", "false",
-                           _grant_hint("kubernetesAPI")))
+                           grant_hint("kubernetesAPI")))
     runtime = spec.get("runtimeClassName")
     if runtime and runtime not in grant.runtimeClassNames:
         out.append(Finding("RuntimeClassNotGranted", f"{path}.runtimeClassName",
                            f"runtime class {runtime!r} is not granted",
-                           ", ".join(grant.runtimeClassNames) or "none", _grant_hint("runtimeClassNames")))
+                           ", ".join(grant.runtimeClassNames) or "none", grant_hint("runtimeClassNames")))
     security = spec.get("securityContext") or {}
     if (security.get("seccompProfile") or {}).get("type") == "Unconfined":
         out.append(Finding("PrivilegeNotAllowed", f"{path}.securityContext.seccompProfile.type",
@@ -322,7 +286,7 @@ def _check_identity(spec: Mapping[str, Any], grant: Grant, path: str) -> list[Fi
         out.append(Finding("ResourceNotGranted", f"{path}.resourceClaims",
                            "dynamic resource claims (devices through DRA) are not granted",
                            "cpu, memory, ephemeral-storage and the granted GPU resource",
-                           _grant_hint("gpu and spec.grant.gpuResource")))
+                           grant_hint("gpu and spec.grant.gpuResource")))
     return out
 
 
@@ -391,58 +355,18 @@ def _check_container(container: Mapping[str, Any], grant: Grant, path: str) -> l
         out.append(Finding("ResourceNotGranted", f"{path}.resources.claims",
                            "dynamic resource claims (devices through DRA) are not granted",
                            "cpu, memory, ephemeral-storage and the granted GPU resource",
-                           _grant_hint("gpu and spec.grant.gpuResource")))
+                           grant_hint("gpu and spec.grant.gpuResource")))
     allowed = set(BASE_RESOURCES) | ({grant.gpuResource} if grant.gpu and grant.gpuResource else set())
     for which in ("requests", "limits"):
         for name in sorted(set(resources.get(which) or {}) - allowed):
             is_gpu = "gpu" in name or "mig-" in name
-            hint = (_grant_hint("gpu and spec.grant.gpuResource") if is_gpu
+            hint = (grant_hint("gpu and spec.grant.gpuResource") if is_gpu
                     else "only cpu, memory, ephemeral-storage and the granted GPU resource can be granted")
             out.append(Finding("GPUNotGranted" if is_gpu else "ResourceNotGranted",
                                f"{path}.resources.{which}.{name}", f"resource {name!r} is not granted",
                                ", ".join(sorted(allowed)), hint))
-    out += _check_gpu_env(container, grant, path)
+    out += check_gpu_env(container, grant, path)
     return out
-
-
-def _check_gpu_env(container: Mapping[str, Any], grant: Grant, path: str) -> list[Finding]:
-    """GPU visibility through the NVIDIA runtime's environment instead of the device plugin.
-
-    Without a GPU request any visibility setting exposes GPUs. With one, the device plugin sets
-    NVIDIA_VISIBLE_DEVICES to the allocated devices, and a value of the container's own (env, or
-    envFrom without a prefix) comes later and wins: "all" would expose every GPU on the node.
-    """
-    out = []
-    has_gpu = _container_gpu(container, grant)
-    names = ("NVIDIA_VISIBLE_DEVICES",) if has_gpu else GPU_VISIBILITY_ENV
-    for index, env in enumerate(container.get("env") or []):
-        if env.get("name") not in names:
-            continue
-        if "valueFrom" in env or env.get("value", "") not in GPU_HIDDEN_VALUES:
-            shown = "a value from elsewhere" if "valueFrom" in env else repr(env.get("value", ""))
-            what = ("overrides the GPUs the device plugin allocated" if has_gpu
-                    else "exposes GPUs to a container without a GPU request")
-            out.append(Finding("GPUNotGranted", f"{path}.env[{index}]", f"{env['name']}={shown} {what}",
-                               f"{env['name']}={GPU_HIDDEN} or unset",
-                               "request the GPU resource in this container's limits instead"))
-    if has_gpu:
-        for index, source in enumerate(container.get("envFrom") or []):
-            if "NVIDIA_VISIBLE_DEVICES".startswith(source.get("prefix") or ""):
-                out.append(Finding("GPUNotGranted", f"{path}.envFrom[{index}]",
-                                   "could set NVIDIA_VISIBLE_DEVICES and override the GPUs the device plugin "
-                                   "allocated", "envFrom with a prefix", "add a prefix such as APP_"))
-    return out
-
-
-def _check_gpus_hidden(container: Mapping[str, Any], path: str) -> list[Finding]:
-    for env in container.get("env") or []:
-        if env.get("name") == "NVIDIA_VISIBLE_DEVICES" and "valueFrom" not in env \
-                and env.get("value", "") in GPU_HIDDEN_VALUES:
-            return []
-    return [Finding("GPUNotGranted", f"{path}.env", "NVIDIA_VISIBLE_DEVICES is not set: an image built on a CUDA "
-                    "base exposes every GPU on a node whose default runtime is nvidia",
-                    f"NVIDIA_VISIBLE_DEVICES={GPU_HIDDEN} (Stockade's mutating webhook adds it)",
-                    "set it in the container, or request the GPU resource in its limits")]
 
 
 def _check_totals(spec: Mapping[str, Any], grant: Grant, path: str, usage: Usage) -> list[Finding]:
@@ -450,7 +374,7 @@ def _check_totals(spec: Mapping[str, Any], grant: Grant, path: str, usage: Usage
     granted = granted_amounts(grant)
     if usage.pods + 1 > grant.pods:
         out.append(Finding("PodsExceedGrant", path, f"the run already has {usage.pods} pod(s)",
-                           f"{grant.pods} pod(s)", _grant_hint("pods")))
+                           f"{grant.pods} pod(s)", grant_hint("pods")))
     for which in ("requests", "limits"):
         for name, amount in sorted(pod_amounts(spec, which).items()):
             if name not in granted:
@@ -463,5 +387,5 @@ def _check_totals(spec: Mapping[str, Any], grant: Grant, path: str, usage: Usage
                     "ResourceExceedsGrant", f"{path}.containers[*].resources.{which}.{name}",
                     f"asks for {amount.normalize():f} {name} in total",
                     f"{left.normalize():f} more ({granted[name].normalize():f} granted)",
-                    _grant_hint(field_name)))
+                    grant_hint(field_name)))
     return out

@@ -11,7 +11,7 @@ from typing import Any
 
 from stockade import labels
 from stockade.api.models import Grant
-from stockade.grantcheck import GPU_HIDDEN, has_gpu_request
+from stockade.gpucheck import GPU_HIDDEN, has_gpu_request
 
 # Taints that the nodes of a GPU resource carry, by the resource's vendor prefix: the NVIDIA GPU
 # operator (and GKE/EKS GPU node pools) taint every GPU node nvidia.com/gpu, MIG-partitioned ones

@@ -91,8 +91,9 @@ def template_schema() -> dict[str, Any]:
     return {"type": "object", **_OPEN, "required": ["spec"], "properties": {"metadata": metadata, "spec": spec}}
 
 
+# Mapping, not dict: the webhook gets kopf's read-only views of the request's objects.
 _PY_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "boolean": (bool,), "integer": (int,),
-                                          "object": (dict,), "array": (list,)}
+                                          "object": (Mapping,), "array": (list, tuple)}
 _SHOWN = {"string": "a string", "boolean": "true or false", "integer": "an integer", "object": "an object",
           "array": "a list"}
 

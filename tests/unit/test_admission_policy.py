@@ -392,3 +392,14 @@ def test_the_mutating_patch_does_what_mutate_pod_does(containers: list[dict[str,
     expected = copy.deepcopy(body)
     mutate_pod(expected, grant)
     assert patched == expected
+
+
+def test_a_pod_as_a_read_only_mapping_is_checked_like_a_dict() -> None:
+    # kopf hands the webhook read-only views, not dicts: the shape check must not take them for non-objects.
+    from types import MappingProxyType
+
+    body = pod(volumes=[TOKEN_VOLUME("https://vault.example")])
+    frozen = MappingProxyType({**body, "spec": MappingProxyType(body["spec"]),
+                               "metadata": MappingProxyType(body["metadata"])})
+    decision = decide(create_pod(frozen), run(kubernetesAPI=CONFIGMAPS), is_operator=False)  # type: ignore[arg-type]
+    assert [f.kind for f in decision.findings] == ["TokenNotGranted"], decision.message
