@@ -57,13 +57,15 @@ def operator_env(deployment: dict[str, Any], kubectl: Kubectl) -> dict[str, str]
             ref = source["secretKeyRef"]
             secret = json.loads(kubectl("get", "secret", ref["name"], "--namespace", NAMESPACE, "-o", "json"))
             env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
-    for name in ("STOCKADE_WEBHOOK_SERVICE", "STOCKADE_WEBHOOK_SERVICE_PORT"):
+    # Served on a local URL with a certificate for it (the chart's is for the Service's name).
+    for name in ("STOCKADE_WEBHOOK_SERVICE", "STOCKADE_WEBHOOK_SERVICE_PORT", "STOCKADE_WEBHOOK_CERT_DIR"):
         env.pop(name, None)
     if env.get("STOCKADE_SIGNAL_CERT_DIR"):  # the chart's signal certificate, as the pod would mount it
         env["STOCKADE_SIGNAL_CERT_DIR"] = str(mounted_secret(deployment, kubectl, "signal-tls"))
     env["STOCKADE_SIGNAL_HOST"] = "127.0.0.1"  # loopback only on this machine
     env.update(STOCKADE_WEBHOOK_HOST="127.0.0.1", STOCKADE_WEBHOOK_PORT=str(free_port()),
-               STOCKADE_SIGNAL_PORT=str(free_port()), STOCKADE_METRICS_PORT=str(free_port()))
+               STOCKADE_SIGNAL_PORT=str(free_port()), STOCKADE_METRICS_PORT=str(free_port()),
+               STOCKADE_READY_HOST="127.0.0.1", STOCKADE_READY_PORT=str(free_port()))
     return env
 
 

@@ -302,36 +302,90 @@ def test_generic_signal_is_judged_against_the_egress_grant(
     assert_isolated(ns, "hubble")
 
 
-def test_release_lifts_the_quarantine_and_is_recorded(signals: tuple[Operator, Signals], team_namespace: str) -> None:
-    op, client = signals
-    start(team_namespace, "parole", with_response(simple_spec(egress=EGRESS), "isolate", "evict"))
-    ns = run_namespace(team_namespace, "parole")
-    old_uid = get("pod", "parole", ns)["metadata"]["uid"]
-    assert client.post("/falco", ssh_event(ns, "parole"))[0] == 202
-    quarantined(team_namespace, "parole")
-    wait_for(lambda: get("pod", "parole", ns) is None, timeout=20, what="the pod to be evicted")
+RELEASER = "e2e-reviewer"
 
+
+@pytest.fixture(scope="module")
+def releaser() -> Iterator[str]:
+    """A user bound to the chart's releaser ClusterRole: the only way to hold the verb 'release'."""
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": "e2e-releaser"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "stockade-releaser"},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": RELEASER}]}
+    apply(binding)
+    yield RELEASER
+    kubectl("delete", "clusterrolebinding", "e2e-releaser", "--ignore-not-found")
+
+
+def _quarantine_parole(client: Signals, team_namespace: str, name: str) -> tuple[str, str]:
+    start(team_namespace, name, with_response(simple_spec(egress=EGRESS), "isolate", "evict"))
+    ns = run_namespace(team_namespace, name)
+    old_uid = get("pod", name, ns)["metadata"]["uid"]
+    assert client.post("/falco", ssh_event(ns, name))[0] == 202
+    quarantined(team_namespace, name)
+    wait_for(lambda: get("pod", name, ns) is None, timeout=20, what="the pod to be evicted")
+    return ns, old_uid
+
+
+def _released(team_namespace: str, name: str) -> dict[str, Any] | None:
+    run = get("agentrun", name, team_namespace)
+    q = run["status"].get("quarantine") or {}
+    return run if q.get("active") is False and run["status"]["phase"] != "Quarantined" else None
+
+
+def test_release_lifts_the_quarantine_and_is_recorded(signals: tuple[Operator, Signals], team_namespace: str,
+                                                      releaser: str) -> None:
+    _, client = signals
+    ns, old_uid = _quarantine_parole(client, team_namespace, "parole")
+
+    # The CLI with the caller's own credentials (an admin impersonating the releaser, as kubectl --as).
     subprocess.run([sys.executable, "-m", "stockade.cli", "release", "parole", "-n", team_namespace,
-                    "--by", "e2e-reviewer"], check=True, cwd=ROOT, env={**os.environ, **op.env}, timeout=60)
+                    "--as", releaser], check=True, cwd=ROOT, env=dict(os.environ), timeout=60)
 
-    def released() -> dict[str, Any] | None:
-        run = get("agentrun", "parole", team_namespace)
-        q = run["status"].get("quarantine") or {}
-        return run if q.get("active") is False and run["status"]["phase"] != "Quarantined" else None
-
-    run = wait_for(released, timeout=20, what="the quarantine to be lifted")
+    run = wait_for(lambda: _released(team_namespace, "parole"), timeout=20, what="the quarantine to be lifted")
     q = run["status"]["quarantine"]
-    assert q["releasedBy"] == "e2e-reviewer" and q["releasedAt"] >= q["since"]
+    assert q["releasedBy"] == releaser and q["releasedAt"] >= q["since"]
     assert q["pods"] == ["parole"] and q["steps"] == ["isolate", "evict"], "what was done stays on record"
     assert "stockade.io/release" not in (run["metadata"].get("annotations") or {})
     assert condition(run, "Quarantined")["status"] == "False"
     assert get("networkpolicy", "stockade-quarantine", ns) is None
     back = wait_for(lambda: get("pod", "parole", ns), timeout=20, what="the workload to come back")
     assert back["metadata"]["uid"] != old_uid and "stockade.io/quarantined" not in back["metadata"]["labels"]
-    wait_for(lambda: ready(team_namespace, "parole"), timeout=20, what="the run to be Ready again")
-    [note] = wait_for(lambda: events(team_namespace, "Released"), timeout=10, what="a Released event")
-    assert "e2e-reviewer" in note["message"]
-    assert [v["action"] for v in violations(team_namespace, "parole")] == ["isolate+evict"]
+
+
+def test_a_team_cannot_lift_its_own_quarantine(signals: tuple[Operator, Signals], team_namespace: str,
+                                               releaser: str) -> None:
+    """Editing the AgentRun is not releasing it: the verb 'release' is needed, and the releaser recorded is the
+    authenticated user, never what the caller wrote."""
+    _, client = signals
+    ns, _ = _quarantine_parole(client, team_namespace, "lifer")
+    developer = f"{team_namespace}-dev"
+    apply([{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "agentrun-editor", "namespace": team_namespace},
+            "rules": [{"apiGroups": ["stockade.io"], "resources": ["agentruns"],
+                       "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}]},
+           {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "agentrun-editor", "namespace": team_namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "agentrun-editor"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": developer}]}])
+    wait_for(lambda: kubectl("auth", "can-i", "patch", "agentruns", "-n", team_namespace, "--as", developer,
+                             check=False).strip() == "yes", timeout=10, what="the developer's Role")
+
+    with pytest.raises(KubectlError) as refused:
+        kubectl("annotate", "agentrun", "lifer", "-n", team_namespace, "stockade.io/release=security-team",
+                as_user=developer)
+    assert "needs the verb 'release'" in refused.value.stderr and "stockade-releaser" in refused.value.stderr
+    time.sleep(2)
+    run = get("agentrun", "lifer", team_namespace)
+    assert "stockade.io/release" not in (run["metadata"].get("annotations") or {})
+    assert run["status"]["quarantine"]["active"] is True and run["status"]["phase"] == "Quarantined"
+    assert get("networkpolicy", "stockade-quarantine", ns) is not None
+
+    # The releaser writes someone else's name: the authenticated user is what is recorded.
+    kubectl("annotate", "agentrun", "lifer", "-n", team_namespace, "stockade.io/release=security-team",
+            as_user=releaser)
+    run = wait_for(lambda: _released(team_namespace, "lifer"), timeout=20, what="the quarantine to be lifted")
+    assert run["status"]["quarantine"]["releasedBy"] == releaser
 
 
 def test_a_removed_quarantine_label_is_put_back(signals: tuple[Operator, Signals], team_namespace: str) -> None:
@@ -383,7 +437,7 @@ def _isolations(op: Operator) -> float:
     return 0.0
 
 
-def test_freeze_revokes_the_agents_rbac(signals: tuple[Operator, Signals], team_namespace: str) -> None:
+def test_freeze_revokes_the_agents_rbac(signals: tuple[Operator, Signals], team_namespace: str, releaser: str) -> None:
     _, client = signals
     spec = simple_spec(egress=EGRESS, kubernetesAPI=[{"apiGroups": [""], "resources": ["configmaps"],
                                                       "verbs": ["get"]}])
@@ -400,5 +454,6 @@ def test_freeze_revokes_the_agents_rbac(signals: tuple[Operator, Signals], team_
                      check=False)
     assert denied.strip() == "no"
 
-    kubectl("annotate", "agentrun", "frozen", "-n", team_namespace, "stockade.io/release=e2e-reviewer")
+    kubectl("annotate", "agentrun", "frozen", "-n", team_namespace, "stockade.io/release=e2e-reviewer",
+            as_user=RELEASER)
     wait_for(lambda: get("rolebinding", "stockade-agent", ns), timeout=20, what="RBAC to be restored on release")

@@ -6,7 +6,7 @@ import datetime
 import enum
 import json
 import logging
-import random
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -49,11 +49,14 @@ def run(
         None, help="kopf peering name: with two replicas, only one handles events at a time."),
     priority: int | None = typer.Option(
         None, envvar="STOCKADE_PEERING_PRIORITY",
-        help="kopf peering priority (default: random, so that one of several replicas wins)."),
+        help="kopf peering priority (default: the start time in ms, so the newest replica leads)."),
     liveness: str | None = typer.Option("http://0.0.0.0:8081/healthz", help="Liveness endpoint."),
 ) -> None:
     """Run the operator against the current kubeconfig context (or in-cluster config)."""
     import kopf
+    from kopf._core.engines.peering import Identity
+
+    from stockade.leadership import peering_identity, start_priority
 
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL)
     if not verbose:
@@ -62,37 +65,54 @@ def run(
     import stockade.handlers  # noqa: F401  (registers the handlers)
 
     if peering is not None and priority is None:
-        # Equal priorities make every replica pause; a random one lets exactly one lead.
-        priority = random.SystemRandom().randint(1, 2**31 - 1)
-    kopf.run(clusterwide=True, standalone=peering is None, peering_name=peering, priority=priority,
-             liveness_endpoint=liveness)
+        # Newer replicas win (start time in ms): a rollout hands over to the new pod at once, and equal
+        # priorities (which make every replica pause) do not happen.
+        priority = start_priority()
+    identity = peering_identity()
+    os.environ.update({"STOCKADE_PEERING_IDENTITY": identity, "STOCKADE_PEERING_PRIORITY": str(priority or 0)})
+    if peering is not None:
+        os.environ["STOCKADE_PEERING_NAME"] = peering
+    try:
+        kopf.run(clusterwide=True, standalone=peering is None, peering_name=peering, priority=priority or 0,
+                 liveness_endpoint=liveness, identity=Identity(identity))
+    except BaseException as err:  # whatever ended kopf, the process must not linger
+        if isinstance(err, KeyboardInterrupt | SystemExit) and not getattr(err, "code", 0):
+            raise
+        # A failed root task (peering, a watch, the webhook server) ends kopf's work: exit now, non-zero, so
+        # that the pod restarts, rather than wait at exit for threads (API calls, the webhook's) that may hang.
+        logging.getLogger("stockade").critical("the operator stopped on an error: %r; exiting", err)
+        logging.shutdown()
+        os._exit(1)
 
 
 @app.command()
 def release(
     name: str = typer.Argument(..., help="The AgentRun."),
     namespace: str = typer.Option(..., "--namespace", "-n", help="The AgentRun's namespace."),
-    by: str | None = typer.Option(None, help="Who releases it, recorded in status (default: your login name)."),
+    as_user: str | None = typer.Option(None, "--as", help="Impersonate this user (as kubectl --as)."),
     output: Output = OUTPUT,
 ) -> None:
-    """Lift an AgentRun's quarantine once a human has looked (the operator records who and when)."""
-    import getpass
-
+    """Lift an AgentRun's quarantine once a human has looked. Needs the verb 'release' on the AgentRun
+    (ClusterRole stockade-releaser); the operator records the authenticated user and the time."""
     from stockade.kube import Kube, KubeError, object_path
     from stockade.labels import RELEASE_ANNOTATION
 
-    who = by or getpass.getuser()
     path = object_path("stockade.io/v1alpha1", "AgentRun", namespace, name)
     try:
-        Kube.connect(workers=1).request("PATCH", path, {"metadata": {"annotations": {RELEASE_ANNOTATION: who}}},
-                                        content_type="application/merge-patch+json")
+        # The value is replaced by the authenticated user at admission; what is sent here is a placeholder.
+        Kube.connect(workers=1, impersonate=as_user).request(
+            "PATCH", path, {"metadata": {"annotations": {RELEASE_ANNOTATION: "requested"}}},
+            content_type="application/merge-patch+json")
     except KubeError as err:
-        typer.echo(f"release of {namespace}/{name} failed: {err}", err=True)
+        if output is Output.json:
+            _print_json({"namespace": namespace, "name": name, "error": err.message, "status": err.status})
+        else:
+            typer.echo(f"release of {namespace}/{name} failed: {err.message or err}", err=True)
         raise typer.Exit(NOT_FOUND if err.not_found else 1) from None
     if output is Output.json:
-        _print_json({"namespace": namespace, "name": name, "requestedBy": who})
+        _print_json({"namespace": namespace, "name": name, "requested": True})
     else:
-        typer.echo(f"release of {namespace}/{name} requested by {who}")
+        typer.echo(f"release of {namespace}/{name} requested; the operator records who (status.quarantine.releasedBy)")
 
 
 def now() -> datetime.datetime:
@@ -144,7 +164,21 @@ def fetch_fence(namespace: str, name: str) -> tuple[dict[str, Any], Fence] | Non
     finally:
         kube.executor.shutdown(wait=False)
     objects = {kind: items for kind, items in found.items() if kind != "Namespace" and items is not None}
-    return agentrun, Fence(namespace=found["Namespace"], objects=objects, unreadable=unreadable)
+    return agentrun, Fence(namespace=found["Namespace"], objects=objects, unreadable=unreadable,
+                           policies=_read_policies(kube, agentrun, unreadable))
+
+
+def _read_policies(kube: Any, agentrun: dict[str, Any], unreadable: dict[str, str]) -> list[dict[str, Any]]:
+    """The AgentPolicies that bound the run (status.policies): their budgets and what is left of them."""
+    from stockade.kube import KubeError
+
+    found = []
+    for name in (agentrun.get("status") or {}).get("policies") or []:
+        try:
+            found.append(kube.request("GET", f"/apis/stockade.io/v1alpha1/agentpolicies/{name}"))
+        except KubeError as err:
+            unreadable[f"AgentPolicy {name}"] = f"{err.status} {err.reason}"
+    return found
 
 
 @app.command()

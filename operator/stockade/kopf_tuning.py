@@ -7,6 +7,8 @@ of the operator's CPU (py-spy), so it is replaced by a storage that keeps and bu
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from typing import Any, cast
 
 import kopf
@@ -25,5 +27,25 @@ class NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
+# kopf's default retries of an API call add up to about 54 s; then the error reaches the task, and for
+# the peering keep-alive that ended the operator's work while the process stayed up (a 75 s API server
+# outage left a zombie). An outage is waited out instead: the same back-off, then every 30 s, forever.
+# kopf never retries sooner than a 429's Retry-After.
+API_RETRY_BACKOFFS = (1.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0)
+API_RETRY_EVERY = 30.0
+
+
+def api_backoffs() -> Iterable[float]:
+    return itertools.chain(API_RETRY_BACKOFFS, itertools.repeat(API_RETRY_EVERY))
+
+
+class _Backoffs:
+    """A fresh infinite iterator for every request (kopf iterates the setting once per call)."""
+
+    def __iter__(self) -> Any:
+        return iter(api_backoffs())
+
+
 def tune(settings: kopf.OperatorSettings) -> None:
     settings.persistence.diffbase_storage = NoDiffBase()
+    settings.networking.error_backoffs = _Backoffs()

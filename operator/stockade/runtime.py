@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from stockade.kube import Kube
+from stockade.leadership import Leadership
 from stockade.reconcile import Reconciler
 from stockade.settings import Settings
 from stockade.store import Store
@@ -13,6 +14,7 @@ class Runtime:
     kube: Kube
     store: Store
     reconciler: Reconciler
+    leadership: Leadership
 
 
 RUNTIME = Runtime()

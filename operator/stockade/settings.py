@@ -23,6 +23,15 @@ class Settings(BaseSettings):
     # Run the operator's API calls as this user (the e2e suite runs as the chart's ServiceAccount).
     impersonate: str | None = None
     api_workers: int = 32
+    # Peering (``stockade run --peering``): set by the CLI for the handlers. A dead leader is replaced
+    # after this lifetime (kopf's default is 60 s; controller-runtime's lease is 15 s).
+    peering_name: str | None = None
+    peering_identity: str = ""
+    peering_priority: int = 0
+    peering_lifetime_seconds: int = Field(default=15, ge=5, le=600)
+    # GET /readyz: 200 on the active replica, 503 on a standby (0: off).
+    ready_host: str = "0.0.0.0"
+    ready_port: int = 0  # the chart sets 8082
 
     def plan_settings(self) -> PlanSettings:
         return PlanSettings(

@@ -111,13 +111,17 @@ def test_operator_pod_is_hardened() -> None:
     assert "add" not in security["capabilities"]
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
     assert box["resources"]["requests"]["cpu"] and box["resources"]["limits"]["memory"]
-    assert {m["mountPath"] for m in box["volumeMounts"]} == {"/tmp", "/etc/stockade/signal-tls"}
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    assert {m["mountPath"] for m in box["volumeMounts"]} == {"/tmp", "/etc/stockade/webhook-tls",
+                                                             "/etc/stockade/signal-tls"}
+    assert all(m["readOnly"] for m in box["volumeMounts"] if m["mountPath"] != "/tmp")
+    for probe in ("startupProbe", "livenessProbe"):
         assert box[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # Ready only while leading: the Services send nothing to a standby replica.
+    assert box["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ready"}
     assert box["image"] == "ghcr.io/stockade/stockade:0.1.0"
     assert box["args"] == ["run", "--json", "--peering=stockade", "--liveness=http://0.0.0.0:8081/healthz"]
     ports = {p["name"]: p["containerPort"] for p in box["ports"]}
-    assert ports == {"metrics": 8080, "health": 8081, "webhook": 9443, "signal": 8443}
+    assert ports == {"metrics": 8080, "health": 8081, "ready": 8082, "webhook": 9443, "signal": 8443}
     assert deployment["spec"]["replicas"] == 1
 
 
@@ -182,6 +186,25 @@ def test_without_peering_pods_never_overlap() -> None:
     assert one(docs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
     assert "ClusterKopfPeering" not in kinds(docs)
     assert not [a for a in container(docs)["args"] if a.startswith("--peering")]
+
+
+def test_without_cert_manager_every_replica_shares_the_charts_webhook_certificate() -> None:
+    import base64
+
+    from cryptography import x509
+
+    docs = render("replicaCount=2")
+    secret = one(docs, "Secret", "stockade-webhook-tls")
+    assert secret["type"] == "kubernetes.io/tls" and set(secret["data"]) == {"tls.crt", "tls.key", "ca.crt"}
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert "stockade-webhook.stockade-system.svc" in names
+    cert.verify_directly_issued_by(ca)
+    assert env(docs)["STOCKADE_WEBHOOK_CERT_DIR"] == "/etc/stockade/webhook-tls"
+    volumes = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"secretName": "stockade-webhook-tls"} in [v.get("secret") for v in volumes]
+    assert env(docs)["STOCKADE_PEERING_LIFETIME_SECONDS"] == "15"
 
 
 def test_cert_manager_issues_the_webhook_certificate() -> None:

@@ -38,9 +38,13 @@ def render(*sets: str, release: str = "stockade") -> list[dict[str, Any]]:
 
 
 def granted(docs: list[dict[str, Any]]) -> set[Grant]:
+    """What the roles bound to the operator's ServiceAccount grant (the chart's roles for people, such as
+    the releaser, are not the operator's)."""
+    bound = {d["roleRef"]["name"] for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")
+             and any(s.get("kind") == "ServiceAccount" for s in d.get("subjects") or [])}
     found: set[Grant] = set()
     for doc in docs:
-        if doc["kind"] in ("Role", "ClusterRole"):
+        if doc["kind"] in ("Role", "ClusterRole") and doc["metadata"]["name"] in bound:
             for rule in doc.get("rules") or []:
                 names = rule.get("resourceNames") or [""]
                 found |= {(g, r, v, n) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
@@ -75,7 +79,19 @@ def test_no_wildcards_and_no_namespaced_roles() -> None:
     for group, resource, verb, _ in granted(docs):
         assert "*" not in (group, resource, verb)
     assert [d["kind"] for d in docs if d["kind"] in ("Role", "RoleBinding")] == []
-    assert [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"] == ["stockade"]
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"] == ["stockade", "stockade-releaser"]
+
+
+def test_releasing_a_quarantine_is_a_role_of_its_own_that_nobody_holds_by_default() -> None:
+    docs = render()
+    releaser = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "stockade-releaser")
+    assert releaser["rules"] == [{"apiGroups": ["stockade.io"], "resources": ["agentruns"],
+                                  "verbs": ["get", "list", "watch", "patch", "release"]}]
+    assert "aggregationRule" not in releaser and not any(
+        k.startswith("rbac.authorization.k8s.io/aggregate") for k in releaser["metadata"]["labels"])
+    assert not [d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")
+                and d["roleRef"]["name"] == "stockade-releaser"]
+    assert ("stockade.io", "agentruns", "release", "") not in granted(docs), "the operator itself cannot release"
 
 
 def test_rbac_py_has_no_duplicates_and_names_only_known_placeholders() -> None:
@@ -107,11 +123,13 @@ def test_watches_match_the_kopf_handlers() -> None:
     import kopf
 
     import stockade.handlers  # noqa: F401  (registers every handler, admission's and detection's too)
+    import stockade.watch
 
     registry = kopf.get_default_registry()
     selectors = [h.selector for h in registry._watching.get_all_handlers()]
     assert all(s is not None for s in selectors), "a handler watches every resource: rbac.py cannot cover that"
     watched = {(s.group or "", s.plural or s.any_name) for s in selectors if s is not None}
+    watched |= {kind.resource for kind in stockade.watch.KINDS}  # the operator's own watch layer
     listable = {(p.group, p.resource) for p in PERMISSIONS if {"list", "watch"} <= set(p.verbs)}
     assert not watched - listable, f"handlers watch what rbac.py cannot list/watch: {sorted(watched - listable)}"
     unused = listable - watched - FRAMEWORK_WATCHES
