@@ -3,7 +3,8 @@
 --
 --   Healthy      phase Succeeded, or Ready=True for the current generation
 --   Degraded     phase Failed, Quarantined or Expired, or Stalled=True (the spec cannot be used as is)
---   Progressing  anything else: no status yet, an older generation, the fence or the agent starting
+--   Progressing  anything else: no status yet, an older generation, the fence or the agent starting,
+--               or Queued (waiting for a budget or team quota; it starts by itself when capacity frees)
 --
 -- Expired is Degraded, not Suspended: the run was stopped by its time limit before it finished, as a
 -- Job past its activeDeadlineSeconds fails. Suspended would read as "paused, will resume"; it will not.

@@ -16,13 +16,14 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-PHASE_STYLE = {"Running": "bold green", "Succeeded": "bold cyan", "Pending": "bold yellow",
+PHASE_STYLE = {"Running": "bold green", "Succeeded": "bold cyan", "Pending": "bold yellow", "Queued": "bold yellow",
                "Quarantined": "bold white on red", "Failed": "bold red", "Expired": "bold magenta"}
 STATE_STYLE = {"present": ("✓", "green"), "missing": ("✗", "bold red"), "revoked": ("⊘", "yellow"),
                "unrevoked": ("✗", "bold red"), "unknown": ("?", "yellow"), "extra": ("+", "cyan")}
 SEVERITY_STYLE = {"low": "dim", "medium": "yellow", "high": "red", "critical": "bold red"}
 # Conditions shown in the header, and the status that is bad news for each.
-HEADER_CONDITIONS = (("Ready", "False"), ("Stalled", "True"), ("Quarantined", "True"))
+HEADER_CONDITIONS = (("Ready", "False"), ("Stalled", "True"), ("Quarantined", "True"), ("Admitted", "False"),
+                     ("PolicyCompliant", "False"))
 
 
 def duration(seconds: int | None) -> str:
@@ -202,6 +203,27 @@ def _pods(report: Mapping[str, Any]) -> RenderableType | None:
     return table
 
 
+def _policies(report: Mapping[str, Any]) -> RenderableType | None:
+    """Which AgentPolicies bound the run, and what their budgets have left."""
+    rows = report.get("policies") or []
+    if not rows:
+        return None
+    table = _table("Policies (total budget: used/limit, left)", "POLICY", "RESOURCE", "USED", "LEFT", "PER NAMESPACE")
+    for row in rows:
+        if not row["readable"]:
+            table.add_row(row["name"], Text("could not be read", style="yellow"), "", "", "")
+            continue
+        per_ns = dict(row["perNamespace"])
+        per_ns.update({f"gpus[{r}]": n for r, n in (per_ns.pop("gpus", None) or {}).items()})
+        for i, (resource, used) in enumerate(sorted(row["total"].items())):
+            left = row["left"].get(resource)
+            shown = Text(left, style="bold red" if left in ("0", "0Gi") else "") if left is not None else \
+                Text("unbounded", style="dim")
+            table.add_row(row["name"] if i == 0 else "", Text(resource), _text(used), shown,
+                          _text(per_ns.get(resource)))
+    return table
+
+
 def _violations(report: Mapping[str, Any]) -> RenderableType:
     shown, total = report["violations"], report["violationsTotal"]
     if not shown:
@@ -241,8 +263,8 @@ def status(report: Mapping[str, Any], console: Console) -> None:
     if report["refusals"]:
         parts.append(Panel("\n".join(report["refusals"]), title="[bold]Template refused",
                            title_align="left", border_style="red"))
-    parts += [_quarantine(report), _grant(report), _guardrails(report), _quota(report), _pods(report),
-              _violations(report)]
+    parts += [_quarantine(report), _grant(report), _policies(report), _guardrails(report), _quota(report),
+              _pods(report), _violations(report)]
     for kind, why in report["unreadable"].items():
         parts.append(Text(f"could not read {kind}: {why}", style="yellow"))
     for part in parts:

@@ -30,6 +30,9 @@ class Observed:
     expired: bool = False
     quarantined: tuple[str, str] | None = None  # (reason, message)
     terminal_phase: str | None = None  # a phase reached earlier that the run keeps
+    admission: tuple[bool, str, str] | None = None  # Admitted (ok, reason, message); not admitted: Queued
+    compliance: tuple[bool, str, str] | None = None  # PolicyCompliant (ok, reason, message)
+    stopped: tuple[str, str] | None = None  # (reason, message): ended by the operator (a narrowed policy)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -38,13 +41,21 @@ def _cond(kind: str, ok: bool | None, reason: str, message: str, generation: int
     return {"type": kind, "status": status, "reason": reason, "message": message, "observedGeneration": generation}
 
 
+def _queued(obs: Observed) -> bool:
+    return obs.admission is not None and not obs.admission[0]
+
+
 def compute_phase(obs: Observed) -> str:
     if obs.expired:
         return "Expired"
+    if obs.stopped:
+        return "Failed"
     if obs.quarantined:
         return "Quarantined"
     if obs.terminal_phase in ("Succeeded", "Failed"):
         return obs.terminal_phase
+    if _queued(obs):
+        return "Queued"
     if obs.invalid or obs.refusals or obs.blocked:
         return "Pending"
     if obs.workload_phase in ("Running", "Succeeded", "Failed"):
@@ -52,9 +63,32 @@ def compute_phase(obs: Observed) -> str:
     return "Pending"
 
 
+def _policy_conditions(obs: Observed) -> list[dict[str, Any]]:
+    found = []
+    if obs.admission is not None:
+        found.append(_cond("Admitted", *obs.admission, obs.generation))
+    if obs.compliance is not None:
+        found.append(_cond("PolicyCompliant", *obs.compliance, obs.generation))
+    return found
+
+
 def compute_conditions(obs: Observed) -> list[dict[str, Any]]:
+    return [*_run_conditions(obs), *_policy_conditions(obs)]
+
+
+def _run_conditions(obs: Observed) -> list[dict[str, Any]]:
     gen = obs.generation
     phase = compute_phase(obs)
+    if phase == "Queued" and obs.admission is not None:
+        # Waiting for a budget or team quota: progressing (kstatus InProgress), not stalled; nothing is built.
+        _, reason, message = obs.admission
+        return [
+            _cond("Ready", False, reason, message, gen),
+            _cond("GuardrailsReady", False, "Queued", "nothing is built until the run is admitted", gen),
+            _cond("Reconciling", True, reason, message, gen),
+            _cond("Stalled", False, "AsExpected", "", gen),
+            _cond("Quarantined", False, "NotQuarantined", "", gen),
+        ]
     if obs.invalid:
         reason, _, message = obs.invalid.partition(": ")
         return [
@@ -81,6 +115,9 @@ def compute_conditions(obs: Observed) -> list[dict[str, Any]]:
         stalled = ("TemplateExceedsGrant", message)
     elif obs.expired:
         ready = _cond("Ready", False, "Expired", "the run's duration has passed; its pods were deleted", gen)
+    elif obs.stopped:
+        ready = _cond("Ready", False, obs.stopped[0], obs.stopped[1], gen)
+        stalled = obs.stopped
     elif obs.quarantined:
         ready = _cond("Ready", False, obs.quarantined[0], obs.quarantined[1], gen)
     elif phase == "Failed":

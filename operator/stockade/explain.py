@@ -16,6 +16,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from stockade.api.models import AgentRunSpec, AgentRunStatus
+from stockade.api.policy import AgentPolicySpec, AgentPolicyStatus
 
 ROOTS: dict[str, type[BaseModel]] = {"spec": AgentRunSpec, "status": AgentRunStatus}
 ROOT_DESCRIPTIONS = {
@@ -24,6 +25,15 @@ ROOT_DESCRIPTIONS = {
 }
 # Prefixes a user may type before the field path, as with `kubectl explain agentrun.spec.grant`.
 _KIND_PREFIXES = ("agentrun", "agentruns", "ar")
+# The AgentPolicy (cluster-scoped, written by a platform admin): its paths are shown with this prefix.
+POLICY_PREFIX = "agentpolicy"
+_POLICY_PREFIXES = ("agentpolicy", "agentpolicies", "ap")
+POLICY_ROOTS: dict[str, type[BaseModel]] = {"spec": AgentPolicySpec, "status": AgentPolicyStatus}
+POLICY_DESCRIPTIONS = {
+    "spec": "What a platform admin allows the AgentRuns of the selected namespaces: per-run ceilings, egress, "
+            "API rules, defaults and budgets across runs.",
+    "status": "What the operator reports: whether the policy can be evaluated, and the use of its budgets.",
+}
 _CONSTRAINTS = ("minimum", "maximum", "minItems", "maxItems", "minLength", "maxLength", "pattern")
 
 
@@ -145,32 +155,39 @@ def all_paths() -> list[str]:
 
     for root, model in ROOTS.items():
         walk(model, root)
+    for root, model in POLICY_ROOTS.items():
+        walk(model, f"{POLICY_PREFIX}.{root}")
     return paths
 
 
-def _normalise(path: str | None) -> list[str]:
+def _normalise(path: str | None) -> tuple[bool, list[str]]:
+    """(is it an AgentPolicy path, the parts from spec or status on)."""
     parts = [part for part in (path or "grant").strip().split(".") if part]
-    if parts and parts[0].lower() in _KIND_PREFIXES:
+    policy = bool(parts) and parts[0].lower() in _POLICY_PREFIXES
+    if parts and (policy or parts[0].lower() in _KIND_PREFIXES):
         parts = parts[1:]
     if not parts or parts[0] not in ROOTS:
         parts = ["spec", *parts]  # grant.egress means spec.grant.egress, as users write it
-    return parts
+    return policy, parts
 
 
 def explain(path: str | None = None) -> dict[str, Any]:
-    """A document for one field (default ``grant``): its type, default, bounds and subfields.
+    """A document for one field (default ``grant``; ``agentpolicy...`` for the AgentPolicy): its type, default,
+    bounds and subfields.
 
     Raises UnknownField for a path that names nothing."""
-    parts = _normalise(path)
+    policy, parts = _normalise(path)
+    roots, descriptions = (POLICY_ROOTS, POLICY_DESCRIPTIONS) if policy else (ROOTS, ROOT_DESCRIPTIONS)
     root = parts[0]
-    model: type[BaseModel] = ROOTS[root]
-    doc: dict[str, Any] = {"name": root, "path": root, "type": model.__name__, "required": root == "spec",
-                           "default": None, "description": ROOT_DESCRIPTIONS[root], "constraints": {}, "rules": []}
+    model: type[BaseModel] = roots[root]
+    shown = f"{POLICY_PREFIX}.{root}" if policy else root
+    doc: dict[str, Any] = {"name": root, "path": shown, "type": model.__name__, "required": root == "spec",
+                           "default": None, "description": descriptions[root], "constraints": {}, "rules": []}
     current: type[BaseModel] | None = model
-    walked = root
+    walked = shown
     for part in parts[1:]:
         if current is None or part not in current.model_fields:
-            wanted = ".".join(parts)
+            wanted = ".".join([POLICY_PREFIX, *parts] if policy else parts)
             raise UnknownField(wanted, difflib.get_close_matches(wanted, all_paths(), n=3, cutoff=0.6))
         walked = f"{walked}.{part}"
         doc = _field_entry(current, part, walked)

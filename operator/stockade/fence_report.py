@@ -11,12 +11,14 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
 
 from stockade import labels
 from stockade.api.models import AgentRunSpec
+from stockade.grantpolicy.budget import amount
 from stockade.naming import run_namespace_name
 from stockade.plan import PlanSettings, RunRef, build
 from stockade.quantity import parse_quantity
@@ -49,6 +51,8 @@ class Fence:
     namespace: Mapping[str, Any] | None
     objects: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
     unreadable: Mapping[str, str] = field(default_factory=dict)
+    # The AgentPolicies named in status.policies, as read (one that could not be read is absent).
+    policies: Sequence[Mapping[str, Any]] = ()
 
 
 def parse_time(text: str | None) -> datetime.datetime | None:
@@ -188,6 +192,39 @@ def _pods(fence: Fence) -> list[dict[str, Any]] | None:
     return rows
 
 
+def _left(usage: Any) -> str | None:
+    """What a "used/limit" budget string has left, in the same units; None where it is unbounded."""
+    used, _, limit = str(usage or "").partition("/")
+    if not limit:
+        return None
+    try:
+        left = max(parse_quantity(limit) - parse_quantity(used), Decimal(0))
+    except ValueError:
+        return None
+    unit = "memory" if limit[-1:] in "iKMGTPE" else "cpu" if limit.endswith("m") else "count"
+    return amount(unit, left)
+
+
+def _policies(status: Mapping[str, Any], fence: Fence) -> list[dict[str, Any]]:
+    """The AgentPolicies that bound the run, each with its budgets and what is left of its total budget."""
+    read = {str(p["metadata"]["name"]): p for p in fence.policies}
+    rows = []
+    for name in status.get("policies") or []:
+        policy = read.get(name)
+        if policy is None:
+            rows.append({"name": name, "readable": False})
+            continue
+        usage = dict((policy.get("status") or {}).get("usage") or {})
+        flat = {k: v for k, v in usage.items() if k in ("runs", "cpu", "memory")}
+        flat.update({f"gpus[{r}]": v for r, v in (usage.get("gpus") or {}).items()})
+        budgets = (policy.get("spec") or {}).get("budgets") or {}
+        rows.append({"name": name, "readable": True, "total": flat,
+                     "left": {k: left for k, v in flat.items() if (left := _left(v)) is not None},
+                     "perNamespace": dict(budgets.get("perNamespace") or {}),
+                     "onNarrowed": (policy.get("spec") or {}).get("onNarrowed", "Continue")})
+    return rows
+
+
 def _conditions(status: Mapping[str, Any]) -> list[dict[str, Any]]:
     keep = ("type", "status", "reason", "message", "lastTransitionTime", "observedGeneration")
     return [{k: c.get(k) for k in keep} for c in status.get("conditions") or []]
@@ -244,4 +281,5 @@ def build_report(agentrun: Mapping[str, Any], fence: Fence, now: datetime.dateti
         "violationsTotal": len(status.get("violations") or []),
         "violations": _violations(status, violations),
         "quarantine": dict(quarantine) if quarantine else None,
+        "policies": _policies(status, fence),
     }

@@ -70,6 +70,12 @@ CASES = [
     ("expired", run({"phase": "Expired", "observedGeneration": 2,
                      "conditions": [cond("Ready", "False", "Expired", "")]}), "Degraded", "Expired: Expired"),
     ("failed without conditions", run({"phase": "Failed"}), "Degraded", "see the AgentRun"),
+    # Waiting for a budget or a team quota is progressing: it starts by itself when capacity frees.
+    ("queued for a budget", run({"phase": "Queued", "observedGeneration": 2, "conditions": [
+        cond("Ready", "False", "BudgetExhausted", "runs: used 5 + asked 1 > limit 5 (AgentPolicy p, budgets.total)"),
+        CALM, cond("Admitted", "False", "BudgetExhausted", "runs: used 5 + asked 1 > limit 5")]}),
+     "Progressing", "used 5 + asked 1 > limit 5"),
+    ("queued without conditions", run({"phase": "Queued", "observedGeneration": 2}), "Progressing", "Queued"),
 ]
 
 
@@ -93,6 +99,13 @@ OBSERVED = [
     (Observed(3, "t-r", guardrails_ready=True, workload_phase="Running", quarantined=("Violation", "miner")),
      "Degraded"),
     (Observed(3, "t-r", guardrails_ready=True, expired=True), "Degraded"),
+    (Observed(3, None, admission=(False, "BudgetExhausted", "runs: used 5 + asked 1 > limit 5")), "Progressing"),
+    (Observed(3, None, admission=(False, "TeamQuotaExceeded", "requests.nvidia.com/gpu: used 1 + asked 4 > limit 1")),
+     "Progressing"),
+    (Observed(3, "t-r", guardrails_ready=True, workload_phase="Running", admission=(True, "Admitted", "within"),
+              compliance=(False, "NarrowedBelowGrant", "spec.grant.cpu: 2 asked")), "Healthy"),
+    (Observed(3, "t-r", guardrails_ready=True, workload_phase="Running", admission=(True, "Admitted", "within"),
+              stopped=("NarrowedBelowGrant", "spec.grant.cpu: 2 asked (onNarrowed: Stop)")), "Degraded"),
 ]
 
 

@@ -24,6 +24,7 @@ from stockade.grantpolicy.budget import (
     Quota,
     Run,
     decide,
+    usage_status,
 )
 from stockade.grantpolicy.selector import selects
 
@@ -263,3 +264,13 @@ def test_admission_stays_within_every_budget_and_follows_creation_order(raw_runs
             if short and not any(_never(mine[k]) for k in mine):
                 for key in short:
                     line.setdefault(key, r)
+
+
+def test_policy_usage_for_status_and_printer_columns() -> None:
+    p = policy("p", total={"runs": 5, "gpus": {GPU: 8}, "cpu": "20"})
+    out = outcome([run("a", gpu=2, held=True), run("b", gpu=1, second=1), run("m", gpu=3, resource=MIG, second=2)],
+                  [p])
+    assert usage_status(out.usage["p"]) == {"runs": "3/5", "gpus": {GPU: "3/8", MIG: "3"}, "gpusTotal": "6/8",
+                                            "cpu": "3/20", "memory": "3Gi"}
+    assert usage_status(outcome([], [policy("q")]).usage["q"]) == {
+        "runs": "0", "gpus": None, "gpusTotal": "0", "cpu": "0", "memory": "0"}

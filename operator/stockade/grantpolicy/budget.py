@@ -362,3 +362,21 @@ def decide(runs: Iterable[Run], policies: Iterable[Policy], namespace_labels: Ma
                            for resource in sorted({RUNS, *budget.limits, *budget.used})}
              for policy in all_policies for budget in [ledger.policy(policy, "total", "")]}
     return Outcome(decisions, usage)
+
+
+def usage_status(uses: Mapping[str, Use]) -> dict[str, Any]:
+    """An AgentPolicy's status.usage: "used/limit" per budgeted resource ("used" alone where unbounded);
+    gpusTotal sums every GPU resource for the printer column."""
+
+    def text(resource: str, use: Use) -> str:
+        shown = amount(resource, use.used)
+        return f"{shown}/{amount(resource, use.limit)}" if use.limit is not None else shown
+
+    none = Use(Decimal(0), None)
+    gpus = {r: u for r, u in uses.items() if r not in (RUNS, "cpu", "memory")}
+    used = sum((u.used for u in gpus.values()), Decimal(0))
+    limits = [u.limit for u in gpus.values() if u.limit is not None]
+    total = f"{int(used)}/{int(sum(limits, Decimal(0)))}" if limits else str(int(used))
+    return {"runs": text(RUNS, uses.get(RUNS, none)), "gpus": {r: text(r, u) for r, u in sorted(gpus.items())} or None,
+            "gpusTotal": total, "cpu": text("cpu", uses.get("cpu", none)),
+            "memory": text("memory", uses.get("memory", none))}
