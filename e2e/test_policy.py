@@ -332,3 +332,44 @@ def test_a_team_user_cannot_grant_what_she_does_not_hold(
     assert "configmaps" not in message  # what she holds is not named
     admitted(agentrun(_name(), namespace, simple_spec(kubernetesAPI=[
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}])), as_user=user)
+
+
+def test_defaults_fill_what_a_grant_omits_and_the_ceilings_then_hold(
+        operator: Operator, policies: Callable[..., str], labelled_namespace: Callable[[str], str]) -> None:
+    value = uuid.uuid4().hex[:6]
+    namespace = labelled_namespace(value)
+    policies(value, ceilings={"maxDuration": "2h", "runtimeClassNames": ["nvidia", "gvisor"]},
+             defaults={"duration": "1h", "runtimeClassNames": ["gvisor"]})
+    bare = agentrun(_name(), namespace, simple_spec())
+    assert "duration" not in bare["spec"]["grant"]
+    admitted(bare)
+    stored = get("agentrun", bare["metadata"]["name"], namespace)["spec"]["grant"]
+    assert stored["duration"] == "1h" and stored["runtimeClassNames"] == ["gvisor"]
+    # What the grant says is kept, and still checked.
+    refused(agentrun(_name(), namespace, simple_spec(duration="3h")), "spec.grant.duration: 3h asked")
+
+
+def test_raising_a_grant_beyond_a_ceiling_by_update_is_refused(
+        operator: Operator, policies: Callable[..., str], labelled_namespace: Callable[[str], str]) -> None:
+    value = uuid.uuid4().hex[:6]
+    namespace = labelled_namespace(value)
+    name = policies(value, ceilings={"cpu": "2"})
+    run = agentrun(_name(), namespace, simple_spec(cpu="1"))
+    admitted(run)
+    with pytest.raises(KubectlError) as err:
+        kubectl("patch", "agentrun", run["metadata"]["name"], "-n", namespace, "--type=merge",
+                "-p", '{"spec": {"grant": {"cpu": "4"}}}')
+    assert WEBHOOK in err.value.stderr and f"AgentPolicy {name} allows at most 2" in err.value.stderr
+    assert get("agentrun", run["metadata"]["name"], namespace)["spec"]["grant"]["cpu"] == "1"
+    # Labels and annotations change nothing granted: allowed even under a policy narrowed since.
+    kubectl("patch", "agentpolicy", name, "--type=merge", "-p", '{"spec": {"ceilings": {"cpu": "500m"}}}')
+    wait_for(lambda: _refuses_cpu_one(namespace), timeout=10, what="the narrowed policy to reach the operator")
+    kubectl("label", "agentrun", run["metadata"]["name"], "-n", namespace, "reviewed=yes")
+
+
+def _refuses_cpu_one(namespace: str) -> bool:
+    try:
+        _create(agentrun(_name(), namespace, simple_spec(cpu="1")), dry_run=True)
+    except KubectlError as err:
+        return "at most 500m" in err.stderr
+    return False

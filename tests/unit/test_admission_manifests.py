@@ -146,7 +146,7 @@ def test_the_operators_service_account_is_confined_to_run_namespaces() -> None:
 
 
 CLIENTS = {hid: webhook.client_config(b"CA", hid, url="https://127.0.0.1:9443")
-           for hid in (webhook.VALIDATE_ID, webhook.MUTATE_ID, webhook.POLICY_ID)}
+           for hid in (webhook.VALIDATE_ID, webhook.MUTATE_ID, webhook.POLICY_ID, webhook.POLICY_DEFAULTS_ID)}
 
 
 def test_validating_webhook_is_fail_closed_short_and_scoped_to_run_namespaces() -> None:

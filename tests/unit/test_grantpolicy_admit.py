@@ -126,7 +126,7 @@ def test_granted_api_rules_become_one_review_each_of_the_requesting_user():
 
 def test_the_webhook_entry_judges_agentruns_only_in_every_namespace_but_the_exempt_ones():
     clients = {hid: webhook.client_config(b"CA", hid, url="https://127.0.0.1:9443")
-               for hid in (webhook.VALIDATE_ID, webhook.MUTATE_ID, webhook.POLICY_ID)}
+               for hid in (webhook.VALIDATE_ID, webhook.MUTATE_ID, webhook.POLICY_ID, webhook.POLICY_DEFAULTS_ID)}
     hooks = webhook.validating(clients, ["op"], ["stockade-system"])["webhooks"]
     (entry,) = [h for h in hooks if h["name"] == "agentrun-policy.stockade.io"]
     assert entry["rules"] == [{"apiGroups": ["stockade.io"], "apiVersions": ["*"], "resources": ["agentruns"],
@@ -138,3 +138,33 @@ def test_the_webhook_entry_judges_agentruns_only_in_every_namespace_but_the_exem
     others = [h for h in hooks if h["name"] != "agentrun-policy.stockade.io"]
     assert all(h["namespaceSelector"]["matchExpressions"][0]["key"] == labels.AGENTRUN or "objectSelector" in h
                for h in others), "the other entries still match run namespaces only"
+
+
+def test_defaults_fill_what_the_grant_omits_from_the_bounding_policies():
+    index, store = world()
+    index.put_policy({"metadata": {"name": "ml-defaults", "resourceVersion": "1"}, "spec": {
+        "namespaceSelector": {"matchLabels": {"team": "ml"}}, "defaults": {"duration": "2h",
+                                                                           "runtimeClassNames": ["nvidia"]}}})
+    bare = agentrun(name="bare")
+    del bare["spec"]["grant"]["duration"]
+    req = admit.AgentRunRequest("CREATE", "ml", "bare", bare, None, "alice")
+    assert admit.default_ops(req, index=index, store=store) == [
+        {"op": "add", "path": "/spec/grant/duration", "value": "2h"},
+        {"op": "add", "path": "/spec/grant/runtimeClassNames", "value": ["nvidia"]}]
+    child = agentrun(namespace=RUN_NS, name="kid")  # a child: its parent's team namespace's policies
+    del child["spec"]["grant"]["duration"]
+    req = admit.AgentRunRequest("CREATE", RUN_NS, "kid", child, None, "alice")
+    assert {op["path"] for op in admit.default_ops(req, index=index, store=store)} == {
+        "/spec/grant/duration", "/spec/grant/runtimeClassNames"}
+    elsewhere = admit.AgentRunRequest("CREATE", "web", "x", bare, None, "alice")
+    assert admit.default_ops(elsewhere, index=index, store=store) == []
+
+
+def test_the_defaults_hook_may_be_skipped_and_never_reaches_exempt_namespaces():
+    clients = {webhook.POLICY_DEFAULTS_ID: webhook.client_config(b"CA", webhook.POLICY_DEFAULTS_ID,
+                                                                 url="https://127.0.0.1:9443")}
+    hook = webhook.policy_defaults_hook(clients, ["op"], ["stockade-system"])
+    assert hook["failurePolicy"] == "Ignore", "a skipped default leaves the field out; validation still checks it"
+    assert hook["rules"][0]["resources"] == ["agentruns"]
+    assert {"kube-system", "stockade-system"} <= set(hook["namespaceSelector"]["matchExpressions"][0]["values"])
+    assert hook["clientConfig"]["url"].endswith("/agentrun-policy-defaults")

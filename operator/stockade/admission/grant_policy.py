@@ -108,3 +108,21 @@ async def agentrun_policy(**kwargs: Any) -> None:
         log.info("AgentRun %s/%s refused by policy", req.namespace, req.name,
                  extra={"user": req.username, "findings": [f.kind for f in verdict.findings]})
         raise kopf.AdmissionError(summary(verdict.findings), code=403)
+
+
+@kopf.on.mutate(GROUP, VERSION, "agentruns", id=webhook.POLICY_DEFAULTS_ID, operations=["CREATE", "UPDATE"])
+async def agentrun_policy_defaults(**kwargs: Any) -> None:
+    """Fill what a grant omits from the defaults of the AgentPolicies that bound it."""
+    started = time.perf_counter()
+    body = kwargs.get("new") or {}
+    meta = body.get("metadata") or {}
+    user = kwargs.get("userinfo") or {}
+    req = admit.AgentRunRequest(operation=str(kwargs.get("operation") or ""), namespace=str(meta.get("namespace")
+                                or ""), name=str(meta.get("name") or ""), obj=body, old=kwargs.get("old"),
+                                username=str(user.get("username") or ""))
+    await _ensure_namespace(req.namespace)
+    ops = admit.default_ops(req, index=INDEX, store=RUNTIME.store)
+    # The operations are known exactly: kopf need not deep-copy and diff the object to find them.
+    kwargs["patch"].as_json_patch = lambda *_args, **_kw: ops
+    REQUESTS.labels(webhook=webhook.POLICY_DEFAULTS_ID, decision="patched" if ops else "allowed").inc()
+    SECONDS.labels(webhook=webhook.POLICY_DEFAULTS_ID).observe(time.perf_counter() - started)

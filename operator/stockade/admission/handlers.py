@@ -80,7 +80,8 @@ async def admission_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.admission.managed = None  # the configurations below are ours, not kopf's
     clients = {hid: webhook.client_config(paths.ca_bundle(), hid, url=url, service=service,
                                           service_port=config.webhook_service_port)
-               for hid in (webhook.VALIDATE_ID, webhook.MUTATE_ID, webhook.POLICY_ID)}
+               for hid in (webhook.VALIDATE_ID, webhook.MUTATE_ID, webhook.POLICY_ID,
+                           webhook.POLICY_DEFAULTS_ID)}
     users = sorted(STATE.usernames)
     groups = sorted(STATE.exempt_groups)
     if config.admission_manage_policy:

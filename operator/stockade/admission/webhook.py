@@ -21,6 +21,7 @@ NAME = "stockade"
 VALIDATE_ID = "allowlist"  # kopf handler ids: the path of each webhook's URL
 MUTATE_ID = "gpu-visibility"
 POLICY_ID = "agentrun-policy"  # AgentRuns against the AgentPolicies that bound them
+POLICY_DEFAULTS_ID = "agentrun-policy-defaults"  # what a grant omits, from those policies' defaults
 FIELD_MANAGER = "stockade-admission"
 
 # Updates and deletions the webhook judges; every kind is judged on creation.
@@ -127,8 +128,30 @@ def mutating(clients: Mapping[str, dict[str, Any]], usernames: Sequence[str], ex
                 "sideEffects": "None",
                 "timeoutSeconds": timeout,
                 "admissionReviewVersions": ["v1"],
-            }
+            },
+            policy_defaults_hook(clients, usernames, excluded, timeout=timeout, exempt_groups=exempt_groups),
         ],
+    }
+
+
+def policy_defaults_hook(clients: Mapping[str, dict[str, Any]], usernames: Sequence[str],
+                         excluded: Sequence[str] = (), *, timeout: int = 5,
+                         exempt_groups: Sequence[str] = ()) -> dict[str, Any]:
+    """AgentRuns in every namespace but the exempt ones: grant fields filled from the policies' defaults."""
+    return {
+        "name": "agentrun-policy-defaults.stockade.io",
+        "clientConfig": clients[POLICY_DEFAULTS_ID],
+        "rules": [_rule("stockade.io", ["agentruns"], ["CREATE", "UPDATE"])],
+        "namespaceSelector": {"matchExpressions": [vap.run_namespaces(excluded)["matchExpressions"][1]]},
+        "matchConditions": [vap.not_operator(usernames, exempt_groups)],
+        # Ignore is safe: a default skipped leaves the field out, and the validating webhook (Fail) then
+        # checks the grant as written (no duration under a maxDuration is refused, for one).
+        "failurePolicy": "Ignore",
+        "reinvocationPolicy": "Never",
+        "matchPolicy": "Equivalent",
+        "sideEffects": "None",
+        "timeoutSeconds": timeout,
+        "admissionReviewVersions": ["v1"],
     }
 
 

@@ -153,6 +153,23 @@ def decide(req: AgentRunRequest, *, index: PolicyIndex, store: Store, now: datet
     return verdict
 
 
+def default_ops(req: AgentRunRequest, *, index: PolicyIndex, store: Store) -> list[dict[str, Any]]:
+    """JSON-patch operations filling the grant fields it omits from the defaults of the policies that bound
+    it (those of the team namespace a child's chain of parents starts in). The validating webhook then
+    checks the grant with them in place."""
+    grant = (req.obj.get("spec") or {}).get("grant")
+    if not isinstance(grant, Mapping) or (req.obj.get("metadata") or {}).get("deletionTimestamp"):
+        return []
+    team: str | None = req.namespace
+    asker = _from_run(req, index, store)
+    if asker is not None:
+        parent = _parent(store, asker[0])
+        team = _team_namespace(store, index, parent) if parent is not None else None
+    bounds = index.bounding(team) if team else None
+    filled = ceilings.defaults(grant, bounds or [])
+    return [{"op": "add", "path": f"/spec/grant/{name}", "value": value} for name, value in sorted(filled.items())]
+
+
 def review(perm: rules.Permission, namespace: str, user: Mapping[str, Any]) -> dict[str, Any]:
     """The SubjectAccessReview asking whether the requesting user holds ``perm`` in ``namespace``."""
     resource, _, subresource = perm.resource.partition("/")
