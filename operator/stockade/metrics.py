@@ -26,3 +26,14 @@ DETECTION_LATENCY = Histogram(
 )
 RELEASES = Counter("stockade_quarantine_releases_total", "Quarantines lifted by a release")
 RESPONSE_BACKLOG = Gauge("stockade_response_backlog", "Violations waiting for the responder")
+
+# Budgets and team quotas (stockade.budget_gate, stockade.policy_status).
+QUEUED_RUNS = Gauge("stockade_queued_agentruns", "AgentRuns waiting Queued for a budget or a team quota")
+QUEUED_SECONDS = Histogram(
+    "stockade_queued_seconds", "Time an AgentRun spent Queued before it was admitted",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+BUDGET_USED = Gauge("stockade_policy_budget_used", "Use of an AgentPolicy's total budget by admitted runs "
+                    "(runs, cpu in cores, memory in bytes, GPUs per resource)", ["policy", "resource"])
+BUDGET_LIMIT = Gauge("stockade_policy_budget_limit", "An AgentPolicy's total budget (only the resources it budgets)",
+                     ["policy", "resource"])

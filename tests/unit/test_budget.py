@@ -70,6 +70,13 @@ def test_ties_in_creation_time_go_by_uid() -> None:
     assert out.decisions[("team-a", "y")].admitted and not out.decisions[("team-a", "x")].admitted
 
 
+def test_within_one_second_the_order_of_first_sight_comes_before_uid() -> None:
+    first, second = run("first", uid="z"), run("second", uid="a")
+    out = outcome([Run(**{**first.__dict__, "seen": 0}), Run(**{**second.__dict__, "seen": 1})],
+                  [policy("p", total={"runs": 1})])
+    assert out.decisions[("team-a", "first")].admitted and not out.decisions[("team-a", "second")].admitted
+
+
 def test_admission_is_sticky_even_over_a_lowered_budget() -> None:
     runs = [run("old1", held=True, second=9), run("old2", held=True, second=9), run("new", second=1)]
     out = outcome(runs, [policy("p", total={"runs": 1})])

@@ -13,7 +13,8 @@ that sees the same usage. ``decide`` looks at every active run at once and answe
 * Admission is sticky: a run already admitted (``held``: it has its run namespace, or was admitted by this
   operator) keeps its share even when a budget is lowered under it; nothing is pre-empted. Terminal and
   deleted runs are not passed in at all: their share is free at once.
-* Order: runs waiting for admission are considered in creation order (creationTimestamp, ties by uid).
+* Order: runs waiting for admission are considered in creation order: creationTimestamp, which has whole
+  seconds, then the order the operator's watch saw them created (the API server's order), then uid.
   Head of line is **StrictFIFO per budget**, as Kueue's StrictFIFO queueing: a run that does not fit budget
   B holds the line for B, and every later run counting against B waits behind it even if it would fit, so a
   large run is not starved by a stream of small ones. Runs that share no blocked budget go ahead. A run
@@ -102,6 +103,9 @@ class Run:
     created: str  # metadata.creationTimestamp, RFC 3339 in UTC: sorts as text
     ask: Ask
     held: bool = False  # already admitted: keeps its share
+    # creationTimestamp has whole seconds: within one, the order the operator saw the runs appear (its watch
+    # delivers them in the API server's order), then uid.
+    seen: int = 0
 
     @property
     def key(self) -> RunKey:
@@ -311,7 +315,7 @@ def decide(runs: Iterable[Run], policies: Iterable[Policy], namespace_labels: Ma
         return selecting_cache[namespace]
 
     decisions: dict[RunKey, Decision] = {}
-    ordered = sorted(runs, key=lambda r: (not r.held, r.created, r.uid))  # held runs first: sticky
+    ordered = sorted(runs, key=lambda r: (not r.held, r.created, r.seen, r.uid))  # held runs first: sticky
     blocked: dict[tuple[str, ...], tuple[RunKey, str]] = {}  # budget -> (the run holding the line, its shortfall)
     for run in ordered:
         bound = selecting(run.namespace)
