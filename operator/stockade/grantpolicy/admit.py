@@ -93,9 +93,8 @@ def _team_namespace(store: Store, index: PolicyIndex, parent: carve.Parent) -> s
 
 def _siblings(store: Store, run_namespace: str, name: str) -> list[Grant]:
     out = []
-    for (namespace, other), body in store.agentruns.items():
-        if namespace != run_namespace or other == name:
-            continue
+    for key in [k for k in store.agentruns if k[0] == run_namespace and k[1] != name]:
+        body = store.agentruns[key]
         if (body.get("status") or {}).get("phase") in ENDED or (body.get("metadata") or {}).get("deletionTimestamp"):
             continue
         try:

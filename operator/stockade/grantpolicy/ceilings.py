@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 from stockade.api.models import AgentRunSpec, Grant
@@ -17,7 +18,11 @@ from stockade.grantpolicy import rules
 from stockade.grantpolicy.egress import Network, cidr_within, host_within, network
 from stockade.grantpolicy.findings import GRANT, PolicyFinding, policy_label
 from stockade.grantpolicy.selector import selects
-from stockade.quantity import parse_duration, parse_quantity
+from stockade.quantity import parse_duration
+from stockade.quantity import parse_quantity as _parse_quantity
+
+# Policies and grants repeat the same few amounts: parse each once (Decimals are immutable).
+parse_quantity = lru_cache(maxsize=4096)(_parse_quantity)
 
 DEFAULT_PROTOCOLS: tuple[Literal["TCP", "UDP", "SCTP"], ...] = ("TCP",)
 # More permissions than this in one grant are refused rather than checked one SubjectAccessReview each.

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from functools import lru_cache
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@lru_cache(maxsize=4096)  # the same few CIDRs come back in every request: parse each once
 def network(text: str) -> Network:
     """A CIDR as the NetworkPolicy takes it (host bits may be set: 10.1.2.3/8 is 10.0.0.0/8)."""
     return ipaddress.ip_network(text.strip(), strict=False)
