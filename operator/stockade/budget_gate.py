@@ -185,8 +185,8 @@ class BudgetGate:
             return Admission(decision, (False, NARROWED, message))
         findings = [(bound, finding) for bound in bounds for finding in check_policy(spec, bound)]
         if not findings:
-            return Admission(decision, (True, "WithinPolicy", budget.admitted_message(decision.policies)
-                                        .replace("budgets", "ceilings")))
+            return Admission(decision, (True, "WithinPolicy", "within the ceilings of AgentPolicy "
+                                        + ", ".join(b.name for b in bounds)))
         message = "a policy was narrowed below what this run holds: " + " | ".join(f.text() for _, f in findings)
         self._warn_once(key, body, message)
         stop = any(b.spec is not None and b.spec.onNarrowed == "Stop" for b, _ in findings)
