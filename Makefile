@@ -51,7 +51,8 @@ run: $(STAMP)
 	$$KUBECTL apply --server-side --field-manager=stockade-install -f crds/ && \
 	$$KUBECTL wait --for=condition=Established crd/agentruns.stockade.io crd/agentpolicies.stockade.io --timeout=60s && \
 	echo "applying the chart's default AgentPolicy (closed by default: no policy, no AgentRun)" && \
-	$(BIN)/helm template stockade charts/stockade --namespace stockade-system -s templates/agentpolicy.yaml | \
+	$(BIN)/helm template stockade charts/stockade --namespace stockade-system --kube-version 1.30.0 \
+	  -s templates/agentpolicy.yaml | \
 	  $$KUBECTL apply --server-side --field-manager=stockade-install -f - && \
 	exec $(VENV)/bin/stockade run $(RUN_ARGS)
 

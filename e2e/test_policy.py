@@ -9,6 +9,7 @@ Each test's namespaces carry ``e2e.stockade.io/policy``, which the e2e suite's p
 from __future__ import annotations
 
 import copy
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import KubectlError, Operator, agentrun, apply, get, kubectl, simple_spec, wait_for
+from .conftest import BIN, ROOT, KubectlError, Operator, agentrun, apply, get, kubectl, simple_spec, wait_for
 
 LABEL = "e2e.stockade.io/policy"
 WEBHOOK = 'admission webhook "agentrun-policy.stockade.io" denied the request'
@@ -296,10 +297,13 @@ def test_overlapping_policies_all_apply(operator: Operator, policies: Callable[.
 ])
 def test_contradictory_policies_are_refused_by_the_api_server(crds: None, spec: dict[str, Any], message: str) -> None:
     name = f"e2e-bad-{uuid.uuid4().hex[:6]}"
-    with pytest.raises(KubectlError) as err:
-        apply(_policy(name, "bad", **spec))
-    assert message in err.value.stderr, err.value.stderr
-    assert get("agentpolicy", name) is None
+    try:
+        with pytest.raises(KubectlError) as err:
+            apply(_policy(name, "bad", **spec))
+        assert message in err.value.stderr, err.value.stderr
+        assert get("agentpolicy", name) is None
+    finally:
+        kubectl("delete", "agentpolicy", name, "--ignore-not-found", "--wait=false", check=False)
 
 
 def test_a_bad_selector_requirement_is_refused_by_the_api_server(crds: None) -> None:
@@ -373,3 +377,31 @@ def _refuses_cpu_one(namespace: str) -> bool:
     except KubectlError as err:
         return "at most 500m" in err.stderr
     return False
+
+
+def test_the_charts_default_policy_admits_the_readme_example(
+        operator: Operator, labelled_namespace: Callable[[str], str]) -> None:
+    """The chart's default policy as `helm template` renders it (and `make run` applies it), here selecting
+    one labelled namespace only, against examples/agentrun.yaml."""
+    value = uuid.uuid4().hex[:6]
+    namespace = labelled_namespace(value)
+    rendered = yaml.safe_load(subprocess.run(
+        [str(BIN / "helm"), "template", "stockade", str(ROOT / "charts/stockade"), "--namespace", "stockade-system",
+         "--kube-version", "1.30.0", "-s", "templates/agentpolicy.yaml"], capture_output=True, text=True,
+        check=True).stdout)
+    name = f"e2e-chart-default-{value}"
+    rendered["metadata"] = {"name": name}
+    rendered["spec"]["namespaceSelector"] = {"matchLabels": {LABEL: value}}
+    apply(rendered)
+    try:
+        example = next(d for d in yaml.safe_load_all((ROOT / "examples/agentrun.yaml").read_text())
+                       if d["kind"] == "AgentRun")
+        example["metadata"]["namespace"] = namespace
+        admitted(example, dry_run=True)
+        bigger = copy.deepcopy(example)
+        bigger["spec"]["grant"]["gpu"] = 4
+        bigger["spec"]["grant"]["egress"].append({"cidr": "0.0.0.0/0", "ports": [22]})
+        refused(bigger, f"AgentPolicy {name} allows at most 1 nvidia.com/gpu", "spec.grant.egress[2].cidr",
+                dry_run=True)
+    finally:
+        kubectl("delete", "agentpolicy", name, "--wait=false", check=False)
