@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -97,6 +100,43 @@ def load_config() -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+# Retry-After from the API server (429 Too Many Requests, 503 while it starts or sheds load): how long to
+# honour it at most, and how often one call waits and tries again before its caller sees the error.
+RETRY_AFTER_MAX_SECONDS = 30.0
+RETRY_AFTER_TRIES = 3
+
+
+def retry_after(status: int, headers: Mapping[str, str] | None) -> float | None:
+    """Seconds the API server asked us to wait (429 or 503 with Retry-After), else None."""
+    if status not in (429, 503) or not headers:
+        return None
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: the API server sends seconds; treat an unknown form as no advice
+    return None if seconds is None or seconds < 0 else min(seconds, RETRY_AFTER_MAX_SECONDS)
+
+
+class Backoff:
+    """One "not before" moment shared by every call of a client: when the API server says wait, no call
+    of ours goes out before that moment (the others would only be refused too)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._until = 0.0
+
+    def push(self, seconds: float) -> None:
+        with self._lock:
+            self._until = max(self._until, time.monotonic() + seconds)
+
+    def wait(self) -> None:
+        with self._lock:
+            delay = self._until - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
 @dataclass
 class Kube:
     """Blocking REST calls run on a thread pool so the asyncio loop (kopf) never waits on them."""
@@ -104,6 +144,7 @@ class Kube:
     api: client.ApiClient
     executor: ThreadPoolExecutor
     impersonate: str | None = None
+    backoff: Backoff = field(default_factory=Backoff)
 
     @classmethod
     def connect(cls, workers: int = 32, impersonate: str | None = None) -> Kube:
@@ -125,15 +166,24 @@ class Kube:
             method=method, resource_path=path, query_params=query or [], header_params=headers, body=body,
             auth_settings=["BearerToken"],
         )
-        try:
-            response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
-        except ApiException as err:  # transport-level failures
-            raise KubeError(int(err.status or 0), str(err.reason or "ConnectionError"), str(err)) from None
-        raw: bytes = response.read()  # type: ignore[no-untyped-call]
-        if not 200 <= response.status < 300:
-            raise _kube_error(response.status, str(response.reason or ""), raw)
-        result: dict[str, Any] = json.loads(raw) if raw else {}
-        return result
+        for attempt in range(RETRY_AFTER_TRIES + 1):
+            self.backoff.wait()
+            try:
+                response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+            except ApiException as err:  # transport-level failures
+                raise KubeError(int(err.status or 0), str(err.reason or "ConnectionError"), str(err)) from None
+            except urllib3.exceptions.HTTPError as err:  # refused, reset, timed out: the API server is away
+                raise KubeError(0, "ConnectionError", str(err)) from None
+            raw: bytes = response.read()  # type: ignore[no-untyped-call]
+            if 200 <= response.status < 300:
+                result: dict[str, Any] = json.loads(raw) if raw else {}
+                return result
+            wait = retry_after(response.status, response.getheaders())  # type: ignore[no-untyped-call]
+            if wait is None or attempt == RETRY_AFTER_TRIES:
+                raise _kube_error(response.status, str(response.reason or ""), raw)
+            log.info("%s %s: %s, retrying after %.1fs as the API server asks", method, path, response.status, wait)
+            self.backoff.push(wait)
+        raise AssertionError("unreachable")
 
     async def call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> dict[str, Any]:
         loop = asyncio.get_running_loop()

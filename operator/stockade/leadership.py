@@ -71,7 +71,7 @@ class Leadership:
         self.active = peering is None
         self._on_change: list[Callable[[bool], Awaitable[None]]] = []
         self._task: asyncio.Task[None] | None = None
-        self.changed = asyncio.Event()
+        self._unreadable = False
 
     def on_change(self, callback: Callable[[bool], Awaitable[None]]) -> None:
         """Called on every change from now on (read ``active`` for the state now)."""
@@ -102,8 +102,12 @@ class Leadership:
         try:
             body = await self.kube.call("GET", f"/apis/kopf.dev/v1/clusterkopfpeerings/{self.peering}")
         except KubeError as err:
-            log.warning("could not read the peering %s: %s", self.peering, err)
+            if not self._unreadable:  # once per outage, not every second of it
+                log.warning("could not read the peering %s: %s; keeping the last answer (%s)", self.peering,
+                            err.reason, "active" if self.active else "standby")
+            self._unreadable = True
             return
+        self._unreadable = False
         now = datetime.datetime.now(datetime.UTC)
         await self._set(is_active(body.get("status") or {}, self.identity, self.priority, now))
 
@@ -112,8 +116,6 @@ class Leadership:
         if active == self.active and not first:
             return
         self.active = active
-        self.changed.set()
-        self.changed = asyncio.Event()
         log.info("this replica is %s", "active" if active else "on standby",
                  extra={"identity": self.identity, "priority": self.priority})
         for callback in self._on_change:
