@@ -9,6 +9,7 @@ Each test's namespaces carry ``e2e.stockade.io/policy``, which the e2e suite's p
 from __future__ import annotations
 
 import copy
+import secrets
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,7 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
+from .chart import free_port
 from .conftest import BIN, ROOT, KubectlError, Operator, agentrun, apply, get, kubectl, simple_spec, wait_for
+from .detect_support import Signals, falco_event
 
 LABEL = "e2e.stockade.io/policy"
 WEBHOOK = 'admission webhook "agentrun-policy.stockade.io" denied the request'
@@ -405,3 +408,58 @@ def test_the_charts_default_policy_admits_the_readme_example(
                 dry_run=True)
     finally:
         kubectl("delete", "agentpolicy", name, "--wait=false", check=False)
+
+
+# Lineage: a parent's end or quarantine reaches its children -----------------------------------------------
+@pytest.fixture
+def signal_client(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signals]:
+    """The operator restarted with its signal endpoint (as e2e/test_detect.py does, without Prometheus)."""
+    port, token = free_port(), secrets.token_urlsafe(24)
+    env = {**operator.env, "STOCKADE_SIGNAL_HOST": "127.0.0.1", "STOCKADE_SIGNAL_PORT": str(port),
+           "STOCKADE_SIGNAL_TOKEN": token}
+    operator.stop()
+    mine = Operator(tmp_path_factory.mktemp("lineage-operator"), env, operator.args)
+    mine.start()
+    client = Signals(port, token)
+    wait_for(client.healthy, timeout=30, what="the signal endpoint")
+    yield client
+    mine.stop()
+    operator.start()
+    mine.assert_never_refused_by_rbac()
+
+
+def test_quarantining_or_deleting_the_parent_reaches_its_children(
+        signal_client: Signals, policies: Callable[..., str], labelled_namespace: Callable[[str], str]) -> None:
+    value = uuid.uuid4().hex[:6]
+    namespace = labelled_namespace(value)
+    policies(value, egress={"cidrs": ["0.0.0.0/0"], "dns": True}, kubernetesAPI=[
+        {"apiGroups": ["stockade.io"], "resources": ["agentruns"], "verbs": ["create", "get"]}])
+    parent, run_namespace = _running_parent(namespace, cpu="4", memory="8Gi", pods=3, delegation=True,
+                                            duration="2h", egress=[{"cidr": "10.0.0.0/8", "ports": [443]}])
+    child = _child(run_namespace, cpu="500m", memory="512Mi", duration="1h")
+    admitted(child, as_user=f"system:serviceaccount:{run_namespace}:agent")
+    kid = child["metadata"]["name"]
+    found = wait_for(lambda: (get("agentrun", kid, run_namespace) or {}).get("status", {}).get("phase") == "Running"
+                     and get("agentrun", kid, run_namespace), timeout=60, what="the child run to be Running")
+    child_namespace = found["status"]["runNamespace"]
+
+    ssh = falco_event("Disallowed SSH Connection Non Standard Port", run_namespace, parent, **{
+        "fd.name": "10.0.0.9:40112->198.51.100.7:22", "fd.lport": 40112, "fd.rport": 22, "fd.type": "ipv4",
+        "fd.l4proto": "tcp", "evt.type": "connect", "proc.name": "ssh", "proc.exepath": "/usr/bin/ssh",
+        "proc.cmdline": "ssh tunnel@198.51.100.7", "user.name": "agent"})
+    status, answer = signal_client.post("/falco", ssh)
+    assert status == 202, answer
+
+    def quarantined(ns: str, name: str) -> dict[str, Any] | None:
+        run = get("agentrun", name, ns) or {}
+        return run if (run.get("status", {}).get("quarantine") or {}).get("active") else None
+
+    wait_for(lambda: quarantined(namespace, parent), timeout=30, what="the parent to be quarantined")
+    run = wait_for(lambda: quarantined(run_namespace, kid), timeout=30, what="the child to be quarantined")
+    (why,) = [v for v in run["status"]["violations"] if v["kind"] == "ParentQuarantined"]
+    assert f"{namespace}/{parent}" in why["detail"] and why["action"] == "isolate+evict", why  # its own ladder
+    wait_for(lambda: get("pod", kid, child_namespace) is None, timeout=30, what="the child's pod to be evicted")
+
+    kubectl("delete", "agentrun", parent, "-n", namespace, "--wait=false")
+    wait_for(lambda: get("agentrun", kid, run_namespace) is None, timeout=90, what="the child AgentRun to go")
+    wait_for(lambda: get("namespace", child_namespace) is None, timeout=90, what="the child's run namespace to go")

@@ -168,3 +168,17 @@ def test_the_defaults_hook_may_be_skipped_and_never_reaches_exempt_namespaces():
     assert hook["rules"][0]["resources"] == ["agentruns"]
     assert {"kube-system", "stockade-system"} <= set(hook["namespaceSelector"]["matchExpressions"][0]["values"])
     assert hook["clientConfig"]["url"].endswith("/agentrun-policy-defaults")
+
+
+def test_a_quarantined_parents_active_children_are_the_ones_to_quarantine():
+    index, store = world(delegation=True)
+    for name, status in (("kid-a", {"phase": "Running"}), ("kid-b", {"phase": "Quarantined",
+                                                                       "quarantine": {"active": True}}),
+                         ("kid-c", {"phase": "Succeeded"}), ("kid-d", {})):
+        child = agentrun(namespace=RUN_NS, name=name)
+        child["status"] = status
+        store.put_agentrun(child)
+    parent = copy.deepcopy(store.agentruns[("ml", "rome-42")])
+    assert admit.children_to_quarantine(store, parent) == []  # not quarantined: nothing to do
+    parent["status"]["quarantine"] = {"active": True, "reason": "SSHConnection"}
+    assert sorted(admit.children_to_quarantine(store, parent)) == [(RUN_NS, "kid-a"), (RUN_NS, "kid-d")]

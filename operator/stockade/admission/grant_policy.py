@@ -20,10 +20,13 @@ from stockade.admission import webhook
 from stockade.admission.metrics import REQUESTS, SECONDS
 from stockade.api.models import GROUP, VERSION
 from stockade.api.policy import POLICY_PLURAL
+from stockade.detect.rules import violation
 from stockade.grantpolicy import admit
 from stockade.grantpolicy.findings import summary
 from stockade.grantpolicy.index import INDEX
 from stockade.kube import KubeError
+from stockade.reconcile import stamp, utcnow
+from stockade.respond import Incident
 from stockade.runtime import RUNTIME
 
 log = logging.getLogger("stockade.admission")
@@ -126,3 +129,25 @@ async def agentrun_policy_defaults(**kwargs: Any) -> None:
     kwargs["patch"].as_json_patch = lambda *_args, **_kw: ops
     REQUESTS.labels(webhook=webhook.POLICY_DEFAULTS_ID, decision="patched" if ops else "allowed").inc()
     SECONDS.labels(webhook=webhook.POLICY_DEFAULTS_ID).observe(time.perf_counter() - started)
+
+
+# Lineage ------------------------------------------------------------------------------------------------
+@kopf.on.event(GROUP, VERSION, "agentruns")
+async def parent_quarantined(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+    """A quarantined run's children are quarantined too, each by its own response ladder. (Deleting a run
+    deletes its children with its run namespace; they expire no later than it does, by carving.)"""
+    if event.get("type") == "DELETED":
+        return
+    from stockade.detect import handlers as detection  # here: importing it registers detection's handlers
+
+    children = admit.children_to_quarantine(RUNTIME.store, body)
+    found = detection.current()
+    if not children or found is None:
+        return
+    meta, quarantine = body["metadata"], (body.get("status") or {}).get("quarantine") or {}
+    detail = (f"the parent run {meta['namespace']}/{meta['name']} is quarantined "
+              f"({quarantine.get('reason') or 'Violation'}): its child runs are quarantined with it")
+    for key in children:
+        log.warning("quarantining child run %s/%s of quarantined %s/%s", *key, meta["namespace"], meta["name"])
+        found.responder.submit(key, [Incident(violation("ParentQuarantined", detail, "api", stamp(utcnow()),
+                                                        severity="critical"))])

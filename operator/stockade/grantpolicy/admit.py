@@ -190,3 +190,18 @@ def review(perm: rules.Permission, namespace: str, user: Mapping[str, Any]) -> d
 def not_held(perm: rules.Permission, namespace: str, username: str) -> PolicyFinding:
     return PolicyFinding("PermissionNotHeld", "spec.grant.kubernetesAPI", f"{perm.text()} granted", "RBAC",
                          f"only permissions {username} holds in {namespace} (like a Role, a grant cannot escalate)")
+
+
+def children_to_quarantine(store: Store, parent: Mapping[str, Any]) -> list[RunKey]:
+    """A quarantined run's children (the active AgentRuns in its run namespace) not quarantined yet."""
+    status = parent.get("status") or {}
+    run_namespace = status.get("runNamespace")
+    if not (status.get("quarantine") or {}).get("active") or not run_namespace:
+        return []
+    out = []
+    for key in [k for k in store.agentruns if k[0] == run_namespace]:
+        child = store.agentruns[key].get("status") or {}
+        if child.get("phase") in ENDED or (child.get("quarantine") or {}).get("active"):
+            continue
+        out.append(key)
+    return out
