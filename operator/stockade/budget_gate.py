@@ -80,6 +80,10 @@ class BudgetGate:
         self._warned: dict[RunKey, str] = {}
         self._seen: dict[RunKey, tuple[str, int]] = {}  # key -> (uid, order of first sight): creation-order ties
         self._sightings = itertools.count()
+        # The last decision, until anything it depends on changes: a burst of reconciles of queued runs (capacity
+        # freed) computes it once, not once per run (1000 runs: about 0.1 s a pass on this machine).
+        self._version = 0
+        self._cached: dict[bool, tuple[object, budget.Outcome]] = {}
 
     # Inputs ---------------------------------------------------------------------------------------
     def put_quota(self, body: Mapping[str, Any]) -> None:
@@ -97,11 +101,13 @@ class BudgetGate:
     def policies_changed(self) -> None:
         """A policy or a namespace's labels changed: queued runs may fit now, and admitted ones may be
         outside a narrowed policy (each reconcile of theirs checks)."""
+        self._version += 1
         for key in list(self.store.agentruns):
             self.trigger(key)
         self._notify()
 
     def capacity_changed(self) -> None:
+        self._version += 1
         for key in list(self._queued):
             self.trigger(key)
         self._notify()
@@ -153,6 +159,7 @@ class BudgetGate:
             False, budget.BUDGET_EXHAUSTED, "not counted yet: the AgentRun is not in the operator's store")
         if decision.admitted:
             self._held.add(key)
+            self._version += 1
             waited = self._queued.pop(key, None)
             seconds = time.monotonic() - waited[0] if waited else None
             if seconds is None and _condition(body, "Admitted").get("status") == "False":
@@ -256,8 +263,15 @@ class BudgetGate:
 
     def decide(self, *, held_only: bool = False) -> budget.Outcome:
         """Every active run at once (``held_only``: what is admitted now, for the policy status)."""
+        token = (self._version, tuple(id(b) for b in self.index.policies()),
+                 tuple((k, b["metadata"].get("resourceVersion")) for k, b in self.store.agentruns.items()))
+        cached = self._cached.get(held_only)
+        if cached is not None and cached[0] == token:
+            return cached[1]
         namespaces = {ns: self.index.namespace_labels(ns) or {} for ns in self.index.namespaces()}
-        return budget.decide(self.runs(held_only=held_only), self.policies(), namespaces, self.quotas.values())
+        outcome = budget.decide(self.runs(held_only=held_only), self.policies(), namespaces, self.quotas.values())
+        self._cached[held_only] = (token, outcome)
+        return outcome
 
     @property
     def queued(self) -> list[RunKey]:
