@@ -23,6 +23,7 @@ from stockade.api.models import AgentRunSpec
 from stockade.conditions import Observed, compute_conditions, compute_phase, merge_conditions, status_changed
 from stockade.dnsresolve import HostResolver
 from stockade.drift import contains, needs_apply
+from stockade.inputcheck import api_refusal, spec_problem
 from stockade.kube import Kube, KubeError, object_path
 from stockade.plan import Plan, PlanSettings, RunRef, build, parse_duration
 from stockade.store import RunKey, Store
@@ -93,6 +94,7 @@ class Reconciler:
         self._warned: dict[RunKey, str] = {}
         self._specs: dict[RunKey, tuple[int, AgentRunSpec]] = {}
         self._plans: dict[RunKey, tuple[object, Plan]] = {}
+        self._refused: dict[RunKey, tuple[int, str]] = {}  # generation the API server refused, "Reason: message"
         self.extensions: list[Callable[[RunKey, dict[str, Any], AgentRunSpec], Awaitable[None]]] = []
 
     # Triggers ------------------------------------------------------------------------------------
@@ -116,6 +118,8 @@ class Reconciler:
             await self.reconcile(key)
         except KubeError as err:
             metrics.RECONCILE_ERRORS.labels(reason=err.reason or str(err.status)).inc()
+            if await self._stall_on_refusal(key, err):
+                return
             # A quota charge left by a create aborted mid-request clears only at the quota controller's
             # next resync: wait for it calmly rather than hammer the API server.
             delay = 5.0 if "exceeded quota" in err.message else 1.0
@@ -149,6 +153,12 @@ class Reconciler:
             problems = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
             await self._write_status(key, body, Observed(generation, run.run_namespace,
                                                          invalid=f"InvalidSpec: {problems}"))
+            return
+        # Input no fence can be built from, or that the API server refused for this generation: a condition, no retry.
+        refused = self._refused.get(key)
+        problem = spec_problem(spec) or (refused[1] if refused and refused[0] == generation else None)
+        if problem:
+            await self._write_status(key, body, Observed(generation, run.run_namespace, invalid=problem))
             return
 
         namespace = self.store.get("Namespace", "", run.run_namespace)
@@ -442,9 +452,28 @@ class Reconciler:
                 raise
         self._forget(key)
 
+    async def _stall_on_refusal(self, key: RunKey, err: KubeError) -> bool:
+        """The API server refused an object built from this generation for what it is (422, PodSecurity):
+        Ready=False with its message until the spec changes, instead of a retry every few seconds."""
+        problem = api_refusal(err.status, err.message)
+        body = self.store.agentruns.get(key)
+        if problem is None or body is None:
+            return False
+        generation = int(body["metadata"].get("generation") or 1)
+        self._refused[key] = (generation, problem)
+        log.warning("the API server refused an object of %s/%s (generation %d): %s; waiting for a new spec",
+                    key[0], key[1], generation, err)
+        status = body.get("status") or {}
+        try:
+            await self._write_status(key, body, Observed(generation, status.get("runNamespace"), invalid=problem))
+        except KubeError as again:
+            log.warning("could not record that on %s/%s: %s", key[0], key[1], again)
+        return True
+
     def _forget(self, key: RunKey) -> None:
         self._arm_timer(key, None)
         self._specs.pop(key, None)
         self._plans.pop(key, None)
+        self._refused.pop(key, None)
         self._warned.pop(key, None)
         self._count_phase(key, None)
