@@ -51,7 +51,7 @@ def sig(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def start(team: str, name: str, response: list[str]) -> tuple[str, str]:
     """A Running AgentRun with the given ladder: (its run namespace, its pod)."""
-    spec = simple_spec(egress=EGRESS)
+    spec = simple_spec(egress=EGRESS, duration="2h")  # a policy may require a duration
     spec["response"] = response
     apply(agentrun(name, team, spec))
     run = wait_for(lambda: ready(team, name), timeout=60, what=f"AgentRun {team}/{name} to be Ready")

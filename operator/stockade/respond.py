@@ -27,15 +27,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from stockade import k8snames, labels, metrics
+from stockade import labels, metrics
 from stockade.api.models import AgentRunSpec, Violation
+from stockade.confine import confined_pod, run_namespace
 from stockade.detect import evidence
 from stockade.detect.config import DetectSettings
 from stockade.detect.rules import at_least
 from stockade.kube import Kube, KubeError, object_path
 from stockade.naming import run_namespace_name
 from stockade.reconcile import EmitEvent, stamp, utcnow
-from stockade.store import RunKey, Store, run_of
+from stockade.store import RunKey, Store
 
 log = logging.getLogger("stockade.respond")
 
@@ -103,34 +104,6 @@ def quarantine_policy(run_namespace: str, run_name: str, run_team: str) -> dict[
             "policyTypes": ["Ingress", "Egress"],
         },
     }
-
-
-# Confinement: every action stays inside the run namespace of the run the violation belongs to.
-def run_namespace(store: Store, key: RunKey, status: Mapping[str, Any]) -> str | None:
-    """The run's namespace as its status records it, only when that namespace's own labels (which only
-    the operator may set) name this run; None: nothing may be acted on."""
-    recorded = status.get("runNamespace") or run_namespace_name(*key)
-    if not k8snames.is_label(recorded) or store.run_of_namespace(recorded) != key:
-        return None
-    return str(recorded)
-
-
-def confined_pod(store: Store, key: RunKey, run_ns: str, name: str,
-                 found: Mapping[str, Any] | None = None) -> Mapping[str, Any] | None:
-    """The pod named, when it is one of this run's: in its run namespace as the store (or the signal
-    endpoint's own read) shows it, and not labelled as another run's. A pod the agent made itself need
-    not carry the run's labels (it cannot be trusted to set them), but it cannot leave the namespace,
-    and the namespace is what confines."""
-    if not k8snames.is_subdomain(name):
-        return None
-    pod = store.get("Pod", run_ns, name) or found
-    meta = (pod or {}).get("metadata") or {}
-    if pod is None or meta.get("namespace") != run_ns or meta.get("name") != name:
-        return None
-    marked = (meta.get("labels") or {}).keys() & {labels.AGENTRUN, labels.AGENTRUN_NAMESPACE}
-    if marked and run_of(pod) != key:
-        return None  # labelled as another run's pod (or half-labelled): never this run's to act on
-    return pod
 
 
 class ConfinementError(Exception):

@@ -58,3 +58,14 @@ def test_compact_keeps_the_findings_and_the_pod_uid() -> None:
     assert evidence.compact(full) == {"rule": "r", "destination": {"ip": "1.2.3.4"}, "pod": {"uid": "u"},
                                       "compacted": True}
     assert evidence.compact({"rule": "r"}) == {"rule": "r"}
+
+
+def test_a_waiting_signal_keeps_only_its_bounded_copy() -> None:
+    from stockade.detect.evidence import MAX_EVIDENCE_BYTES, kept_signal, size
+
+    small = {"rule": "r", "output_fields": {"k8s.pod.name": "rome"}}
+    assert kept_signal(small) == small
+    huge = {f"k{i}": "x" * 5000 for i in range(40)}
+    kept = kept_signal(huge)
+    assert kept["truncated"] is True and kept["bytes"] > MAX_EVIDENCE_BYTES
+    assert size(kept) < 100

@@ -190,10 +190,24 @@ def test_a_storm_of_concurrent_events_is_answered() -> None:
     with_client(test)
 
 
+OTHER_NS = "team-naples"
+
+
 def with_server(test: Callable[[TestClient[Any, Any], Queue, NoKube], Awaitable[None]], queue: Queue,
-                **settings: Any) -> None:
+                second_run: bool = False, **settings: Any) -> None:
     async def main() -> None:
         store = store_with_runs()
+        if second_run:  # team/naples, its run namespace and its pod
+            run = agentrun()
+            run["metadata"] = {**run["metadata"], "name": "naples", "resourceVersion": "5"}
+            run["status"] = {**run["status"], "runNamespace": OTHER_NS}
+            store.put_agentrun(run)
+            store.put({"apiVersion": "v1", "kind": "Namespace",
+                       "metadata": {"name": OTHER_NS, "resourceVersion": "1",
+                                    "labels": {"stockade.io/agentrun": "naples",
+                                               "stockade.io/agentrun-namespace": "team"}}})
+            store.put({**pod("naples"), "metadata": {**pod("naples")["metadata"], "namespace": OTHER_NS,
+                                                      "resourceVersion": "7"}})
         kube = NoKube()
         config = DetectSettings(_env_file=None, signal_token=TOKEN, **settings)  # type: ignore[call-arg]
         detector = ApiDetector(store, queue, lambda: "t")  # type: ignore[arg-type]
@@ -303,18 +317,50 @@ def test_the_answer_follows_the_status_write(outcome: str | None, status: int, r
     with_server(test, Queue(outcome or ""), signal_ack_timeout_seconds=0.2)
 
 
-def test_requests_beyond_the_inflight_bound_are_told_to_come_back() -> None:
+def test_requests_beyond_a_runs_waiting_bound_are_told_to_come_back_and_other_runs_are_not() -> None:
+    """One noisy run fills its share of waiting requests; the next signal for it is refused at once, a
+    signal for another run still gets through."""
     async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
         waiting = [asyncio.ensure_future(client.post("/falco", json=ssh_event(), headers=AUTH)) for _ in range(3)]
-        for _ in range(500):  # until all three hold their slot, waiting for a status write
+        for _ in range(500):  # until all three wait for a status write
             if len(queue.submitted) == 3:
                 break
             await asyncio.sleep(0.01)
         refused = await client.post("/falco", json=ssh_event(), headers=AUTH)
         assert refused.status == 429 and refused.headers["Retry-After"] == "1"
-        assert len(queue.submitted) == 3, "refused before its body was handed on"
-        assert {r.status for r in await asyncio.gather(*waiting)} == {503}  # their writes never came
+        assert len(queue.submitted) == 3, "refused before it was handed on"
+        other = await client.post("/falco", json=ssh_event(OTHER_NS, "naples"), headers=AUTH)
+        assert other.status == 503, "another run's signal was handed on (its write never came here)"
+        assert queue.submitted[-1][0] == ("team", "naples")
+        assert {r.status for r in await asyncio.gather(*waiting)} == {503}
         again = await client.post("/falco", json=ssh_event(), headers=AUTH)
         assert again.status == 503, "slots are given back"
 
-    with_server(test, Queue(""), signal_max_inflight=3, signal_ack_timeout_seconds=0.5)
+    with_server(test, Queue(""), signal_max_waiting_per_run=3, signal_ack_timeout_seconds=0.5, second_run=True)
+
+
+def test_bodies_beyond_the_reading_bound_are_refused_before_they_are_read() -> None:
+    class SlowBody:
+        """A body that arrives slowly: its request holds a reading slot meanwhile."""
+
+        def __init__(self, release: asyncio.Event) -> None:
+            self.release = release
+
+        async def __aiter__(self) -> Any:
+            yield b'{"rule": "x", '
+            await self.release.wait()
+            yield b'"output_fields": {}}'
+
+    async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
+        release = asyncio.Event()
+        slow = [asyncio.ensure_future(client.post("/falco", data=SlowBody(release).__aiter__(), headers=AUTH))
+                for _ in range(2)]
+        await asyncio.sleep(0.2)
+        refused = await client.post("/falco", json=ssh_event(), headers=AUTH)
+        assert refused.status == 429 and "Retry-After" in refused.headers
+        release.set()
+        assert {r.status for r in await asyncio.gather(*slow)} == {422}  # read in the end: it names no pod
+        assert queue.submitted == []
+
+    # Room for two bodies of unknown length (each counts as the largest allowed), not for a third.
+    with_server(test, Queue(), signal_max_body_bytes=128 * 1024, signal_max_reading_bytes=256 * 1024)

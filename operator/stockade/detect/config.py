@@ -33,11 +33,15 @@ class DetectSettings(BaseSettings):
     signal_cert_names: list[str] = Field(default_factory=lambda: ["localhost"])
     signal_client_ca: Path | None = None
     # Bounds on what one request may cost: body size, JSON nesting (checked on the raw bytes before
-    # parsing), requests handled at once (beyond it: 429 with Retry-After), and how long a request
+    # parsing), what is read at once (beyond it: 429 with Retry-After), and how long a request
     # waits for its violation to be recorded in the AgentRun's status (beyond it: 503, Retry-After).
     signal_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     signal_max_depth: int = Field(default=32, ge=2, le=512)
-    signal_max_inflight: int = Field(default=64, ge=1)
+    # Bodies read and judged at once, in bytes: 32 of the largest, thousands of ordinary ones (~1 KiB).
+    signal_max_reading_bytes: int = Field(default=8 * 1024 * 1024, ge=256 * 1024)
+    # Requests waiting for their status write, per run (one noisy run cannot starve the others) and in all.
+    signal_max_waiting_per_run: int = Field(default=32, ge=1)
+    signal_max_waiting: int = Field(default=512, ge=1)
     signal_ack_timeout_seconds: float = Field(default=5.0, gt=0)
     signal_retry_after_seconds: int = Field(default=1, ge=1)
     # The cluster resolver's addresses: DNS to them is what grant.dns allows. Empty: port 53 to any

@@ -84,6 +84,14 @@ def size(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":"), default=str))
 
 
+def kept_signal(signal: Any) -> Any:
+    """What is kept of a signal while its violation waits for the responder: the bounded copy the
+    evidence would hold anyway, so a queue of them costs kilobytes each, never the bodies received."""
+    kept = bounded(signal)
+    found = size(kept)
+    return kept if found <= MAX_EVIDENCE_BYTES else {"truncated": True, "bytes": found}
+
+
 def assemble(base: Mapping[str, Any] | None, signal: Any, pod: Mapping[str, Any] | None,
              events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Evidence for one violation; if it is still too big, the bulkiest parts go first."""

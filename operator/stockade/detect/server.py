@@ -28,17 +28,19 @@ import logging
 import ssl
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from stockade import k8snames, metrics, respond
+from stockade import confine, k8snames, metrics, respond
 from stockade.admission import certs
 from stockade.api.models import AgentRunSpec, Violation
-from stockade.detect import falco, rules
+from stockade.detect import evidence, falco, rules
 from stockade.detect.config import DetectSettings
 from stockade.detect.schema import JSONTooDeep, Signal, json_schema, loads_bounded
 from stockade.kube import Kube, KubeError
@@ -50,6 +52,17 @@ log = logging.getLogger("stockade.signals")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SpecOf = Callable[[RunKey, Mapping[str, Any]], AgentRunSpec | None]
 SOURCES = {"/falco": "runtime", "/signal": "signal"}
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """A signal judged against its run: what waits for the status write (the body is gone by then)."""
+
+    key: RunKey
+    violation: Violation | None
+    signal: Any  # the bounded copy kept as evidence
+    received: float
+    pod: Mapping[str, Any]
 
 
 def _json(status: int, **body: Any) -> web.Response:
@@ -74,9 +87,13 @@ class SignalServer:
         self.token = settings.token()
         self._runner: web.AppRunner | None = None
         self._cert_dir: tempfile.TemporaryDirectory[str] | None = None
-        self._inflight = 0
+        self._reading_bytes = 0
+        self._waiting: Counter[RunKey] = Counter()
         self.port: int | None = None
         self.ca_file: Path | None = None  # the CA callers trust, where the operator generated its own
+        # True while another replica leads (kopf peering): this one's store is not kept current, so it
+        # judges nothing and asks the sender to retry (Falcosidekick does; the Service routes to the leader).
+        self.standby: Callable[[], bool] = lambda: False
 
     # Serving ----------------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -163,6 +180,10 @@ class SignalServer:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == "/healthz" or self._authenticated(request):
+            if request.method == "POST" and self.standby():
+                metrics.SIGNALS.labels(source=SOURCES.get(request.path, "other"), outcome="standby").inc()
+                return web.json_response({"error": "this replica is on standby; another one leads: retry"},
+                                         status=503, headers={"Retry-After": "2"})
             return await handler(request)
         metrics.SIGNALS.labels(source=SOURCES.get(request.path, "other"), outcome="unauthenticated").inc()
         return web.json_response({"error": "authentication required: a bearer token or a client certificate"},
@@ -190,18 +211,27 @@ class SignalServer:
         return await self._bounded("signal", request, self._signal)
 
     async def _bounded(self, source: str, request: web.Request,
-                       handler: Callable[[web.Request], Awaitable[web.Response]]) -> web.Response:
-        """At most signal_max_inflight requests at once (each holds its body and waits for a status
-        write); beyond that the sender is told to come back, before its body is even read."""
-        if self._inflight >= self.settings.signal_max_inflight:
+                       handler: Callable[[web.Request], Awaitable[web.Response | _Judged]]) -> web.Response:
+        """Two bounds, so that a storm costs bounded memory and one noisy run cannot starve the others:
+        the bodies being read and judged at once add up to at most signal_max_reading_bytes (by their
+        Content-Length; a body without one counts as the largest allowed; beyond: 429 before it is
+        read), then at most signal_max_waiting_per_run requests per run (and signal_max_waiting in
+        all) wait for their status write, each holding only a bounded copy of its signal."""
+        length = request.content_length
+        cost = min(length, self.settings.signal_max_body_bytes) if length is not None else \
+            self.settings.signal_max_body_bytes
+        if self._reading_bytes + cost > self.settings.signal_max_reading_bytes:
             return self._retry(source, 429, "busy", "too many signals at once; try again")
-        self._inflight += 1
+        self._reading_bytes += cost
         try:
-            return await handler(request)
+            judged = await handler(request)
         finally:
-            self._inflight -= 1
+            self._reading_bytes -= cost
+        if isinstance(judged, web.Response):
+            return judged
+        return await self._queue(source, judged)
 
-    async def _falco(self, request: web.Request) -> web.Response:
+    async def _falco(self, request: web.Request) -> web.Response | _Judged:
         received = time.perf_counter()
         payload = await self._body(request)
         if isinstance(payload, web.Response):
@@ -219,9 +249,9 @@ class SignalServer:
         status = body.get("status") or {}
         found = rules.judge_runtime(event, spec.grant, status.get("resolvedEgress") or {}, pod_ips(pod), self.now(),
                                     dns_addresses=self.settings.cluster_dns_addresses)
-        return await self._queue("runtime", key, found, payload, received=received, pod=pod)
+        return _Judged(key, found, evidence.kept_signal(payload), received, pod)
 
-    async def _signal(self, request: web.Request) -> web.Response:
+    async def _signal(self, request: web.Request) -> web.Response | _Judged:
         received = time.perf_counter()
         payload = await self._body(request)
         if isinstance(payload, web.Response):
@@ -238,7 +268,7 @@ class SignalServer:
         status = body.get("status") or {}
         found = rules.judge_signal(signal, spec.grant, status.get("resolvedEgress") or {}, self.now(),
                                    dns_addresses=self.settings.cluster_dns_addresses)
-        return await self._queue("signal", key, found, payload, received=received, pod=pod)
+        return _Judged(key, found, evidence.kept_signal(payload), received, pod)
 
     # Helpers ------------------------------------------------------------------------------------------
     async def _body(self, request: web.Request) -> Any:
@@ -274,7 +304,7 @@ class SignalServer:
             return self._refuse(source, 400, "invalid", "namespace and pod must be valid Kubernetes names")
         key = self.store.run_of_namespace(namespace)
         body = self.store.agentruns.get(key) if key else None
-        if key is None or body is None or respond.run_namespace(self.store, key, body.get("status") or {}) != namespace:
+        if key is None or body is None or confine.run_namespace(self.store, key, body.get("status") or {}) != namespace:
             return self._refuse(source, 404, "unknown-pod", f"no AgentRun owns namespace {namespace}; nothing done")
         found = self.store.get("Pod", namespace, pod)
         if found is None:
@@ -282,21 +312,33 @@ class SignalServer:
                 found = await self.kube.get("v1", "Pod", namespace, pod)
             except KubeError as err:
                 log.warning("could not look up pod %s/%s: %s", namespace, pod, err)
-        if found is None or respond.confined_pod(self.store, key, namespace, pod, found) is None:
+        if found is None or confine.confined_pod(self.store, key, namespace, pod, found) is None:
             return self._refuse(source, 404, "unknown-pod", f"pod {namespace}/{pod} does not exist; nothing done")
         spec = self.spec_of(key, body)
         if spec is None:
             return self._refuse(source, 409, "invalid-run", f"AgentRun {key[0]}/{key[1]} has an invalid spec")
         return key, body, spec, found
 
-    async def _queue(self, source: str, key: RunKey, found: Violation | None, payload: Any, *, received: float,
-                     pod: Mapping[str, Any]) -> web.Response:
+    async def _queue(self, source: str, judged: _Judged) -> web.Response:
         """Hand the violation to the responder and answer once it is recorded in the AgentRun's status."""
+        key, found = judged.key, judged.violation
         run = f"{key[0]}/{key[1]}"
         if found is None:
             metrics.SIGNALS.labels(source=source, outcome="within-grant").inc()
             return _json(200, agentRun=run, violation=None, result="within the grant: nothing to do")
-        ack = self.responder.submit(key, [Incident(found, signal=payload, received=received, pod=pod)])
+        if self._waiting[key] >= self.settings.signal_max_waiting_per_run or \
+                sum(self._waiting.values()) >= self.settings.signal_max_waiting:
+            return self._retry(source, 429, "busy", f"too many signals wait for AgentRun {run}; try again")
+        incident = Incident(found, signal=judged.signal, received=judged.received, pod=judged.pod)
+        self._waiting[key] += 1
+        try:
+            return await self._answer(source, run, found, self.responder.submit(key, [incident]))
+        finally:
+            self._waiting[key] -= 1
+            if not self._waiting[key]:
+                del self._waiting[key]
+
+    async def _answer(self, source: str, run: str, found: Violation, ack: asyncio.Future[str]) -> web.Response:
         try:
             outcome = await asyncio.wait_for(asyncio.shield(ack), self.settings.signal_ack_timeout_seconds)
         except TimeoutError:
