@@ -35,10 +35,10 @@ def _print_json(document: Any) -> None:
 
 @app.command()
 def crds() -> None:
-    """Print the CustomResourceDefinitions (kubectl apply -f -)."""
-    from stockade.api.crd import render
+    """Print the CustomResourceDefinitions, AgentRun and AgentPolicy (kubectl apply -f -)."""
+    from stockade.api.crd import CRDS, render
 
-    sys.stdout.write(render())
+    sys.stdout.write("---\n".join(render(plural) for plural in CRDS))
 
 
 @app.command()
