@@ -168,6 +168,23 @@ def test_with_delegation_a_child_is_carved_from_what_the_parent_has_left(
             as_user=agent)
     longer = _child(run_namespace, cpu="500m", memory="512Mi", duration="3h")
     refused(longer, "spec.grant.duration: 3h asked", "an end no later than its own", as_user=agent)
+    # What the child was carved stays out of the parent's own reach: a pod the parent's quota would still
+    # take (4 CPUs less its pod's) is refused once the child's 1 CPU is counted.
+    live = get("pod", parent, run_namespace)
+    held = _cpu(live["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+    extra = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "extra", "namespace": run_namespace},
+             "spec": {k: v for k, v in copy.deepcopy(live["spec"]).items() if k not in ("nodeName",)}}
+    extra["spec"]["containers"][0]["resources"] = {"limits": {"cpu": f"{int((4 - held - 0.5) * 1000)}m",
+                                                              "memory": "256Mi", "ephemeral-storage": "1Gi"}}
+    with pytest.raises(KubectlError) as err:
+        kubectl("create", "-f", "-", "--as=alice-admin", "--as-group=system:masters", stdin=yaml.safe_dump(extra))
+    assert 'admission webhook "allowlist.stockade.io" denied the request' in err.value.stderr, err.value.stderr
+    assert "cpu" in err.value.stderr
+    assert get("pod", "extra", run_namespace) is None
+
+
+def _cpu(text: str) -> float:
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
 # Every ceiling --------------------------------------------------------------------------------------------

@@ -182,3 +182,21 @@ def test_a_quarantined_parents_active_children_are_the_ones_to_quarantine():
     assert admit.children_to_quarantine(store, parent) == []  # not quarantined: nothing to do
     parent["status"]["quarantine"] = {"active": True, "reason": "SSHConnection"}
     assert sorted(admit.children_to_quarantine(store, parent)) == [(RUN_NS, "kid-a"), (RUN_NS, "kid-d")]
+
+
+def test_childrens_grants_count_as_the_parents_pods():
+    from decimal import Decimal
+
+    from stockade.admission.policy import usage_of
+
+    index, store = world(delegation=True)
+    for name, cpu, pods in (("kid-a", "1", 2), ("kid-b", "500m", 1)):
+        store.put_agentrun(agentrun(namespace=RUN_NS, name=name, cpu=cpu, memory="1Gi", ephemeralStorage="1Gi",
+                                    gpu=0, pods=pods))
+    gone = agentrun(namespace=RUN_NS, name="kid-c", cpu="8")
+    gone["status"] = {"phase": "Succeeded"}
+    store.put_agentrun(gone)
+    usage = usage_of(admit.child_claims(store, RUN_NS))
+    assert usage.pods == 3
+    assert usage.taken("limits")["cpu"] == Decimal("1.5") and usage.taken("requests")["memory"] == 2 * 2**30
+    assert admit.child_claims(store, "elsewhere") == []

@@ -26,6 +26,7 @@ from stockade.admission.record import Recorder
 from stockade.admission.server import ThreadedWebhookServer
 from stockade.api.models import AgentRunSpec
 from stockade.grantcheck import Usage
+from stockade.grantpolicy import admit
 from stockade.plan import RunRef
 from stockade.runtime import RUNTIME
 
@@ -148,6 +149,8 @@ def _run(req: policy.Request, *, usage: bool = True) -> policy.Run | None:
         taken = tracker.usage(pods, exclude=req.name if req.operation != "CREATE" else "")
         seen = {p["metadata"]["name"] for p in pods}
         taken = policy.add_usage(taken, STATE.pending.unseen(namespace, seen, time.monotonic(), exclude=req.name))
+        if spec.grant.delegation:  # what the run's child runs were carved is not the run's to use
+            taken = policy.add_usage(taken, admit.child_claims(store, namespace))
     return policy.Run(namespace=key[0], name=key[1], spec=spec, status=body.get("status") or {}, usage=taken,
                       namespace_terminating=bool((live.get("metadata") or {}).get("deletionTimestamp")))
 

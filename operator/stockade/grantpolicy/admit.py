@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stockade.api.models import AgentRunSpec, Grant
+from stockade.grantcheck import granted_amounts
 from stockade.grantpolicy import carve, ceilings, rules
 from stockade.grantpolicy.ceilings import Bound
 from stockade.grantpolicy.findings import PolicyFinding
@@ -204,4 +205,17 @@ def children_to_quarantine(store: Store, parent: Mapping[str, Any]) -> list[RunK
         if child.get("phase") in ENDED or (child.get("quarantine") or {}).get("active"):
             continue
         out.append(key)
+    return out
+
+
+def child_claims(store: Store, run_namespace: str) -> list[dict[str, Any]]:
+    """The active children's grants as pods of the parent's run namespace (one pod holding the amounts, and
+    one empty pod for each further pod a child may run), for the webhook's check of the parent's pods: what
+    was carved out for a child stays out of the parent's reach."""
+    out: list[dict[str, Any]] = []
+    for grant in _siblings(store, run_namespace, ""):
+        amounts = {name: str(amount) for name, amount in granted_amounts(grant).items()}
+        resources = {"requests": amounts, "limits": amounts}
+        out.append({"metadata": {"name": ""}, "spec": {"containers": [{"name": "claim", "resources": resources}]}})
+        out.extend({"metadata": {"name": ""}, "spec": {"containers": []}} for _ in range(grant.pods - 1))
     return out
