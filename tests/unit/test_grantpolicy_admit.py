@@ -171,7 +171,7 @@ def test_the_defaults_hook_may_be_skipped_and_never_reaches_exempt_namespaces():
 
 
 def test_a_quarantined_parents_active_children_are_the_ones_to_quarantine():
-    index, store = world(delegation=True)
+    _, store = world(delegation=True)
     for name, status in (("kid-a", {"phase": "Running"}), ("kid-b", {"phase": "Quarantined",
                                                                        "quarantine": {"active": True}}),
                          ("kid-c", {"phase": "Succeeded"}), ("kid-d", {})):
@@ -189,7 +189,7 @@ def test_childrens_grants_count_as_the_parents_pods():
 
     from stockade.admission.policy import usage_of
 
-    index, store = world(delegation=True)
+    _, store = world(delegation=True)
     for name, cpu, pods in (("kid-a", "1", 2), ("kid-b", "500m", 1)):
         store.put_agentrun(agentrun(namespace=RUN_NS, name=name, cpu=cpu, memory="1Gi", ephemeralStorage="1Gi",
                                     gpu=0, pods=pods))
