@@ -193,6 +193,11 @@ def test_twenty_runs_against_a_budget_of_five_wait_and_start_in_creation_order(
         assert status["runs"] == "5", status  # the test's budget is perNamespace; status.usage shows the total
         metrics = operator.metrics()
         assert "stockade_queued_agentruns 15.0" in metrics
+        assert f'stockade_policy_budget_used{{policy="e2e-{team}",resource="runs"}} 5.0' in metrics
+        columns = kubectl("get", "agentpolicy", f"e2e-{team}", "--no-headers", "-o",
+                          "custom-columns=RUNS:.status.usage.runs,NS:.status.selectedNamespaces,"
+                          "READY:.status.conditions[0].status").split()
+        assert columns == ["5", "1", "True"], columns
 
         # Capacity frees one run at a time: the next in creation order starts, nobody else.
         delays = []

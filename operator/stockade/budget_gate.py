@@ -73,6 +73,7 @@ class BudgetGate:
         self.quotas: dict[tuple[str, str], budget.Quota] = {}  # team ResourceQuotas, from budget_watch
         self.listeners: list[Callable[[], None]] = []  # told when usage may have changed (policy status)
         self._held: set[RunKey] = set()  # admitted by this process and still holding a share
+        self._freed: set[RunKey] = set()  # ended or deleted: their share was given back
         self._queued: dict[RunKey, tuple[float, str]] = {}  # key -> (monotonic time first queued, reason)
         self._phases: dict[RunKey, str] = {}
         self._asks: dict[RunKey, tuple[tuple[str, int], budget.Ask | None]] = {}
@@ -140,8 +141,13 @@ class BudgetGate:
         if self._queued.pop(key, None) is not None:
             metrics.QUEUED_RUNS.set(len(self._queued))
         self._release(key)
+        self._freed.discard(key)
 
     def _release(self, key: RunKey) -> None:
+        """Once per run: a deleted run is reconciled again on every event of its namespace's teardown."""
+        if key in self._freed:
+            return
+        self._freed.add(key)
         self._held.discard(key)
         self.capacity_changed()
 
