@@ -216,7 +216,12 @@ def test_twenty_runs_against_a_budget_of_five_wait_and_start_in_creation_order(
         kubectl("delete", "agentrun", *order[5:10], "-n", team, "--wait=false")
         wait_for(lambda: running(team) == set(order[10:15]), timeout=90, what="runs 10-14 to be the Running ones")
         pods.check()
-        assert pods.most <= 5, f"{pods.most} runs had pods at one moment"
+        assert pods.most <= 5, f"{pods.most} runs had pods at one moment against a budget of 5"
+        # A raised budget starts the next ones in order by itself.
+        apply(policy(team, budgets={"perNamespace": {"runs": 7}}))
+        wait_for(lambda: running(team) == set(order[10:17]), timeout=60, what="runs 10-16 after the budget rose to 7")
+        pods.check()
+        assert pods.most <= 7, f"{pods.most} runs had pods at one moment against a budget of 7"
         assert pods.events > 0
         assert "stockade_queued_seconds_count" in operator.metrics()
         print(f"\nqueued run's pod created after the freed run's last pod went: {[round(d, 3) for d in delays]} s")
