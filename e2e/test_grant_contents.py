@@ -9,6 +9,7 @@ node. Every assertion reads what the API server holds or answered.
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 from typing import Any
 
@@ -19,8 +20,10 @@ from .conftest import BIN, KUBECONFIG, Operator, agentrun, apply, condition, get
 
 
 def kubectl_apply(obj: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    # JSON, not YAML: a string such as "1e100" stays a string (PyYAML leaves it unquoted, and kubectl's
+    # YAML reads that as a number).
     return subprocess.run([str(BIN / "kubectl"), "--kubeconfig", KUBECONFIG, "apply", "-f", "-"],
-                          input=yaml.safe_dump(obj), capture_output=True, text=True, timeout=60, check=False)
+                          input=json.dumps(obj), capture_output=True, text=True, timeout=60, check=False)
 
 
 def rule(resources: list[str], verbs: list[str] | None = None, groups: list[str] | None = None,
@@ -173,3 +176,4 @@ def test_a_mig_run_reaches_running_on_the_mig_node(operator: Operator, team_name
     tolerated = {t["key"] for t in pod["spec"]["tolerations"] if t.get("key")}
     assert {taint["key"] for taint in node["spec"].get("taints") or []} <= tolerated
     kubectl("delete", "agentrun", "mig", "-n", team_namespace, "--wait=false")
+

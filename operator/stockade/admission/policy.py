@@ -222,7 +222,10 @@ def _guardrail(req: Request, run: Run) -> list[Finding]:
 
 
 def _role_rules(req: Request) -> list[Finding]:
-    """Never-grantable rules in a Role, named (the same table the CRD and the reconciler use)."""
+    """Never-grantable rules in a Role, named (the same table the CRD and the reconciler use).
+
+    The ValidatingAdmissionPolicy ``stockade-baseline`` refuses every Role write by anyone but the
+    operator before this webhook is asked; this names the rules where that policy is not installed."""
     if req.target != ("rbac.authorization.k8s.io", "roles") or req.operation not in ("CREATE", "UPDATE"):
         return []
     rules = (req.obj or {}).get("rules")
