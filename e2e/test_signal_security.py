@@ -207,6 +207,15 @@ def test_https_with_the_charts_certificate_verified_against_its_ca(sig: tuple[Op
     assert not plain.healthy()
 
 
+def test_an_upgrade_keeps_the_signal_certificate(sig: tuple[Operator, Signals]) -> None:
+    """Callers trust the chart's CA: `helm upgrade` must not replace it (the chart looks the Secret up)."""
+    _, client = sig
+    before = get("secret", "stockade-signal-tls", chart.NAMESPACE)["data"]
+    helm("upgrade", chart.RELEASE, str(ROOT / "charts/stockade"), "--namespace", chart.NAMESPACE, "--reuse-values")
+    assert get("secret", "stockade-signal-tls", chart.NAMESPACE)["data"] == before
+    assert client.healthy(), "the running endpoint still verifies against the CA callers hold"
+
+
 def _self_signed_ca() -> bytes:
     from stockade.admission import certs
 
