@@ -94,8 +94,11 @@ def _team_namespace(store: Store, index: PolicyIndex, parent: carve.Parent) -> s
 
 def _siblings(store: Store, run_namespace: str, name: str) -> list[Grant]:
     out = []
-    for key in [k for k in store.agentruns if k[0] == run_namespace and k[1] != name]:
-        body = store.agentruns[key]
+    # list() copies the keys at once: the webhook's thread reads while the watches write.
+    for key in [k for k in list(store.agentruns) if k[0] == run_namespace and k[1] != name]:
+        body = store.agentruns.get(key)
+        if body is None:
+            continue
         if (body.get("status") or {}).get("phase") in ENDED or (body.get("metadata") or {}).get("deletionTimestamp"):
             continue
         try:
@@ -200,8 +203,8 @@ def children_to_quarantine(store: Store, parent: Mapping[str, Any]) -> list[RunK
     if not (status.get("quarantine") or {}).get("active") or not run_namespace:
         return []
     out = []
-    for key in [k for k in store.agentruns if k[0] == run_namespace]:
-        child = store.agentruns[key].get("status") or {}
+    for key in [k for k in list(store.agentruns) if k[0] == run_namespace]:
+        child = (store.agentruns.get(key) or {}).get("status") or {}
         if child.get("phase") in ENDED or (child.get("quarantine") or {}).get("active"):
             continue
         out.append(key)

@@ -17,7 +17,10 @@ class PolicyIndex:
     def __init__(self) -> None:
         self._policies: dict[str, tuple[str, Bound]] = {}  # name -> (resourceVersion, parsed)
         self._namespaces: dict[str, dict[str, str]] = {}  # name -> labels
-        self._cache: dict[str, list[Bound]] = {}  # namespace -> its bounding policies, until anything changes
+        # namespace -> (generation, its bounding policies): an entry made before the last change is ignored,
+        # so a lookup on the webhook's thread racing a watch event on the main one never keeps a stale answer.
+        self._cache: dict[str, tuple[int, list[Bound]]] = {}
+        self._generation = 0
         self.synced = False  # True once the first full listing of policies has been seen
 
     # Writes (the watch) ------------------------------------------------------------------------------
@@ -29,12 +32,12 @@ class PolicyIndex:
             return current[1]
         bound = Bound.of(name, body.get("spec"))
         self._policies[name] = (version, bound)
-        self._cache.clear()
+        self._changed()
         return bound
 
     def forget_policy(self, name: str) -> None:
         if self._policies.pop(name, None) is not None:
-            self._cache.clear()
+            self._changed()
 
     def put_namespace(self, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -42,11 +45,15 @@ class PolicyIndex:
         found = dict(meta.get("labels") or {})
         if self._namespaces.get(name) != found:
             self._namespaces[name] = found
-            self._cache.clear()
+            self._changed()
 
     def forget_namespace(self, name: str) -> None:
         if self._namespaces.pop(name, None) is not None:
-            self._cache.clear()
+            self._changed()
+
+    def _changed(self) -> None:
+        self._generation += 1
+        self._cache.clear()
 
     # Reads -------------------------------------------------------------------------------------------
     def policies(self) -> list[Bound]:
@@ -68,14 +75,15 @@ class PolicyIndex:
     def bounding(self, namespace: str) -> list[Bound] | None:
         """The policies selecting ``namespace`` by its labels as last seen, by name; None for a namespace
         not seen yet (the caller reads it and puts it here first)."""
+        generation = self._generation
         cached = self._cache.get(namespace)
-        if cached is not None:
-            return cached
+        if cached is not None and cached[0] == generation:
+            return cached[1]
         found = self._namespaces.get(namespace)
         if found is None:
             return None
         result = [bound for bound in self.policies() if bound.selects(found)]
-        self._cache[namespace] = result
+        self._cache[namespace] = (generation, result)
         return result
 
 
