@@ -364,3 +364,11 @@ def test_bodies_beyond_the_reading_bound_are_refused_before_they_are_read() -> N
 
     # Room for two bodies of unknown length (each counts as the largest allowed), not for a third.
     with_server(test, Queue(), signal_max_body_bytes=128 * 1024, signal_max_reading_bytes=256 * 1024)
+
+
+def test_a_reading_budget_smaller_than_one_body_is_refused() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="MAX_READING_BYTES"):
+        DetectSettings(_env_file=None, signal_max_body_bytes=1024 * 1024,  # type: ignore[call-arg]
+                       signal_max_reading_bytes=512 * 1024)

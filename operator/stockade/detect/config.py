@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Severity = Literal["low", "medium", "high", "critical"]
@@ -70,6 +70,13 @@ class DetectSettings(BaseSettings):
     response_concurrency: int = Field(default=16, ge=1)
     # Signals waiting for one run beyond this are folded into a count instead of queued.
     pending_per_run: int = Field(default=500, ge=1)
+
+    @model_validator(mode="after")
+    def _a_body_fits_the_reading_budget(self) -> DetectSettings:
+        if self.signal_max_reading_bytes < self.signal_max_body_bytes:
+            raise ValueError("STOCKADE_SIGNAL_MAX_READING_BYTES must hold at least one body of "
+                             "STOCKADE_SIGNAL_MAX_BODY_BYTES, or such a body would never be read")
+        return self
 
     def token(self) -> str | None:
         if self.signal_token is not None and self.signal_token.get_secret_value():
