@@ -29,6 +29,7 @@ from .conftest import (
     simple_spec,
     wait_for,
 )
+from .test_cli import status_json
 
 BUDGET_LABEL = "stockade-e2e/budget"
 
@@ -191,6 +192,8 @@ def test_twenty_runs_against_a_budget_of_five_wait_and_start_in_creation_order(
         status = wait_for(lambda: (get("agentpolicy", f"e2e-{team}").get("status") or {}).get("usage"), timeout=10,
                           what="the policy's usage in its status")
         assert status["runs"] == "5", status  # the test's budget is perNamespace; status.usage shows the total
+        report = status_json(order[5], team)
+        assert report["phase"] == "Queued" and f"e2e-{team}" in [p["name"] for p in report["policies"]]
         metrics = operator.metrics()
         assert "stockade_queued_agentruns 15.0" in metrics
         assert f'stockade_policy_budget_used{{policy="e2e-{team}",resource="runs"}} 5.0' in metrics
