@@ -253,6 +253,15 @@ def test_team_quota_counts_team_pods_and_runs(operator: Operator, budget_namespa
              .get("requests.nvidia.com/gpu") == "1", timeout=40, what="the team quota to count the team's own pod")
     pods = PodWatch(team)
     try:
+        # The first escape: a 4-GPU run against a team quota of one GPU waits, and never gets a pod.
+        big = gpu_spec(duration="1h")
+        big["grant"]["gpu"] = 4
+        apply(agentrun("big", team, big))
+        run = wait_for(lambda: run_where(team, "big", lambda r: queued(r, "TeamQuotaExceeded")), timeout=30,
+                       what="the 4-GPU run Queued on the team quota")
+        assert condition(run, "Admitted")["message"] == (
+            f"requests.nvidia.com/gpu: used 1 + asked 4 > limit 1 (ResourceQuota {team}/team-quota); "
+            "it cannot fit until the limit is raised")
         apply(agentrun("gpu-a", team, gpu_spec(duration="1h")))
         run = wait_for(lambda: run_where(team, "gpu-a", lambda r: queued(r, "TeamQuotaExceeded")), timeout=30,
                        what="gpu-a Queued on the team quota")
@@ -274,6 +283,9 @@ def test_team_quota_counts_team_pods_and_runs(operator: Operator, budget_namespa
                  what="gpu-b to start once gpu-a is gone")
         pods.check()
         assert pods.most <= 1, f"{pods.most} runs held GPUs at once against a quota of 1"
+        # The run that can never fit held nobody up (gpu-a and gpu-b came after it) and never got anything.
+        assert queued(get("agentrun", "big", team), "TeamQuotaExceeded")
+        assert f"{team}-big" not in pods.added and get("namespace", f"{team}-big") is None
     finally:
         pods.stop()
 
