@@ -26,7 +26,7 @@ from stockade.api.models import AgentRunSpec
 from stockade.grantpolicy import budget
 from stockade.grantpolicy.ceilings import Bound, check_policy
 from stockade.grantpolicy.index import INDEX, PolicyIndex
-from stockade.store import RunKey, Store, uid_of
+from stockade.store import RunKey, Store
 
 log = logging.getLogger("stockade.budget")
 
@@ -48,6 +48,10 @@ class Admission:
     @property
     def admitted(self) -> bool:
         return self.decision.admitted
+
+
+def uid_of(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("uid") or "")
 
 
 def _condition(body: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
