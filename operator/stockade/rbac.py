@@ -42,11 +42,11 @@ WATCH_CHILD = ("stockade.handlers:_register_child", "stockade.handlers:_prime", 
 WATCH_DETECT = ("stockade.detect.handlers:_register",)
 
 
-def _child(group: str, resource: str, applied_by: tuple[str, ...] = (), deleted_by: tuple[str, ...] = ()
-           ) -> tuple[Permission, ...]:
+def _child(group: str, resource: str, applied_by: tuple[str, ...] = (), deleted_by: tuple[str, ...] = (),
+           watched_by: tuple[str, ...] = ()) -> tuple[Permission, ...]:
     """A guardrail kind: watched (drift comes back, detection sees changes), applied and pruned."""
     return (
-        Permission(group, resource, ("list", "watch"), WATCH_CHILD),
+        Permission(group, resource, ("list", "watch"), (*WATCH_CHILD, *watched_by)),
         Permission(group, resource, ("create", "patch"), ("stockade.reconcile:Reconciler._apply", *applied_by)),
         Permission(group, resource, ("delete",), ("stockade.reconcile:Reconciler._prune", *deleted_by)),
     )
@@ -71,18 +71,24 @@ PERMISSIONS: tuple[Permission, ...] = (
     # The run namespace: applied like a guardrail, deleted when the AgentRun goes.
     Permission("", "namespaces", ("list", "watch"), ("stockade.handlers:namespace_event", "stockade.handlers:_prime",
                                                     "stockade.admission.grant_policy:namespace_indexed",
-                                                    "stockade.admission.grant_policy:policy_index_startup")),
+                                                    "stockade.admission.grant_policy:policy_index_startup",
+                                                    "stockade.budget_watch:team_namespace_event")),
     # A team namespace created a moment ago, before its watch event: its labels say which policies bound it.
     Permission("", "namespaces", ("get",), ("stockade.admission.grant_policy:_ensure_namespace",)),
     # AgentPolicies bound every grant: watched into the policy index (and listed once at start).
     Permission("stockade.io", "agentpolicies", ("list", "watch"),
                ("stockade.admission.grant_policy:agentpolicy_indexed",
-                "stockade.admission.grant_policy:policy_index_startup")),
+                "stockade.admission.grant_policy:policy_index_startup", "stockade.budget_watch:policy_event")),
+    # The operator writes each AgentPolicy's status: use of its budgets.
+    Permission("stockade.io", "agentpolicies/status", ("patch",),
+               ("stockade.policy_status:PolicyStatusWriter._write",)),
     Permission("", "namespaces", ("create", "patch"), ("stockade.reconcile:Reconciler._apply",)),
     Permission("", "namespaces", ("delete",), ("stockade.reconcile:Reconciler._finalize",)),
     # Guardrails (and the quarantine NetworkPolicy; freezing deletes the RoleBinding).
     *_child("", "serviceaccounts"),
-    *_child("", "resourcequotas"),
+    # Team namespaces' own ResourceQuotas count against their runs (budgets): watched and listed at start.
+    *_child("", "resourcequotas", watched_by=("stockade.budget_watch:team_quota_event",
+                                              "stockade.budget_watch:budget_startup")),
     *_child("", "limitranges"),
     *_child("networking.k8s.io", "networkpolicies", applied_by=("stockade.respond:Responder._apply_policy",),
             deleted_by=("stockade.respond:Responder._release",)),

@@ -16,7 +16,7 @@
 - apiGroups: ["stockade.io"]
   resources: ["agentruns/status"]
   verbs: ["patch"]
-# stockade.handlers:namespace_event, stockade.handlers:_prime, stockade.admission.grant_policy:namespace_indexed, stockade.admission.grant_policy:policy_index_startup
+# stockade.handlers:namespace_event, stockade.handlers:_prime, stockade.admission.grant_policy:namespace_indexed, stockade.admission.grant_policy:policy_index_startup, stockade.budget_watch:team_namespace_event
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
@@ -24,10 +24,14 @@
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["get"]
-# stockade.admission.grant_policy:agentpolicy_indexed, stockade.admission.grant_policy:policy_index_startup
+# stockade.admission.grant_policy:agentpolicy_indexed, stockade.admission.grant_policy:policy_index_startup, stockade.budget_watch:policy_event
 - apiGroups: ["stockade.io"]
   resources: ["agentpolicies"]
   verbs: ["list", "watch"]
+# stockade.policy_status:PolicyStatusWriter._write
+- apiGroups: ["stockade.io"]
+  resources: ["agentpolicies/status"]
+  verbs: ["patch"]
 # stockade.reconcile:Reconciler._apply
 - apiGroups: [""]
   resources: ["namespaces"]
@@ -48,7 +52,7 @@
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["delete"]
-# stockade.handlers:_register_child, stockade.handlers:_prime, stockade.detect.handlers:_register
+# stockade.handlers:_register_child, stockade.handlers:_prime, stockade.detect.handlers:_register, stockade.budget_watch:team_quota_event, stockade.budget_watch:budget_startup
 - apiGroups: [""]
   resources: ["resourcequotas"]
   verbs: ["list", "watch"]
