@@ -480,3 +480,21 @@ def test_quarantining_or_deleting_the_parent_reaches_its_children(
     kubectl("delete", "agentrun", parent, "-n", namespace, "--wait=false")
     wait_for(lambda: get("agentrun", kid, run_namespace) is None, timeout=90, what="the child AgentRun to go")
     wait_for(lambda: get("namespace", child_namespace) is None, timeout=90, what="the child's run namespace to go")
+
+
+def test_the_policy_webhook_answers_are_counted_and_timed(
+        operator: Operator, labelled_namespace: Callable[[str], str]) -> None:
+    """After a refusal, the operator's own metrics show the policy webhook's answers and their in-handler
+    time (printed with -s; times are never asserted)."""
+    namespace = labelled_namespace("no-policy-selects-this")
+    refused(agentrun(_name(), namespace, simple_spec()), "no AgentPolicy selects namespace", dry_run=True)
+    text = operator.metrics()
+    refusals = [line for line in text.splitlines()
+                if line.startswith('stockade_admission_requests_total{') and 'webhook="agentrun-policy"' in line
+                and 'decision="refused"' in line]
+    assert refusals and float(refusals[0].split()[-1]) >= 1, refusals
+    buckets = [line for line in text.splitlines()
+               if line.startswith("stockade_admission_handler_duration_seconds_bucket")
+               and 'webhook="agentrun-policy"' in line]
+    assert buckets, "the policy webhook's in-handler time is not recorded"
+    print("\n".join(buckets))
