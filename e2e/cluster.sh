@@ -7,6 +7,9 @@
 #   e2e/cluster.sh status   say whether the cluster is up
 #   e2e/cluster.sh env      print `export KUBECONFIG=...` (eval it) and the binary dir for PATH
 #   e2e/cluster.sh tool N   build e2e/tools/N (a small Go program of ours) if needed; print its path
+#   e2e/cluster.sh component pause|restart|revive NAME   SIGSTOP one control-plane process (etcd,
+#                           kube-apiserver, ...), or SIGKILL it and start it again with the same command line;
+#                           revive starts whatever exited meanwhile (fault tests)
 #
 # No Docker here, so kind cannot run: the control plane is real (kube-apiserver, controller-manager,
 # scheduler, etcd) and the nodes are kwok's fakes, so pods get scheduled and become Running without a
@@ -225,6 +228,59 @@ cmd_env() {
   echo "export PATH=$BIN_DIR:\$PATH"
 }
 
+# One control-plane component of the kwok cluster out and back, as a hang and a crash would (kwokctl only
+# stops and starts whole clusters). "pause" is SIGSTOP: the process stops answering but keeps its ports;
+# "restart" is SIGKILL and a start with the same command line at once. A component is never left down:
+# other clusters on this machine take free ports when they start, and this one's would be gone. The
+# controller-manager and scheduler exit when they lose their leader lease during an outage (a kubelet
+# would restart them): "restart" starts again every component that is gone, from the command line that
+# "pause" saved.
+_component_start() { # dir name saved-cmdline-file
+  local args=()
+  mapfile -d '' -t args < "$3"
+  (cd "$1" && exec setsid "${args[@]}" >>"$1/logs/$2.log" 2>&1 </dev/null) &
+  echo $! > "$1/pids/$2.pid"
+}
+
+_component_revive() { # dir: start again every component that exited (and whose command line was saved)
+  local other p
+  for other in "$1"/pids/*.pid; do
+    p=$(cat "$other")
+    kill -0 "$p" 2>/dev/null || [ ! -s "${other%.pid}.cmdline" ] || {
+      _component_start "$1" "$(basename "${other%.pid}")" "${other%.pid}.cmdline"
+      log "$(basename "${other%.pid}") had exited; started again"
+    }
+  done
+}
+
+cmd_component() {
+  local usage="usage: cluster.sh component pause|restart|revive NAME"
+  local action=${1:?$usage} name=${2:?$usage}
+  local dir="$KWOK_WORKDIR/clusters/$CLUSTER_NAME" pid other p
+  [ -f "$dir/pids/$name.pid" ] || die "no component $name in cluster $CLUSTER_NAME"
+  pid=$(cat "$dir/pids/$name.pid")
+  case "$action" in
+    pause)
+      [ -r "/proc/$pid/cmdline" ] || die "$name (pid $pid) is not running"
+      for other in "$dir"/pids/*.pid; do
+        p=$(cat "$other")
+        [ -r "/proc/$p/cmdline" ] && cp "/proc/$p/cmdline" "${other%.pid}.cmdline"
+      done
+      kill -STOP "$pid"
+      log "$name paused (pid $pid)" ;;
+    restart)
+      [ -r "/proc/$pid/cmdline" ] && cp "/proc/$pid/cmdline" "$dir/pids/$name.cmdline"
+      kill -KILL "$pid" 2>/dev/null || true
+      kill -CONT "$pid" 2>/dev/null || true  # a paused process dies only once it runs again
+      while kill -0 "$pid" 2>/dev/null; do sleep 0.02; done
+      _component_start "$dir" "$name" "$dir/pids/$name.cmdline"
+      log "$name restarted (pid $pid -> $(cat "$dir/pids/$name.pid"))"
+      _component_revive "$dir" ;;
+    revive) _component_revive "$dir" ;;
+    *) die "$usage" ;;
+  esac
+}
+
 case "${1:-}" in
   build) cmd_build ;;
   up) cmd_up ;;
@@ -234,5 +290,6 @@ case "${1:-}" in
   bindir) echo "$BIN_DIR" ;;
   kubeconfig) echo "$KUBECONFIG_FILE" ;;
   tool) shift; cmd_tool "$@" ;;
-  *) echo "usage: $0 build|up|down|status|env|bindir|kubeconfig|tool NAME" >&2; exit 2 ;;
+  component) shift; cmd_component "$@" ;;
+  *) echo "usage: $0 build|up|down|status|env|bindir|kubeconfig|tool NAME|component pause|restart|revive NAME" >&2; exit 2 ;;
 esac

@@ -7,6 +7,9 @@ FINALIZER = "stockade.io/cleanup"
 
 AGENTRUN = "stockade.io/agentrun"
 AGENTRUN_NAMESPACE = "stockade.io/agentrun-namespace"
+# On the run namespace: the AgentRun's uid. Names can be reused and taken by others; the uid is what makes
+# a namespace this run's (and lets an orphan be recognised once its AgentRun is gone).
+AGENTRUN_UID = "stockade.io/agentrun-uid"
 QUARANTINED = "stockade.io/quarantined"
 COMPONENT = "stockade.io/component"
 MANAGED_BY = "app.kubernetes.io/managed-by"

@@ -15,7 +15,7 @@ from stockade import apirules, labels, podshape
 from stockade.api.models import AgentRunSpec, EgressRule, Grant
 from stockade.grantcheck import Finding, check_pod
 from stockade.harden import harden_pod_spec
-from stockade.naming import run_namespace_name
+from stockade.naming import job_name, label_value, run_namespace_name
 from stockade.quantity import format_bytes, format_cpu, parse_quantity
 from stockade.quantity import parse_duration as parse_duration  # noqa: PLC0414 (re-exported for the reconciler)
 
@@ -42,14 +42,20 @@ class RunRef:
 
     namespace: str
     name: str
+    uid: str = ""
+    # The run namespace the reconciler chose (status.runNamespace); the readable default until then.
+    chosen_namespace: str = ""
 
     @property
     def run_namespace(self) -> str:
-        return run_namespace_name(self.namespace, self.name)
+        return self.chosen_namespace or run_namespace_name(self.namespace, self.name)
+
+    def workload_name(self, kind: str) -> str:
+        return job_name(self.name) if kind == "Job" else self.name
 
     def labels(self) -> dict[str, str]:
         return {
-            labels.AGENTRUN: self.name,
+            labels.AGENTRUN: label_value(self.name),
             labels.AGENTRUN_NAMESPACE: self.namespace,
             labels.MANAGED_BY: labels.MANAGED_BY_VALUE,
         }
@@ -76,6 +82,8 @@ def _meta(run: RunRef, name: str, component: str) -> dict[str, Any]:
 
 def namespace(run: RunRef, enforcement: str = "enforce") -> dict[str, Any]:
     ns_labels = {**run.labels(), **labels.POD_SECURITY, labels.ENFORCEMENT: enforcement}
+    if run.uid:
+        ns_labels[labels.AGENTRUN_UID] = run.uid
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": run.run_namespace, "labels": ns_labels}}
 
 
@@ -273,7 +281,7 @@ def workload(run: RunRef, spec: AgentRunSpec) -> dict[str, Any]:
         return {
             "apiVersion": "batch/v1",
             "kind": "Job",
-            "metadata": _meta(run, run.name, "agent"),
+            "metadata": _meta(run, run.workload_name("Job"), "agent"),
             "spec": {"backoffLimit": 0, "template": {"metadata": pod_meta, "spec": body}},
         }
     meta = _meta(run, run.name, "agent")

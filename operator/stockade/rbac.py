@@ -38,7 +38,7 @@ class Permission:
     feature: str | None = None  # the chart value (under .Values) that turns the permission on
 
 
-WATCH_CHILD = ("stockade.handlers:_register_child", "stockade.handlers:_prime", "stockade.detect.handlers:_register")
+WATCH_CHILD = ("stockade.watch:KindWatch.run", "stockade.watch:WatchLayer.prime", "stockade.detect.handlers:_register")
 WATCH_DETECT = ("stockade.detect.handlers:_register",)
 
 
@@ -56,25 +56,28 @@ PERMISSIONS: tuple[Permission, ...] = (
     # The AgentRun: watched by kopf and listed at startup; finalizer added and removed by JSON patch.
     Permission("stockade.io", "agentruns", ("list", "watch"),
                ("stockade.handlers:agentrun_event", "stockade.handlers:_prime",
-                "stockade.detect.handlers:release_requested")),
+                "stockade.detect.handlers:release_requested", "stockade.lifecycle:RunLifecycle.sweep")),
     # Re-read after a conflicting status write.
     Permission("stockade.io", "agentruns", ("get",),
                ("stockade.respond:Responder._handle", "stockade.respond:Responder.release",
                 "stockade.admission.record:Recorder._write")),
     # Finalizer (JSON patch); the release annotation is removed once handled.
     Permission("stockade.io", "agentruns", ("patch",),
-               ("stockade.reconcile:Reconciler._add_finalizer", "stockade.reconcile:Reconciler._finalize",
+               ("stockade.lifecycle:RunLifecycle.add_finalizer", "stockade.lifecycle:RunLifecycle.finalize",
                 "stockade.respond:Responder._release")),
     Permission("stockade.io", "agentruns/status", ("patch",),
                ("stockade.reconcile:Reconciler._write_status", "stockade.respond:Responder._write_status",
                 "stockade.admission.record:Recorder._write")),
     # The run namespace: applied like a guardrail, deleted when the AgentRun goes.
-    Permission("", "namespaces", ("list", "watch"), ("stockade.handlers:namespace_event", "stockade.handlers:_prime",
+    Permission("", "namespaces", ("list", "watch"), ("stockade.watch:KindWatch.run", "stockade.watch:WatchLayer.prime",
+                                                    "stockade.lifecycle:RunLifecycle.sweep",
                                                     "stockade.admission.grant_policy:namespace_indexed",
                                                     "stockade.admission.grant_policy:policy_index_startup",
                                                     "stockade.budget_watch:team_namespace_event")),
     # A team namespace created a moment ago, before its watch event: its labels say which policies bound it.
-    Permission("", "namespaces", ("get",), ("stockade.admission.grant_policy:_ensure_namespace",)),
+    Permission("", "namespaces", ("get",), ("stockade.admission.grant_policy:_ensure_namespace",
+                                         # and a run namespace someone else made first: whose is it?
+                                         "stockade.lifecycle:RunLifecycle.create_namespace")),
     # AgentPolicies bound every grant: watched into the policy index (and listed once at start).
     Permission("stockade.io", "agentpolicies", ("list", "watch"),
                ("stockade.admission.grant_policy:agentpolicy_indexed",
@@ -82,8 +85,13 @@ PERMISSIONS: tuple[Permission, ...] = (
     # The operator writes each AgentPolicy's status: use of its budgets.
     Permission("stockade.io", "agentpolicies/status", ("patch",),
                ("stockade.policy_status:PolicyStatusWriter._write",)),
-    Permission("", "namespaces", ("create", "patch"), ("stockade.reconcile:Reconciler._apply",)),
-    Permission("", "namespaces", ("delete",), ("stockade.reconcile:Reconciler._finalize",)),
+    Permission("", "namespaces", ("create", "patch"), ("stockade.reconcile:Reconciler._apply",
+                                                    "stockade.lifecycle:RunLifecycle.create_namespace")),
+    # Deleted when the AgentRun goes, and when it is found gone (orphans: see stockade.lifecycle).
+    Permission("", "namespaces", ("delete",), ("stockade.lifecycle:RunLifecycle.finalize",
+                                               "stockade.lifecycle:RunLifecycle.create_namespace",
+                                               "stockade.lifecycle:RunLifecycle.remove_orphan",
+                                               "stockade.lifecycle:RunLifecycle.sweep")),
     # Guardrails (and the quarantine NetworkPolicy; freezing deletes the RoleBinding).
     *_child("", "serviceaccounts"),
     # Team namespaces' own ResourceQuotas count against their runs (budgets): watched and listed at start.
@@ -98,7 +106,7 @@ PERMISSIONS: tuple[Permission, ...] = (
                names=(labels.ROLE,)),
     # The agent's workload: created once, deleted when the run expires or a violation evicts it; a
     # quarantined pod is labelled, a Job suspended so it does not replace an evicted pod.
-    Permission("", "pods", ("list", "watch"), ("stockade.handlers:pod_event", "stockade.handlers:_prime")),
+    Permission("", "pods", ("list", "watch"), ("stockade.watch:KindWatch.run", "stockade.watch:WatchLayer.prime")),
     Permission("", "pods", ("get",), ("stockade.detect.server:SignalServer._owner",)),
     Permission("", "pods", ("create",), ("stockade.reconcile:Reconciler._ensure_workload",)),
     Permission("", "pods", ("patch",), ("stockade.respond:Responder._label", "stockade.respond:Responder._unlabel")),

@@ -13,70 +13,32 @@ import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from stockade import labels, metrics
+from stockade import labels, metrics, run_namespaces
 from stockade.api.models import AgentRunSpec
+from stockade.clock import parse_stamp, stamp, utcnow
+from stockade.coalesce import Coalescer
 from stockade.conditions import Observed, compute_conditions, compute_phase, merge_conditions, status_changed
 from stockade.dnsresolve import HostResolver
-from stockade.drift import contains, needs_apply
+from stockade.drift import needs_apply
 from stockade.inputcheck import api_refusal, spec_problem
 from stockade.kube import Kube, KubeError, object_path
-from stockade.plan import Plan, PlanSettings, RunRef, build, parse_duration
-from stockade.store import RunKey, Store
+from stockade.lifecycle import NamespaceTaken, RunGone, RunLifecycle
+from stockade.observe import QUOTA_PENDING, await_quota, guardrails_ready, quarantine_of, workload_phase
+from stockade.plan import Plan, PlanSettings, RunRef, parse_duration
+from stockade.plan_cache import PlanCache
+from stockade.store import RunKey, Store, uid_of
 
 log = logging.getLogger("stockade.reconcile")
 
+__all__ = ["Coalescer", "EmitEvent", "Reconciler", "parse_stamp", "stamp", "utcnow"]  # older import sites
+
 EmitEvent = Callable[[Mapping[str, Any], str, str, str], None]
-QUOTA_PENDING = "the quota controller to enforce the ResourceQuota"
-QUOTA_WAIT_SECONDS = 1.0
 PRUNABLE_COMPONENTS = {"network", "identity", "quota", "limits"}
 WORKLOAD_KINDS = {"Pod": "v1", "Job": "batch/v1"}
-
-
-def utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-def stamp(moment: datetime.datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_stamp(text: str) -> datetime.datetime:
-    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
-
-
-@dataclass
-class _Slot:
-    running: bool = False
-    dirty: bool = False
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class Coalescer:
-    """At most one run per key at a time; triggers during a run make it run once more."""
-
-    def __init__(self) -> None:
-        self._slots: dict[RunKey, _Slot] = {}
-
-    async def run(self, key: RunKey, work: Callable[[], Awaitable[None]]) -> None:
-        slot = self._slots.setdefault(key, _Slot())
-        if slot.running:
-            slot.dirty = True
-            return
-        slot.running = True
-        try:
-            while True:
-                slot.dirty = False
-                await work()
-                if not slot.dirty:
-                    break
-        finally:
-            slot.running = False
-            self._slots.pop(key, None)
 
 
 class Reconciler:
@@ -92,14 +54,23 @@ class Reconciler:
         self._timers: dict[RunKey, asyncio.TimerHandle] = {}
         self._phases: dict[RunKey, str] = {}
         self._warned: dict[RunKey, str] = {}
-        self._specs: dict[RunKey, tuple[int, AgentRunSpec]] = {}
-        self._plans: dict[RunKey, tuple[object, Plan]] = {}
+        self._cache = PlanCache(plan_settings)
         self._refused: dict[RunKey, tuple[int, str]] = {}  # generation the API server refused, "Reason: message"
+        self._fence_up: set[RunKey] = set()  # runs whose fence this process has seen complete
+        self._gone: dict[RunKey, str] = {}  # uid of an AgentRun whose DELETED event came, until looked at
+        # emit is looked up at each call: detection replaces it after the Reconciler is built.
+        self.lifecycle = RunLifecycle(kube, store, lambda *args: self.emit(*args))  # noqa: PLW0108
         self.extensions: list[Callable[[RunKey, dict[str, Any], AgentRunSpec], Awaitable[None]]] = []
 
     # Triggers ------------------------------------------------------------------------------------
     async def trigger(self, key: RunKey) -> None:
         await self._coalescer.run(key, lambda: self._reconcile_safely(key))
+
+    async def deleted(self, key: RunKey, uid: str) -> None:
+        """The AgentRun is gone from the API server: whatever was built for it goes too."""
+        if uid:
+            self._gone[key] = uid
+        await self.trigger(key)
 
     def trigger_soon(self, key: RunKey) -> None:
         asyncio.get_running_loop().create_task(self.trigger(key))
@@ -134,40 +105,58 @@ class Reconciler:
 
     # The reconcile ---------------------------------------------------------------------------------
     async def reconcile(self, key: RunKey) -> None:
+        # A namespace someone else created first under the chosen name is skipped on the next choice.
+        for _ in range(3):
+            try:
+                await self._reconcile(key)
+                return
+            except NamespaceTaken as taken:
+                log.warning("run namespace %s of %s/%s was taken by someone else; choosing another",
+                            taken, key[0], key[1])
+            except RunGone:
+                return
+        self._arm_timer(key, 1.0)
+
+    async def _reconcile(self, key: RunKey) -> None:
         body = self.store.agentruns.get(key)
         if body is None:
+            gone = self._gone.pop(key, None)
+            if gone:
+                await self.lifecycle.remove_orphan(gone, f"AgentRun {key[0]}/{key[1]} was deleted")
             self._forget(key)
             return
         meta = body["metadata"]
-        run = RunRef(meta["namespace"], meta["name"])
-        if meta.get("deletionTimestamp"):
-            await self._finalize(key, body, run)
+        if labels.FINALIZER not in (meta.get("finalizers") or []) and not meta.get("deletionTimestamp"):
+            body = await self.lifecycle.add_finalizer(body)  # before anything is created
+        if body["metadata"].get("deletionTimestamp"):
+            if await self.lifecycle.finalize(key, body):
+                self._forget(key)
+            else:
+                self._arm_timer(key, 10.0)  # the namespace's DELETED event normally comes first
             return
-        if labels.FINALIZER not in (meta.get("finalizers") or []):
-            body = await self._add_finalizer(body)
         status = body.get("status") or {}
         generation = int(meta.get("generation") or 1)
+        chosen = run_namespaces.choose(self.store, key, body)
+        run = RunRef(meta["namespace"], meta["name"], uid_of(body), chosen or "")
         try:
-            spec = self._spec_of(key, generation, body)
+            spec = self._cache.spec(key, generation, body)
         except ValidationError as err:
             problems = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-            await self._write_status(key, body, Observed(generation, run.run_namespace,
-                                                         invalid=f"InvalidSpec: {problems}"))
+            await self._write_status(key, body, Observed(generation, chosen, invalid=f"InvalidSpec: {problems}"))
             return
         # Input no fence can be built from, or that the API server refused for this generation: a condition, no retry.
         refused = self._refused.get(key)
         problem = spec_problem(spec) or (refused[1] if refused and refused[0] == generation else None)
         if problem:
-            await self._write_status(key, body, Observed(generation, run.run_namespace, invalid=problem))
+            await self._write_status(key, body, Observed(generation, chosen, invalid=problem))
             return
 
-        namespace = self.store.get("Namespace", "", run.run_namespace)
-        if namespace is not None and self.store.run_of_namespace(run.run_namespace) != key:
-            message = (f"namespace {run.run_namespace} exists and does not belong to this AgentRun; "
-                       "rename the AgentRun or remove that namespace")
-            await self._write_status(key, body, Observed(generation, run.run_namespace,
-                                                         blocked=("NamespaceConflict", message)))
+        if chosen is None:
+            message = (f"every name this AgentRun's run namespace may have (such as {run.run_namespace}) is taken "
+                       "by a namespace that does not belong to it; remove those namespaces or rename the AgentRun")
+            await self._write_status(key, body, Observed(generation, None, blocked=("NamespaceConflict", message)))
             return
+        namespace = self.store.get("Namespace", "", chosen)
         if namespace is not None and namespace["metadata"].get("deletionTimestamp"):
             # A namespace being deleted cannot be re-created until it is gone; its DELETED event retriggers.
             await self._write_status(key, body, Observed(
@@ -185,15 +174,17 @@ class Reconciler:
         resolved, refresh_in = await self.resolver.resolve(hosts)
         quarantine = status.get("quarantine") or {}
         frozen = bool(quarantine.get("active")) and "freeze" in (quarantine.get("steps") or [])
-        plan = self._plan_of(key, generation, run, spec, resolved, frozen=frozen)
-        await self._apply_guardrails(plan, body)
+        plan = self._cache.plan(key, generation, run, spec, resolved, frozen=frozen)
+        await self._apply_guardrails(key, plan, body)
         await self._prune(run, plan)
-        ready, waiting_on = self._guardrails_ready(plan)
+        ready, waiting_on = guardrails_ready(self.store, plan)
         if not ready and waiting_on == QUOTA_PENDING:
-            ready, waiting_on = await self._await_quota(plan)
+            ready, waiting_on = await await_quota(self.store, plan)
+        if ready:
+            self._fence_up.add(key)
 
         terminal = status.get("phase") if status.get("phase") in ("Succeeded", "Failed", "Expired") else None
-        quarantined = self._quarantine_of(status)
+        quarantined = quarantine_of(status)
         if expired or terminal == "Expired":
             await self._stop_workload(run)
             expired = True
@@ -204,7 +195,7 @@ class Reconciler:
         if not (expired or plan.refusals) and ready and terminal is None and quarantined is None:
             started = await self._ensure_workload(plan)
 
-        phase, message = self._workload_phase(run, spec)
+        phase, message = workload_phase(self.store, run, spec)
         for extension in self.extensions:
             await extension(key, body, spec)
         observed = Observed(
@@ -222,7 +213,7 @@ class Reconciler:
         extra = {
             "startTime": stamp(start),
             "expiresAt": stamp(expires) if expires else None,
-            "workload": f"{spec.workload.lower()}/{run.name}" if plan.workload else None,
+            "workload": f"{spec.workload.lower()}/{run.workload_name(spec.workload)}" if plan.workload else None,
             "resolvedEgress": {host: resolved.get(host, []) for host in hosts} or None,
         }
         if not started:
@@ -233,28 +224,6 @@ class Reconciler:
                   if d is not None]
         self._arm_timer(key, min(delays) if delays else None)
 
-    # Parsing and planning are pure and depend only on the generation (and resolved addresses):
-    # the many reconciles a run gets from child events reuse them instead of redoing them.
-    def _spec_of(self, key: RunKey, generation: int, body: Mapping[str, Any]) -> AgentRunSpec:
-        cached = self._specs.get(key)
-        if cached is not None and cached[0] == generation:
-            return cached[1]
-        spec = AgentRunSpec.model_validate(body.get("spec") or {})
-        self._specs[key] = (generation, spec)
-        return spec
-
-    def _plan_of(
-        self, key: RunKey, generation: int, run: RunRef, spec: AgentRunSpec, resolved: Mapping[str, list[str]],
-        *, frozen: bool,
-    ) -> Plan:
-        token = (generation, frozen, tuple(sorted((h, tuple(a)) for h, a in resolved.items())))
-        cached = self._plans.get(key)
-        if cached is not None and cached[0] == token:
-            return cached[1]
-        plan = build(run, spec, resolved, self.plan_settings, frozen=frozen)
-        self._plans[key] = (token, plan)
-        return plan
-
     # Steps ---------------------------------------------------------------------------------------
     async def _apply(self, desired: Mapping[str, Any], body: Mapping[str, Any], fence_was_up: bool) -> None:
         meta = desired["metadata"]
@@ -262,19 +231,27 @@ class Reconciler:
         if not needs_apply(desired, live):
             return
         if live is not None or fence_was_up:
-            # Someone changed or removed a guardrail of a fence that was complete: an anomaly worth a Warning.
-            what = "changed" if live is not None else "missing"
-            metrics.DRIFT.labels(kind=desired["kind"]).inc()
-            log.warning("restoring %s %s %s/%s", what, desired["kind"], meta.get("namespace", ""), meta["name"])
-            self.emit(body, "Warning", "GuardrailRestored",
-                      f"{desired['kind']} {meta['name']} was {what}; restored from the grant")
+            self._report_drift(body, desired["kind"], meta, "changed" if live is not None else "missing")
         metrics.APPLIES.labels(kind=desired["kind"]).inc()
         applied = await self.kube.apply(desired)
         self.store.put(applied)
 
-    async def _apply_guardrails(self, plan: Plan, body: Mapping[str, Any]) -> None:
+    def _report_drift(self, body: Mapping[str, Any], kind: str, meta: Mapping[str, Any], what: str) -> None:
+        """Someone changed or removed a guardrail of a fence that was complete: metric, log line and Warning."""
+        metrics.DRIFT.labels(kind=kind).inc()
+        log.warning("restoring %s %s %s/%s", what, kind, meta.get("namespace", ""), meta["name"])
+        self.emit(body, "Warning", "GuardrailRestored", f"{kind} {meta['name']} was {what}; restored from the grant")
+
+    async def _apply_guardrails(self, key: RunKey, plan: Plan, body: Mapping[str, Any]) -> None:
+        # Once complete, a missing guardrail is drift, even when a round in between (seeing a second
+        # guardrail vanish) has already written GuardrailsReady=False.
         conditions = (body.get("status") or {}).get("conditions") or []
-        fence_was_up = any(c.get("type") == "GuardrailsReady" and c.get("status") == "True" for c in conditions)
+        fence_was_up = key in self._fence_up or \
+            any(c.get("type") == "GuardrailsReady" and c.get("status") == "True" for c in conditions)
+        if self.store.get("Namespace", "", plan.namespace["metadata"]["name"]) is None:
+            if fence_was_up:
+                self._report_drift(body, "Namespace", plan.namespace["metadata"], "missing")
+            await self.lifecycle.create_namespace(plan.namespace, body)
         await self._apply(plan.namespace, body, fence_was_up)
         await asyncio.gather(*(self._apply(obj, body, fence_was_up) for obj in plan.guardrails[1:]))
 
@@ -290,31 +267,6 @@ class Reconciler:
             log.info("removing %s %s/%s: no longer granted", obj["kind"], run.run_namespace, obj["metadata"]["name"])
             await self.kube.delete(obj["apiVersion"], obj["kind"], run.run_namespace, obj["metadata"]["name"])
             self.store.remove(obj)
-
-    def _guardrails_ready(self, plan: Plan) -> tuple[bool, str]:
-        for desired in plan.guardrails:
-            meta = desired["metadata"]
-            live = self.store.get(desired["kind"], meta.get("namespace") or "", meta["name"])
-            if live is None:
-                return False, f"{desired['kind']} {meta['name']}"
-            # Until the quota controller fills status.hard, the API server refuses every pod
-            # ("status unknown for quota"), and a stale status would admit the old grant.
-            if desired["kind"] == "ResourceQuota" and not contains(
-                    (live.get("status") or {}).get("hard") or {}, desired["spec"]["hard"]):
-                return False, QUOTA_PENDING
-        return True, ""
-
-    async def _await_quota(self, plan: Plan) -> tuple[bool, str]:
-        """The quota controller fills a new quota's status within moments; waiting for it here (the
-        watch updates the store meanwhile) starts the agent in this pass instead of after a status
-        write and another round. Bounded: a slow controller gets the status written and a later event."""
-        deadline = time.monotonic() + QUOTA_WAIT_SECONDS
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
-            ready, waiting_on = self._guardrails_ready(plan)
-            if ready or waiting_on != QUOTA_PENDING:
-                return ready, waiting_on
-        return False, QUOTA_PENDING
 
     async def _ensure_workload(self, plan: Plan) -> bool:
         """Create the workload if it does not exist; True if this call created it."""
@@ -341,27 +293,6 @@ class Reconciler:
                     continue
                 await self.kube.delete(WORKLOAD_KINDS[kind], kind, run.run_namespace, obj["metadata"]["name"],
                                        grace=0 if kind == "Pod" else None)
-
-    def _workload_phase(self, run: RunRef, spec: AgentRunSpec) -> tuple[str | None, str]:
-        live = self.store.get(spec.workload, run.run_namespace, run.name)
-        if live is None:
-            return None, ""
-        status = live.get("status") or {}
-        if spec.workload == "Pod":
-            return status.get("phase") or "Pending", status.get("message") or status.get("reason") or ""
-        for cond in status.get("conditions") or []:
-            if cond.get("type") in ("Complete", "SuccessCriteriaMet") and cond.get("status") == "True":
-                return "Succeeded", cond.get("message", "")
-            if cond.get("type") in ("Failed", "FailureTarget") and cond.get("status") == "True":
-                return "Failed", cond.get("message", "")
-        return ("Running" if status.get("active") else "Pending"), ""
-
-    @staticmethod
-    def _quarantine_of(status: Mapping[str, Any]) -> tuple[str, str] | None:
-        quarantine = status.get("quarantine") or {}
-        if quarantine.get("active"):
-            return str(quarantine.get("reason") or "Violation"), str(quarantine.get("message") or "")
-        return None
 
     def _warn_once(self, key: RunKey, body: Mapping[str, Any], reason: str, message: str) -> bool:
         """Emit the Warning unless this generation already got the same one; True if it was emitted."""
@@ -414,44 +345,6 @@ class Reconciler:
         for name in ("Pending", "Running", "Quarantined", "Succeeded", "Failed", "Expired"):
             metrics.RUNS.labels(phase=name).set(counts.get(name, 0))
 
-    # Finalizer -------------------------------------------------------------------------------------
-    async def _add_finalizer(self, body: dict[str, Any]) -> dict[str, Any]:
-        meta = body["metadata"]
-        path = object_path("stockade.io/v1alpha1", "AgentRun", meta["namespace"], meta["name"])
-        ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/resourceVersion",
-                                      "value": meta["resourceVersion"]}]
-        if meta.get("finalizers"):
-            ops.append({"op": "add", "path": "/metadata/finalizers/-", "value": labels.FINALIZER})
-        else:
-            ops.append({"op": "add", "path": "/metadata/finalizers", "value": [labels.FINALIZER]})
-        updated = await self.kube.json_patch(path, ops)
-        self.store.put_agentrun(updated)
-        return updated
-
-    async def _finalize(self, key: RunKey, body: Mapping[str, Any], run: RunRef) -> None:
-        finalizers = list(body["metadata"].get("finalizers") or [])
-        if labels.FINALIZER not in finalizers:
-            return
-        namespace = self.store.get("Namespace", "", run.run_namespace)
-        if namespace is not None and self.store.run_of_namespace(run.run_namespace) == key:
-            if not namespace["metadata"].get("deletionTimestamp"):
-                log.info("deleting run namespace %s", run.run_namespace)
-                await self.kube.delete("v1", "Namespace", None, run.run_namespace)
-                self.emit(body, "Normal", "Cleanup", f"deleting run namespace {run.run_namespace}")
-            self._arm_timer(key, 10.0)  # the namespace's DELETED event normally comes first
-            return
-        index = finalizers.index(labels.FINALIZER)
-        path = object_path("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
-        try:
-            await self.kube.json_patch(path, [
-                {"op": "test", "path": f"/metadata/finalizers/{index}", "value": labels.FINALIZER},
-                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
-            ])
-        except KubeError as err:
-            if not err.not_found:
-                raise
-        self._forget(key)
-
     async def _stall_on_refusal(self, key: RunKey, err: KubeError) -> bool:
         """The API server refused an object built from this generation for what it is (422, PodSecurity):
         Ready=False with its message until the spec changes, instead of a retry every few seconds."""
@@ -472,8 +365,8 @@ class Reconciler:
 
     def _forget(self, key: RunKey) -> None:
         self._arm_timer(key, None)
-        self._specs.pop(key, None)
-        self._plans.pop(key, None)
+        self._fence_up.discard(key)
+        self._cache.forget(key)
         self._refused.pop(key, None)
         self._warned.pop(key, None)
         self._count_phase(key, None)

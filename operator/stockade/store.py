@@ -22,10 +22,20 @@ def key_of(obj: Mapping[str, Any]) -> ObjectKey:
 
 
 def run_of(obj: Mapping[str, Any]) -> RunKey | None:
-    """The AgentRun an object belongs to, from the labels the operator puts on everything it makes."""
+    """The AgentRun an object says it belongs to, from its labels (the name label of a name longer than a
+    label value is shortened: for run namespaces prefer :meth:`Store.run_of_namespace`, which goes by uid)."""
     found = (obj.get("metadata") or {}).get("labels") or {}
     name, namespace = found.get(labels.AGENTRUN), found.get(labels.AGENTRUN_NAMESPACE)
     return (namespace, name) if name and namespace else None
+
+
+def uid_of(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
+
+
+def owner_uid(namespace: Mapping[str, Any]) -> str:
+    """The AgentRun uid a run namespace is labelled with ("" on a namespace made before uids were recorded)."""
+    return str(((namespace.get("metadata") or {}).get("labels") or {}).get(labels.AGENTRUN_UID) or "")
 
 
 class Store:
@@ -33,7 +43,10 @@ class Store:
         self.agentruns: dict[RunKey, dict[str, Any]] = {}
         self._objects: dict[ObjectKey, dict[str, Any]] = {}
         self._by_namespace: dict[str, set[ObjectKey]] = defaultdict(set)
-        self._run_namespaces: dict[str, RunKey] = {}
+        # Run namespace -> (the uid it is labelled with, the run its name labels say); uid -> AgentRun key.
+        self._run_namespaces: dict[str, tuple[str, RunKey]] = {}
+        self._namespace_of_uid: dict[str, str] = {}
+        self._uids: dict[str, RunKey] = {}
 
     # AgentRuns -------------------------------------------------------------------------------
     def put_agentrun(self, body: Mapping[str, Any]) -> RunKey:
@@ -41,7 +54,11 @@ class Store:
         key = (meta["namespace"], meta["name"])
         current = self.agentruns.get(key)
         if current is None or _newer(body, current):
+            if current is not None and uid_of(current) != uid_of(body):
+                self._uids.pop(uid_of(current), None)
             self.agentruns[key] = _slim(body)
+            if uid_of(body):
+                self._uids[uid_of(body)] = key
         return key
 
     def has_seen(self, obj: Mapping[str, Any]) -> bool:
@@ -56,7 +73,12 @@ class Store:
             (current.get("metadata") or {}).get("resourceVersion") == version
 
     def forget_agentrun(self, key: RunKey) -> None:
-        self.agentruns.pop(key, None)
+        gone = self.agentruns.pop(key, None)
+        if gone is not None:
+            self._uids.pop(uid_of(gone), None)
+
+    def agentrun_uids(self) -> dict[str, RunKey]:
+        return dict(self._uids)
 
     # Everything else ---------------------------------------------------------------------------
     def put(self, obj: Mapping[str, Any]) -> None:
@@ -67,16 +89,47 @@ class Store:
         self._objects[key] = _slim(obj)
         self._by_namespace[key[1]].add(key)
         if obj["kind"] == "Namespace":
+            self._forget_run_namespace(key[2])
             owner = run_of(obj)
             if owner:
-                self._run_namespaces[key[2]] = owner
+                uid = owner_uid(obj)
+                self._run_namespaces[key[2]] = (uid, owner)
+                if uid:
+                    self._namespace_of_uid[uid] = key[2]
 
     def remove(self, obj: Mapping[str, Any]) -> None:
         key = key_of(obj)
         self._objects.pop(key, None)
         self._by_namespace[key[1]].discard(key)
+        if not self._by_namespace[key[1]]:
+            self._by_namespace.pop(key[1], None)
         if obj["kind"] == "Namespace":
-            self._run_namespaces.pop(key[2], None)
+            self._forget_run_namespace(key[2])
+
+    def _forget_run_namespace(self, name: str) -> None:
+        uid, _ = self._run_namespaces.pop(name, ("", ("", "")))
+        if uid and self._namespace_of_uid.get(uid) == name:
+            self._namespace_of_uid.pop(uid, None)
+
+    def objects_of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [obj for key, obj in self._objects.items() if key[0] == kind]
+
+    def replace_kind(self, kind: str, listed: list[dict[str, Any]]) -> set[ObjectKey]:
+        """Make the store hold exactly ``listed`` for ``kind`` (a fresh LIST after a watch broke or went
+        quiet): what the list lacks is dropped, what is new or newer is kept. Returns the keys that changed."""
+        fresh = {key_of(obj): obj for obj in listed}
+        changed: set[ObjectKey] = set()
+        for key, obj in [(k, o) for k, o in self._objects.items() if k[0] == kind and k not in fresh]:
+            self.remove(obj)
+            changed.add(key)
+        for key, obj in fresh.items():
+            current = self._objects.get(key)
+            version = (obj.get("metadata") or {}).get("resourceVersion")
+            if current is None or (current.get("metadata") or {}).get("resourceVersion") != version:
+                self._objects.pop(key, None)  # a list is the truth: take it even if its version looks older
+                self.put(obj)
+                changed.add(key)
+        return changed
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self._objects.get((kind, namespace, name))
@@ -89,7 +142,27 @@ class Store:
                     yield obj
 
     def run_of_namespace(self, namespace: str) -> RunKey | None:
-        return self._run_namespaces.get(namespace)
+        """The AgentRun whose run namespace this is: by the uid label (the name labels of a namespace made
+        before uids were recorded). None for an orphan whose AgentRun is gone."""
+        found = self._run_namespaces.get(namespace)
+        if found is None:
+            return None
+        uid, by_labels = found
+        return self._uids.get(uid) if uid else by_labels
+
+    def namespace_of_uid(self, uid: str) -> str | None:
+        return self._namespace_of_uid.get(uid) if uid else None
+
+    def run_namespace_of(self, key: RunKey) -> str | None:
+        """The run namespace of an AgentRun: the namespace labelled with its uid, else the recorded one."""
+        body = self.agentruns.get(key)
+        if body is None:
+            return None
+        return self.namespace_of_uid(uid_of(body)) or (body.get("status") or {}).get("runNamespace") or None
+
+    def run_namespaces(self) -> list[tuple[str, str, RunKey]]:
+        """(namespace, uid label, run by labels) of every run namespace seen."""
+        return [(name, uid, key) for name, (uid, key) in self._run_namespaces.items()]
 
     def is_run_namespace(self, namespace: str) -> bool:
         return namespace in self._run_namespaces

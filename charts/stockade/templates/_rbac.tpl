@@ -1,6 +1,6 @@
 {{/* Generated from operator/stockade/rbac.py by `make manifests`. Do not edit by hand. */}}
 {{- define "stockade.rules" -}}
-# stockade.handlers:agentrun_event, stockade.handlers:_prime, stockade.detect.handlers:release_requested
+# stockade.handlers:agentrun_event, stockade.handlers:_prime, stockade.detect.handlers:release_requested, stockade.lifecycle:RunLifecycle.sweep
 - apiGroups: ["stockade.io"]
   resources: ["agentruns"]
   verbs: ["list", "watch"]
@@ -8,7 +8,7 @@
 - apiGroups: ["stockade.io"]
   resources: ["agentruns"]
   verbs: ["get"]
-# stockade.reconcile:Reconciler._add_finalizer, stockade.reconcile:Reconciler._finalize, stockade.respond:Responder._release
+# stockade.lifecycle:RunLifecycle.add_finalizer, stockade.lifecycle:RunLifecycle.finalize, stockade.respond:Responder._release
 - apiGroups: ["stockade.io"]
   resources: ["agentruns"]
   verbs: ["patch"]
@@ -16,11 +16,11 @@
 - apiGroups: ["stockade.io"]
   resources: ["agentruns/status"]
   verbs: ["patch"]
-# stockade.handlers:namespace_event, stockade.handlers:_prime, stockade.admission.grant_policy:namespace_indexed, stockade.admission.grant_policy:policy_index_startup, stockade.budget_watch:team_namespace_event
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.lifecycle:RunLifecycle.sweep, stockade.admission.grant_policy:namespace_indexed, stockade.admission.grant_policy:policy_index_startup, stockade.budget_watch:team_namespace_event
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
-# stockade.admission.grant_policy:_ensure_namespace
+# stockade.admission.grant_policy:_ensure_namespace, stockade.lifecycle:RunLifecycle.create_namespace
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["get"]
@@ -32,15 +32,15 @@
 - apiGroups: ["stockade.io"]
   resources: ["agentpolicies/status"]
   verbs: ["patch"]
-# stockade.reconcile:Reconciler._apply
+# stockade.reconcile:Reconciler._apply, stockade.lifecycle:RunLifecycle.create_namespace
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["create", "patch"]
-# stockade.reconcile:Reconciler._finalize
+# stockade.lifecycle:RunLifecycle.finalize, stockade.lifecycle:RunLifecycle.create_namespace, stockade.lifecycle:RunLifecycle.remove_orphan, stockade.lifecycle:RunLifecycle.sweep
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["delete"]
-# stockade.handlers:_register_child, stockade.handlers:_prime, stockade.detect.handlers:_register
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.detect.handlers:_register
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["list", "watch"]
@@ -52,7 +52,7 @@
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["delete"]
-# stockade.handlers:_register_child, stockade.handlers:_prime, stockade.detect.handlers:_register, stockade.budget_watch:team_quota_event, stockade.budget_watch:budget_startup
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.detect.handlers:_register, stockade.budget_watch:team_quota_event, stockade.budget_watch:budget_startup
 - apiGroups: [""]
   resources: ["resourcequotas"]
   verbs: ["list", "watch"]
@@ -64,7 +64,7 @@
 - apiGroups: [""]
   resources: ["resourcequotas"]
   verbs: ["delete"]
-# stockade.handlers:_register_child, stockade.handlers:_prime, stockade.detect.handlers:_register
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.detect.handlers:_register
 - apiGroups: [""]
   resources: ["limitranges"]
   verbs: ["list", "watch"]
@@ -76,7 +76,7 @@
 - apiGroups: [""]
   resources: ["limitranges"]
   verbs: ["delete"]
-# stockade.handlers:_register_child, stockade.handlers:_prime, stockade.detect.handlers:_register
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.detect.handlers:_register
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["list", "watch"]
@@ -88,7 +88,7 @@
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["delete"]
-# stockade.handlers:_register_child, stockade.handlers:_prime, stockade.detect.handlers:_register
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.detect.handlers:_register
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles"]
   verbs: ["list", "watch"]
@@ -100,7 +100,7 @@
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles"]
   verbs: ["delete"]
-# stockade.handlers:_register_child, stockade.handlers:_prime, stockade.detect.handlers:_register
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.detect.handlers:_register
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["rolebindings"]
   verbs: ["list", "watch"]
@@ -117,7 +117,7 @@
   resources: ["roles"]
   verbs: ["escalate", "bind"]
   resourceNames: ["stockade-agent"]
-# stockade.handlers:pod_event, stockade.handlers:_prime
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
@@ -137,7 +137,7 @@
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["delete"]
-# stockade.handlers:_register_child, stockade.handlers:_prime, stockade.detect.handlers:_register
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.detect.handlers:_register
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "watch"]

@@ -1,0 +1,42 @@
+"""Parsing and planning are pure and depend only on the generation (and the run namespace, resolved
+addresses and freeze): the many reconciles a run gets from child events reuse them instead of redoing
+them. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from stockade.api.models import AgentRunSpec
+from stockade.plan import Plan, PlanSettings, RunRef, build
+from stockade.store import RunKey
+
+
+class PlanCache:
+    def __init__(self, settings: PlanSettings) -> None:
+        self.settings = settings
+        self._specs: dict[RunKey, tuple[int, AgentRunSpec]] = {}
+        self._plans: dict[RunKey, tuple[object, Plan]] = {}
+
+    def spec(self, key: RunKey, generation: int, body: Mapping[str, Any]) -> AgentRunSpec:
+        """The parsed spec (pydantic's ValidationError for an invalid one, not cached)."""
+        cached = self._specs.get(key)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        spec = AgentRunSpec.model_validate(body.get("spec") or {})
+        self._specs[key] = (generation, spec)
+        return spec
+
+    def plan(self, key: RunKey, generation: int, run: RunRef, spec: AgentRunSpec,
+             resolved: Mapping[str, list[str]], *, frozen: bool) -> Plan:
+        token = (generation, frozen, run, tuple(sorted((h, tuple(a)) for h, a in resolved.items())))
+        cached = self._plans.get(key)
+        if cached is not None and cached[0] == token:
+            return cached[1]
+        plan = build(run, spec, resolved, self.settings, frozen=frozen)
+        self._plans[key] = (token, plan)
+        return plan
+
+    def forget(self, key: RunKey) -> None:
+        self._specs.pop(key, None)
+        self._plans.pop(key, None)

@@ -1,0 +1,270 @@
+"""One watch stream per kind the reconciler reads, feeding the store; kopf keeps only the AgentRun.
+
+Each kind is listed once (the store is primed before the first reconcile), then watched from the list's
+resourceVersion with bookmarks. A stream that breaks (the API server or etcd restarted, 410 Gone, any
+error) or goes quiet (no event or bookmark for ``SILENCE_SECONDS``; the API server sends a bookmark about
+once a minute) is re-established from a fresh LIST, and the store is made to match that list: an object
+deleted while the stream was down is dropped, so drift repair sees it missing. A periodic relist
+(``RESYNC_SECONDS``) is the level-based backstop for anything a stream could still miss.
+
+kopf's own watches were not enough: after an API server or etcd restart they resumed, but DELETED
+events of guardrails stopped arriving and the store kept objects that were gone (issue 14, point 10).
+
+Streams run in daemon threads (the official client is blocking); events cross to the asyncio loop in
+order through a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from stockade import labels
+from stockade.kube import Kube, KubeError
+from stockade.store import ObjectKey, RunKey, Store, run_of
+
+log = logging.getLogger("stockade.watch")
+
+SERVER_TIMEOUT_SECONDS = 240  # the API server ends each watch request after this (then it is resumed)
+SILENCE_SECONDS = 100  # nothing at all for this long (bookmarks come about every 60 s): the stream is dead
+RESYNC_SECONDS = 600.0
+BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+PAGE = 500
+
+
+@dataclass(frozen=True)
+class WatchedKind:
+    api_version: str
+    kind: str
+    path: str  # the cluster-wide collection
+    selector: str | None = labels.AGENTRUN  # what the operator made carries this label
+
+    @property
+    def resource(self) -> tuple[str, str]:
+        """(API group, plural), as RBAC names it."""
+        parts = self.path.strip("/").split("/")
+        return ("" if parts[0] == "api" else parts[1]), parts[-1]
+
+
+# Everything the reconciler (and admission, through the store) reads besides the AgentRun.
+KINDS: tuple[WatchedKind, ...] = (
+    WatchedKind("v1", "Namespace", "/api/v1/namespaces"),
+    WatchedKind("v1", "ServiceAccount", "/api/v1/serviceaccounts"),
+    WatchedKind("v1", "ResourceQuota", "/api/v1/resourcequotas"),
+    WatchedKind("v1", "LimitRange", "/api/v1/limitranges"),
+    WatchedKind("networking.k8s.io/v1", "NetworkPolicy", "/apis/networking.k8s.io/v1/networkpolicies"),
+    WatchedKind("rbac.authorization.k8s.io/v1", "Role", "/apis/rbac.authorization.k8s.io/v1/roles"),
+    WatchedKind("rbac.authorization.k8s.io/v1", "RoleBinding", "/apis/rbac.authorization.k8s.io/v1/rolebindings"),
+    WatchedKind("batch/v1", "Job", "/apis/batch/v1/jobs"),
+    # Pods an agent makes need not carry the label: every pod, kept only inside run namespaces.
+    WatchedKind("v1", "Pod", "/api/v1/pods", selector=None),
+)
+
+
+class Gone(Exception):
+    """410: the resourceVersion is too old to resume from; list again."""
+
+
+class Broken(Exception):
+    """The stream ended before its time, or went silent: resume from a fresh list."""
+
+
+Trigger = Callable[[RunKey], None]
+
+
+class KindWatch:
+    def __init__(self, kube: Kube, store: Store, kind: WatchedKind, trigger: Trigger) -> None:
+        self.kube = kube
+        self.store = store
+        self.kind = kind
+        self.trigger = trigger
+        self.resource_version: str | None = None
+        self.relists = 0  # how often the kind was listed (start-up included)
+        self.events = 0
+        self._listed_at = 0.0
+
+    # Listing ------------------------------------------------------------------------------------------
+    async def relist(self) -> set[ObjectKey]:
+        items, version = await self._list()
+        kept = [obj for obj in items if self._keep(obj)]
+        changed = self.store.replace_kind(self.kind.kind, kept)
+        self.resource_version = version
+        self.relists += 1
+        self._listed_at = time.monotonic()
+        return changed
+
+    async def _list(self) -> tuple[list[dict[str, Any]], str]:
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            query = [("limit", str(PAGE))]
+            if self.kind.selector:
+                query.append(("labelSelector", self.kind.selector))
+            if token:
+                query.append(("continue", token))
+            page = await self.kube.call("GET", self.kind.path, query=query)
+            for item in page.get("items") or []:
+                item.setdefault("apiVersion", self.kind.api_version)
+                item.setdefault("kind", self.kind.kind)
+                items.append(item)
+            meta = page.get("metadata") or {}
+            token = str(meta.get("continue") or "")
+            if not token:
+                return items, str(meta.get("resourceVersion") or "")
+
+    def _keep(self, obj: Mapping[str, Any]) -> bool:
+        if self.kind.kind != "Pod":
+            return True
+        return self.store.is_run_namespace(str((obj.get("metadata") or {}).get("namespace") or ""))
+
+    # Watching -----------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Forever: watch, and after any break relist (with back-off) and watch again."""
+        failures = 0
+        while True:
+            try:
+                if self.resource_version is None or time.monotonic() - self._listed_at > RESYNC_SECONDS:
+                    self._trigger_all(await self.relist())
+                await self._stream()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Gone:
+                self.resource_version = None
+            except Exception as err:
+                self.resource_version = None
+                delay = BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)]
+                failures += 1
+                log.warning("watch of %s broke (%s); relisting in %.1fs", self.kind.kind, err, delay)
+                await asyncio.sleep(delay)
+
+    async def _stream(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
+
+        def put(item: dict[str, Any] | BaseException | None) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        stop = threading.Event()
+        started = time.monotonic()
+        thread = threading.Thread(target=self._read, args=(str(self.resource_version), put, stop), daemon=True,
+                                  name=f"watch-{self.kind.kind}")
+        thread.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                self._on_event(item)
+        finally:
+            stop.set()
+        if time.monotonic() - started < SERVER_TIMEOUT_SECONDS * 0.9:
+            # The API server closes a healthy watch at its timeout; earlier means it went away (restarted,
+            # or its cache re-initialised after etcd did) and events may have been missed.
+            raise Broken("the stream ended early")
+
+    def _read(self, since: str, put: Callable[[dict[str, Any] | BaseException | None], None],
+              stop: threading.Event) -> None:
+        try:
+            for event in self._lines(since, stop):
+                put(event)
+            put(None)
+        except BaseException as err:
+            put(err)
+
+    def _lines(self, since: str, stop: threading.Event) -> Iterator[dict[str, Any]]:
+        query = [("watch", "true"), ("allowWatchBookmarks", "true"), ("resourceVersion", since),
+                 ("timeoutSeconds", str(SERVER_TIMEOUT_SECONDS))]
+        if self.kind.selector:
+            query.append(("labelSelector", self.kind.selector))
+        headers = {"Accept": "application/json"}
+        if self.kube.impersonate:
+            headers["Impersonate-User"] = self.kube.impersonate
+        method, url, headers, _, _ = self.kube.api.param_serialize(
+            method="GET", resource_path=self.kind.path, query_params=query, header_params=headers,
+            auth_settings=["BearerToken"])
+        # The read timeout is the silence detector: no bytes (not even a bookmark) for that long.
+        response = self.kube.api.call_api(method, url, header_params=headers,
+                                          _request_timeout=(10, SILENCE_SECONDS)).response
+        try:
+            if response.status != 200:
+                raise KubeError(response.status, str(response.reason or ""), response.read().decode(errors="replace"))
+            for line in response:
+                if stop.is_set():
+                    return
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            response.release_conn()
+
+    def _on_event(self, event: Mapping[str, Any]) -> None:
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise Gone(str(obj.get("message") or "410"))
+            raise Broken(f"watch error: {obj.get('message') or obj}")
+        self.events += 1
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if version:
+            self.resource_version = str(version)
+        if kind == "BOOKMARK":
+            return
+        obj = {"apiVersion": self.kind.api_version, "kind": self.kind.kind, **obj}
+        if not self._keep(obj):
+            return
+        if kind == "DELETED":
+            self.store.remove(obj)
+        elif self.store.has_seen(obj):
+            return  # the echo of the operator's own write: that reconcile already saw this state
+        else:
+            self.store.put(obj)
+        self._trigger_object(obj)
+
+    # Triggers ---------------------------------------------------------------------------------------
+    def _trigger_object(self, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        if self.kind.kind == "Namespace":
+            key = self.store.run_of_namespace(str(meta.get("name"))) or run_of(obj)
+        else:
+            key = self.store.run_of_namespace(str(meta.get("namespace") or "")) or run_of(obj)
+        if key is not None:
+            self.trigger(key)
+
+    def _trigger_all(self, changed: set[ObjectKey]) -> None:
+        runs = {self.store.run_of_namespace(name if kind == "Namespace" else namespace)
+                for kind, namespace, name in changed}
+        for key in runs:
+            if key is not None:
+                self.trigger(key)
+
+
+class WatchLayer:
+    """Every watched kind: primed together at start-up, then one task per kind."""
+
+    def __init__(self, kube: Kube, store: Store, trigger: Trigger) -> None:
+        self.watches = [KindWatch(kube, store, kind, trigger) for kind in KINDS]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def prime(self) -> None:
+        """Fill the store before the first reconcile, so that "not seen yet" is never taken for "missing"
+        (which would re-create what exists). Namespaces first: pods are kept only inside run namespaces."""
+        await self.watches[0].relist()
+        await asyncio.gather(*(watch.relist() for watch in self.watches[1:]))
+
+    def start(self) -> None:
+        self._tasks = [asyncio.get_running_loop().create_task(w.run(), name=f"watch-{w.kind.kind}")
+                       for w in self.watches]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
