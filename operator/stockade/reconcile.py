@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from stockade import labels, metrics, run_namespaces
 from stockade.api.models import AgentRunSpec
+from stockade.budget_gate import BudgetGate
 from stockade.clock import parse_stamp, stamp, utcnow
 from stockade.coalesce import Coalescer
 from stockade.conditions import Observed, compute_conditions, compute_phase, merge_conditions, status_changed
@@ -60,6 +61,9 @@ class Reconciler:
         self._gone: dict[RunKey, str] = {}  # uid of an AgentRun whose DELETED event came, until looked at
         # emit is looked up at each call: detection replaces it after the Reconciler is built.
         self.lifecycle = RunLifecycle(kube, store, lambda *args: self.emit(*args))  # noqa: PLW0108
+        # Budgets and team quotas: a run starts only once admitted (budget_gate), queued runs re-triggered.
+        self.budget = BudgetGate(store, lambda *args: self.emit(*args), self.trigger_soon,  # noqa: PLW0108
+                                 lambda key, body: run_namespaces.owned(store, key, body))
         self.extensions: list[Callable[[RunKey, dict[str, Any], AgentRunSpec], Awaitable[None]]] = []
 
     # Triggers ------------------------------------------------------------------------------------
@@ -129,6 +133,7 @@ class Reconciler:
         if labels.FINALIZER not in (meta.get("finalizers") or []) and not meta.get("deletionTimestamp"):
             body = await self.lifecycle.add_finalizer(body)  # before anything is created
         if body["metadata"].get("deletionTimestamp"):
+            self.budget.deleting(key, body)  # its share is free once its pods are gone
             if await self.lifecycle.finalize(key, body):
                 self._forget(key)
             else:
@@ -164,6 +169,13 @@ class Reconciler:
                 "it will be re-created once it is gone"))
             return
 
+        admission = self.budget.admit(key, body, spec)  # before anything is built for the run
+        policies = {"policies": list(admission.decision.policies) or None}
+        if not admission.admitted:
+            await self._write_status(key, body, Observed(generation, None, admission=(
+                False, admission.decision.reason, admission.decision.message)), policies)
+            return
+
         now = utcnow()
         start = parse_stamp(status["startTime"]) if status.get("startTime") else now
         expires = start + datetime.timedelta(seconds=parse_duration(spec.grant.duration)) if spec.grant.duration \
@@ -188,11 +200,13 @@ class Reconciler:
         if expired or terminal == "Expired":
             await self._stop_workload(run)
             expired = True
+        elif admission.stop:  # a narrowed policy says Stop: ended, as Failed with its reason
+            await self._stop_workload(run)
         refusal = "; ".join(f.text() for f in plan.refusals)
         if plan.refusals and not expired and self._warn_once(key, body, "TemplateExceedsGrant", refusal):
             metrics.REFUSALS.inc()  # once per refused generation, not once per reconcile
         started = False
-        if not (expired or plan.refusals) and ready and terminal is None and quarantined is None:
+        if not (expired or plan.refusals or admission.stop) and ready and terminal is None and quarantined is None:
             started = await self._ensure_workload(plan)
 
         phase, message = workload_phase(self.store, run, spec)
@@ -209,12 +223,16 @@ class Reconciler:
             expired=expired,
             quarantined=quarantined,
             terminal_phase=terminal if terminal != "Expired" else None,
+            admission=(True, admission.decision.reason, admission.decision.message),
+            compliance=admission.compliance,
+            stopped=admission.stop,
         )
         extra = {
             "startTime": stamp(start),
             "expiresAt": stamp(expires) if expires else None,
             "workload": f"{spec.workload.lower()}/{run.workload_name(spec.workload)}" if plan.workload else None,
             "resolvedEgress": {host: resolved.get(host, []) for host in hosts} or None,
+            **policies,
         }
         if not started:
             # Right after the workload is created its own events (scheduled, running, unschedulable) come
@@ -308,6 +326,7 @@ class Reconciler:
     ) -> None:
         old = body.get("status") or {}
         phase = compute_phase(observed)
+        self.budget.note_phase(key, phase)  # a terminal run releases its budget share at once
         now = stamp(utcnow())
         new: dict[str, Any] = {
             "phase": phase,
@@ -342,7 +361,7 @@ class Reconciler:
         counts: dict[str, int] = {}
         for value in self._phases.values():
             counts[value] = counts.get(value, 0) + 1
-        for name in ("Pending", "Running", "Quarantined", "Succeeded", "Failed", "Expired"):
+        for name in ("Pending", "Queued", "Running", "Quarantined", "Succeeded", "Failed", "Expired"):
             metrics.RUNS.labels(phase=name).set(counts.get(name, 0))
 
     async def _stall_on_refusal(self, key: RunKey, err: KubeError) -> bool:
@@ -370,3 +389,4 @@ class Reconciler:
         self._refused.pop(key, None)
         self._warned.pop(key, None)
         self._count_phase(key, None)
+        self.budget.forget(key)
