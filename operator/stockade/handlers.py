@@ -102,7 +102,7 @@ async def agentrun_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) ->
 
 
 # Admission and detection register their own kopf handlers when imported.
-EXTENSIONS = ("stockade.admission.handlers", "stockade.detect.handlers")
+EXTENSIONS = ("stockade.admission.handlers", "stockade.detect.handlers", "stockade.budget_watch")
 
 
 def _load_extensions() -> None:
