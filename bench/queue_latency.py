@@ -1,6 +1,8 @@
 """A queued run starts when capacity frees: how soon, beside a floor, and how many writes an admission costs.
 
-    KUBECONFIG=... python bench/queue_latency.py [--rounds 10]     (figures printed, never asserted; not named queue.py, which would shadow the standard library)
+    KUBECONFIG=... python bench/queue_latency.py [--rounds 10]     (figures printed, never asserted)
+
+(Not named queue.py: as a script's own directory comes first on sys.path, it would shadow the standard library.)
 
 * stockade: an AgentPolicy with a budget of one run selects a fresh team namespace. Each round, run A holds the
   budget and run B waits Queued; A is deleted. Capacity is free the moment A's last pod is gone (a deleted
