@@ -83,7 +83,7 @@ GPU = {"gpu": 1, "gpuResource": "nvidia.com/gpu"}
 CONFIGMAPS = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]
 
 
-def TOKEN_VOLUME(audience: str | None = None) -> dict[str, Any]:  # noqa: N802
+def TOKEN_VOLUME(audience: str | None = None) -> dict[str, Any]:
     token: dict[str, Any] = {"path": "token"}
     if audience:
         token["audience"] = audience
@@ -247,7 +247,8 @@ CASES: list[tuple[str, Request, Run, str | None, list[str]]] = [
     # PodSecurity restricted, named before the API server refuses it
     ("runAsNonRoot false", create_pod(pod(securityContext={"runAsNonRoot": False})), run(),
      "PrivilegeNotAllowed", ["spec.securityContext.runAsNonRoot"]),
-    ("capabilities kept", create_pod(pod(containers=[container(securityContext={"capabilities": {"drop": ["NET_RAW"]}})])),
+    ("capabilities kept",
+     create_pod(pod(containers=[container(securityContext={"capabilities": {"drop": ["NET_RAW"]}})])),
      run(), "PrivilegeNotAllowed", ["capabilities.drop", "ALL"]),
     # a Role with never-grantable rules names them (issue 14.4), besides being the fence
     ("a role minting tokens", req("CREATE", "rbac.authorization.k8s.io", "roles", "Role", obj(
