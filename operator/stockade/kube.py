@@ -131,9 +131,11 @@ class Backoff:
             self._until = max(self._until, time.monotonic() + seconds)
 
     def wait(self) -> None:
-        with self._lock:
-            delay = self._until - time.monotonic()
-        if delay > 0:
+        while True:  # again after each sleep: a 429 that came meanwhile may have moved the moment on
+            with self._lock:
+                delay = self._until - time.monotonic()
+            if delay <= 0:
+                return
             time.sleep(delay)
 
 
