@@ -27,7 +27,6 @@ from stockade.admission.server import ThreadedWebhookServer
 from stockade.api.models import AgentRunSpec
 from stockade.grantcheck import Usage
 from stockade.grantpolicy import admit
-from stockade.plan import RunRef
 from stockade.runtime import RUNTIME
 
 log = logging.getLogger("stockade.admission")
@@ -135,7 +134,8 @@ def _run(req: policy.Request, *, usage: bool = True) -> policy.Run | None:
     store = RUNTIME.store
     key = store.run_of_namespace(namespace)
     body = store.agentruns.get(key) if key else None
-    if key is None or body is None or RunRef(*key).run_namespace != namespace:
+    # The run namespace the reconciler chose (a hashed one for names such as a.b), not the default name.
+    if key is None or body is None or store.run_namespace_of(key) != namespace:
         STATE.usage.pop(namespace, None)  # a run namespace that is gone
         return None
     spec = _spec(key, body)
