@@ -1,0 +1,82 @@
+"""The watch layer's handling of events (no API server needed: the stream itself is e2e-tested)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stockade import labels
+from stockade.store import Store
+from stockade.watch import KINDS, Broken, Gone, KindWatch
+
+KEY = ("team", "agent")
+POLICY = next(k for k in KINDS if k.kind == "NetworkPolicy")
+POD = next(k for k in KINDS if k.kind == "Pod")
+
+
+def store_with_run() -> Store:
+    store = Store()
+    store.put_agentrun({"kind": "AgentRun", "metadata": {"namespace": "team", "name": "agent", "uid": "u1",
+                                                         "resourceVersion": "1"}})
+    store.put({"kind": "Namespace", "metadata": {"name": "team-agent", "resourceVersion": "2", "labels": {
+        labels.AGENTRUN: "agent", labels.AGENTRUN_NAMESPACE: "team", labels.AGENTRUN_UID: "u1"}}})
+    return store
+
+
+def policy(rv: str, namespace: str = "team-agent") -> dict[str, Any]:
+    return {"metadata": {"name": "stockade-egress", "namespace": namespace, "resourceVersion": rv}}
+
+
+def watcher(store: Store, kind: Any = POLICY) -> tuple[KindWatch, list[tuple[str, str]]]:
+    triggered: list[tuple[str, str]] = []
+    return KindWatch(None, store, kind, triggered.append), triggered  # type: ignore[arg-type]
+
+
+def test_a_deletion_reaches_the_store_and_triggers_its_run():
+    store = store_with_run()
+    watch, triggered = watcher(store)
+    watch._on_event({"type": "ADDED", "object": policy("5")})
+    assert store.get("NetworkPolicy", "team-agent", "stockade-egress") is not None
+    watch._on_event({"type": "DELETED", "object": policy("6")})
+    assert store.get("NetworkPolicy", "team-agent", "stockade-egress") is None
+    assert triggered == [KEY, KEY]
+    assert watch.resource_version == "6"
+
+
+def test_the_echo_of_the_operators_own_write_triggers_nothing():
+    store = store_with_run()
+    store.put({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", **policy("7")})
+    watch, triggered = watcher(store)
+    watch._on_event({"type": "MODIFIED", "object": policy("7")})
+    assert triggered == []
+
+
+def test_bookmarks_move_the_resource_version_only():
+    watch, triggered = watcher(store_with_run())
+    watch._on_event({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "99"}}})
+    assert watch.resource_version == "99" and triggered == []
+
+
+def test_410_asks_for_a_relist_and_other_errors_break_the_stream():
+    watch, _ = watcher(store_with_run())
+    with pytest.raises(Gone):
+        watch._on_event({"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}})
+    with pytest.raises(Broken):
+        watch._on_event({"type": "ERROR", "object": {"code": 500, "message": "etcd gone"}})
+
+
+def test_pods_outside_run_namespaces_are_not_kept():
+    store = store_with_run()
+    watch, triggered = watcher(store, POD)
+    watch._on_event({"type": "ADDED", "object": {"metadata": {"name": "x", "namespace": "elsewhere",
+                                                              "resourceVersion": "3"}}})
+    assert store.get("Pod", "elsewhere", "x") is None and triggered == []
+    watch._on_event({"type": "ADDED", "object": {"metadata": {"name": "agent", "namespace": "team-agent",
+                                                              "resourceVersion": "4"}}})
+    assert store.get("Pod", "team-agent", "agent") is not None and triggered == [KEY]
+
+
+def test_every_kind_names_its_rbac_resource():
+    assert POLICY.resource == ("networking.k8s.io", "networkpolicies")
+    assert POD.resource == ("", "pods")
