@@ -19,6 +19,7 @@ from stockade.naming import job_name, label_value, run_namespace_name
 from stockade.quantity import format_bytes, format_cpu, parse_quantity
 from stockade.quantity import parse_duration as parse_duration  # noqa: PLC0414 (re-exported for the reconciler)
 
+
 @dataclass(frozen=True)
 class PlanSettings:
     """Cluster facts the plan depends on (from the operator's configuration)."""
