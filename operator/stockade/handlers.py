@@ -22,10 +22,11 @@ from stockade.api.models import GROUP, PLURAL, VERSION
 from stockade.dnsresolve import HostResolver
 from stockade.kopf_tuning import tune
 from stockade.kube import Kube
+from stockade.leadership import Leadership, Readiness
 from stockade.reconcile import Reconciler
 from stockade.runtime import RUNTIME
 from stockade.settings import Settings
-from stockade.store import Store
+from stockade.store import RunKey, Store
 from stockade.watch import WatchLayer
 
 log = logging.getLogger("stockade")
@@ -57,13 +58,33 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     RUNTIME.kube = kube
     RUNTIME.store = store
     RUNTIME.reconciler = Reconciler(kube, store, config.plan_settings(), resolver, emit_event)
-    layer = WatchLayer(kube, store, RUNTIME.reconciler.trigger_soon)
+    # Peering: kopf pauses its own handlers on a standby replica, but not the watch layer, the sweep or the
+    # signal endpoint; they all follow ``leadership`` (stockade.leadership), and taking over reconciles all.
+    settings.peering.lifetime = config.peering_lifetime_seconds
+    leadership = Leadership(kube, config.peering_name, config.peering_identity, config.peering_priority)
+    RUNTIME.leadership = leadership
+    reconciler = RUNTIME.reconciler
+
+    def trigger(key: RunKey) -> None:
+        if leadership.active:
+            reconciler.trigger_soon(key)
+
+    async def take_over(active: bool) -> None:
+        for key in list(store.agentruns) if active else ():
+            reconciler.trigger_soon(key)
+
+    layer = WatchLayer(kube, store, trigger)
     await _prime(kube, store, layer)
     layer.start()
     _TASKS["watches"] = layer
+    await leadership.start()
+    leadership.on_change(take_over)
+    if config.ready_port:
+        _TASKS["ready"] = Readiness(leadership, config.ready_host, config.ready_port)
+        await _TASKS["ready"].start()
     # Run namespaces left by AgentRuns deleted while the operator was down (or in a race): now and periodically.
     _TASKS["sweep"] = asyncio.get_running_loop().create_task(
-        RUNTIME.reconciler.lifecycle.sweep_forever(ORPHAN_SWEEP_SECONDS), name="orphan-sweep")
+        reconciler.lifecycle.sweep_forever(ORPHAN_SWEEP_SECONDS, when=lambda: leadership.active), name="orphan-sweep")
     if config.metrics_port:
         start_http_server(config.metrics_port)
     log.info("stockade started; metrics on :%s", config.metrics_port)

@@ -133,15 +133,20 @@ PERMISSIONS: tuple[Permission, ...] = (
                ("stockade.admission.webhook:apply",), names=(RELEASE,), feature="webhook.enabled"),
     Permission("admissionregistration.k8s.io", "mutatingwebhookconfigurations", ("patch",),
                ("stockade.admission.webhook:apply",), names=(RELEASE,), feature="webhook.enabled"),
-    # Whether whoever writes an AgentRun holds every API permission it grants.
+    # Admission asks the API server whether the requesting user may do what they ask for (release).
     Permission("authorization.k8s.io", "subjectaccessreviews", ("create",),
-               ("stockade.admission.grant_policy:_held",)),
+               ("stockade.admission.handlers:_may_release",
+                # and whether they hold every API permission their AgentRun grants
+                "stockade.admission.grant_policy:_held")),
     # kopf itself: it watches CRDs to learn which resources exist.
     Permission("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"),
                ("kopf._core.reactor.observation:resource_observer",)),
     # kopf peering (two replicas, rollouts): watch every peering, write keep-alives into ours only.
     Permission("kopf.dev", "clusterkopfpeerings", ("list", "watch"),
                ("kopf._core.engines.peering:process_peering_event",), feature="peering.enabled"),
+    # Which replica leads (the signal endpoint, readiness and the webhook configurations follow it).
+    Permission("kopf.dev", "clusterkopfpeerings", ("get",), ("stockade.leadership:Leadership._poll_once",),
+               names=(RELEASE,), feature="peering.enabled"),
     Permission("kopf.dev", "clusterkopfpeerings", ("patch",),
                ("kopf._core.engines.peering:touch", "kopf._core.engines.peering:clean"),
                names=(RELEASE,), feature="peering.enabled"),

@@ -146,13 +146,14 @@ def test_the_operators_service_account_is_confined_to_run_namespaces() -> None:
 
 
 CLIENTS = {hid: webhook.client_config(b"CA", hid, url="https://127.0.0.1:9443")
-           for hid in (webhook.VALIDATE_ID, webhook.MUTATE_ID, webhook.POLICY_ID, webhook.POLICY_DEFAULTS_ID)}
+           for hid in (webhook.VALIDATE_ID, webhook.MUTATE_ID, webhook.AGENTRUN_MUTATE_ID, webhook.POLICY_ID,
+                       webhook.POLICY_DEFAULTS_ID)}
 
 
 def test_validating_webhook_is_fail_closed_short_and_scoped_to_run_namespaces() -> None:
     config = webhook.validating(CLIENTS, OPERATOR, ["stockade-system"])
     assert config["metadata"]["name"] == "stockade"
-    allowlist, namespace, _agentrun_policy = config["webhooks"]  # the last: tests/unit/test_grantpolicy_admit.py
+    allowlist, namespace, _agentrun_policy = config["webhooks"]  # the last: tests/unit/test_grantpolicy_webhook.py
     for hook in (allowlist, namespace):
         assert hook["failurePolicy"] == "Fail"
         assert hook["timeoutSeconds"] == 5
@@ -178,6 +179,19 @@ def test_mutating_webhook_hides_gpus_on_pod_creation_and_may_be_skipped() -> Non
                               "operations": ["CREATE"], "scope": "Namespaced"}]
     assert hook["failurePolicy"] == "Ignore", "the validating webhook refuses what a skipped mutation left"
     assert hook["clientConfig"]["url"].endswith("/gpu-visibility")
+
+
+def test_agentrun_mutation_is_fail_closed_for_agentruns_only_and_never_in_system_namespaces() -> None:
+    gpu, agentruns, _policy_defaults = webhook.mutating(CLIENTS, OPERATOR, ["stockade-system"])["webhooks"]
+    assert gpu["name"] == "gpu-visibility.stockade.io"
+    assert agentruns["rules"] == [{"apiGroups": ["stockade.io"], "apiVersions": ["*"], "resources": ["agentruns"],
+                                   "operations": ["CREATE", "UPDATE"], "scope": "Namespaced"}]
+    assert agentruns["failurePolicy"] == "Fail", "a release must not skip its permission check"
+    assert agentruns["namespaceSelector"] == {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+         "values": ["kube-node-lease", "kube-public", "kube-system", "stockade-system"]}]}
+    assert vap.not_operator(OPERATOR) in agentruns["matchConditions"]
+    assert agentruns["clientConfig"]["url"].endswith("/agentrun-defaults")
 
 
 def test_in_cluster_client_config_names_the_service() -> None:

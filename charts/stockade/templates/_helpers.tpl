@@ -63,7 +63,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{- define "stockade.webhookCertSecret" -}}
-{{- printf "%s-webhook-tls" (include "stockade.fullname" .) }}
+{{- .Values.webhook.tls.secretName | default (printf "%s-webhook-tls" (include "stockade.fullname" .)) }}
 {{- end }}
 
 {{- define "stockade.signalTLSSecret" -}}

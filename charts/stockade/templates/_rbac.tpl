@@ -199,7 +199,7 @@
   verbs: ["patch"]
   resourceNames: ["{{ include "stockade.fullname" . }}"]
 {{- end }}
-# stockade.admission.grant_policy:_held
+# stockade.admission.handlers:_may_release, stockade.admission.grant_policy:_held
 - apiGroups: ["authorization.k8s.io"]
   resources: ["subjectaccessreviews"]
   verbs: ["create"]
@@ -212,6 +212,13 @@
 - apiGroups: ["kopf.dev"]
   resources: ["clusterkopfpeerings"]
   verbs: ["list", "watch"]
+{{- end }}
+{{- if .Values.peering.enabled }}
+# stockade.leadership:Leadership._poll_once
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["get"]
+  resourceNames: ["{{ include "stockade.fullname" . }}"]
 {{- end }}
 {{- if .Values.peering.enabled }}
 # kopf._core.engines.peering:touch, kopf._core.engines.peering:clean

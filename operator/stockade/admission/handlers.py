@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 
 import stockade.admission.grant_policy  # noqa: F401  (registers the AgentRun policy webhook and its watches)
-from stockade.admission import certs, policy, vap, webhook
+from stockade.admission import agentrun_mutate, certs, policy, vap, webhook
 from stockade.admission.config import AdmissionSettings
 from stockade.admission.metrics import REQUESTS, SECONDS
 from stockade.admission.pending import Pending
@@ -27,6 +27,7 @@ from stockade.admission.server import ThreadedWebhookServer
 from stockade.api.models import AgentRunSpec
 from stockade.grantcheck import Usage
 from stockade.grantpolicy import admit
+from stockade.kube import KubeError
 from stockade.runtime import RUNTIME
 
 log = logging.getLogger("stockade.admission")
@@ -80,18 +81,27 @@ async def admission_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.admission.managed = None  # the configurations below are ours, not kopf's
     clients = {hid: webhook.client_config(paths.ca_bundle(), hid, url=url, service=service,
                                           service_port=config.webhook_service_port)
-               for hid in (webhook.VALIDATE_ID, webhook.MUTATE_ID, webhook.POLICY_ID,
+               for hid in (webhook.VALIDATE_ID, webhook.MUTATE_ID, webhook.AGENTRUN_MUTATE_ID, webhook.POLICY_ID,
                            webhook.POLICY_DEFAULTS_ID)}
     users = sorted(STATE.usernames)
     groups = sorted(STATE.exempt_groups)
-    if config.admission_manage_policy:
-        await webhook.apply(kube, vap.manifests(users, excluded, groups))
-    if config.admission_manage_webhooks:
-        timeout = config.webhook_timeout_seconds
-        name = config.webhook_configuration
-        await webhook.apply(kube, [
-            webhook.validating(clients, users, excluded, timeout=timeout, name=name, exempt_groups=groups),
-            webhook.mutating(clients, users, excluded, timeout=timeout, name=name, exempt_groups=groups)])
+
+    async def own_admission(active: bool) -> None:
+        """The active replica owns the configurations: it writes them when it starts or takes over, so a
+        standby never points them at itself and a dead leader's URL is replaced by the survivor's."""
+        if not active:
+            return
+        if config.admission_manage_policy:
+            await webhook.apply(kube, vap.manifests(users, excluded, groups))
+        if config.admission_manage_webhooks:
+            timeout = config.webhook_timeout_seconds
+            name = config.webhook_configuration
+            await webhook.apply(kube, [
+                webhook.validating(clients, users, excluded, timeout=timeout, name=name, exempt_groups=groups),
+                webhook.mutating(clients, users, excluded, timeout=timeout, name=name, exempt_groups=groups)])
+
+    await own_admission(RUNTIME.leadership.active)
+    RUNTIME.leadership.on_change(own_admission)
     # The webhook's thread waits for the interpreter lock while the main loop handles watch
     # events; a shorter switch interval (default 5 ms) bounds each of those waits.
     sys.setswitchinterval(config.admission_switch_interval_seconds)
@@ -199,3 +209,35 @@ async def gpu_visibility(**kwargs: Any) -> None:
         kwargs["patch"].as_json_patch = lambda *_args, **_kw: ops
     REQUESTS.labels(webhook=webhook.MUTATE_ID, decision="allowed").inc()
     SECONDS.labels(webhook=webhook.MUTATE_ID).observe(time.perf_counter() - started)
+
+
+@kopf.on.mutate("stockade.io", "v1alpha1", "agentruns", id=webhook.AGENTRUN_MUTATE_ID, operations=["CREATE", "UPDATE"])
+async def agentrun_defaults(**kwargs: Any) -> None:
+    """The finalizer from the first moment, and a release only by those granted it (recorded as who)."""
+    started = time.perf_counter()
+    req = _request(kwargs)
+    userinfo = kwargs.get("userinfo") or {}
+    may_release: bool | None = None
+    if agentrun_mutate.release_requested(req.obj, req.old) is not None:
+        may_release = await _may_release(req, str(userinfo.get("uid") or ""), userinfo.get("extra"))
+    result = agentrun_mutate.mutate(req.operation, req.obj, req.old, username=req.username, may_release=may_release)
+    REQUESTS.labels(webhook=webhook.AGENTRUN_MUTATE_ID,
+                    decision="refused" if result.refusal else "allowed").inc()
+    SECONDS.labels(webhook=webhook.AGENTRUN_MUTATE_ID).observe(time.perf_counter() - started)
+    if result.refusal:
+        log.warning("release refused", extra={"agentrun": f"{req.namespace}/{req.name}", "user": req.username})
+        raise kopf.AdmissionError(result.refusal, code=403)
+    ops = result.ops
+    kwargs["patch"].as_json_patch = lambda *_args, **_kw: ops
+
+
+async def _may_release(req: policy.Request, uid: str, extra: Any) -> bool:
+    review = agentrun_mutate.release_review(req.username, req.groups, uid=uid,
+                                            extra=extra if isinstance(extra, Mapping) else None,
+                                            namespace=req.namespace, name=req.name)
+    try:
+        answer = await RUNTIME.kube.call("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
+    except KubeError as err:  # fail closed: no answer, no release
+        log.warning("could not check whether %s may release %s/%s: %s", req.username, req.namespace, req.name, err)
+        return False
+    return bool((answer.get("status") or {}).get("allowed"))

@@ -22,6 +22,7 @@ VALIDATE_ID = "allowlist"  # kopf handler ids: the path of each webhook's URL
 MUTATE_ID = "gpu-visibility"
 POLICY_ID = "agentrun-policy"  # AgentRuns against the AgentPolicies that bound them
 POLICY_DEFAULTS_ID = "agentrun-policy-defaults"  # what a grant omits, from those policies' defaults
+AGENTRUN_MUTATE_ID = "agentrun-defaults"
 FIELD_MANAGER = "stockade-admission"
 
 # Updates and deletions the webhook judges; every kind is judged on creation.
@@ -129,9 +130,32 @@ def mutating(clients: Mapping[str, dict[str, Any]], usernames: Sequence[str], ex
                 "timeoutSeconds": timeout,
                 "admissionReviewVersions": ["v1"],
             },
+            {
+                # AgentRuns in every namespace (they live in team namespaces), never the excluded ones:
+                # the finalizer on creation, and release only by those granted the verb.
+                "name": "agentrun-defaults.stockade.io",
+                "clientConfig": clients[AGENTRUN_MUTATE_ID],
+                "rules": [_rule("stockade.io", ["agentruns"], ["CREATE", "UPDATE"])],
+                "namespaceSelector": excluded_namespaces(excluded),
+                "matchConditions": [vap.not_operator(usernames, exempt_groups)],
+                # Fail: an AgentRun without its finalizer could outlive nothing, but a release that
+                # skipped the permission check would be recorded under a name the caller chose.
+                "failurePolicy": "Fail",
+                "reinvocationPolicy": "Never",
+                "matchPolicy": "Equivalent",
+                "sideEffects": "None",
+                "timeoutSeconds": timeout,
+                "admissionReviewVersions": ["v1"],
+            },
             policy_defaults_hook(clients, usernames, excluded, timeout=timeout, exempt_groups=exempt_groups),
         ],
     }
+
+
+def excluded_namespaces(excluded: Sequence[str] = ()) -> dict[str, Any]:
+    """Every namespace but the control plane's and the operator's own."""
+    names = sorted({*vap.SYSTEM_NAMESPACES, *excluded})
+    return {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": names}]}
 
 
 def policy_defaults_hook(clients: Mapping[str, dict[str, Any]], usernames: Sequence[str],

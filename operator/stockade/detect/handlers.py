@@ -80,6 +80,8 @@ async def start_detection(**_: Any) -> None:
     RUNTIME.reconciler.extensions.append(detector.on_reconcile)
     detection = Detection(settings, responder, detector)
     server = SignalServer(settings, RUNTIME.store, RUNTIME.kube, responder, spec_of=detector.spec, now=_now)
+    leadership = RUNTIME.leadership
+    server.standby = lambda: not leadership.active
     why_not = server.enabled()
     if why_not is None:
         try:
@@ -92,6 +94,7 @@ async def start_detection(**_: Any) -> None:
         log.warning("signal endpoint off: %s", why_not)
     if settings.prometheus_url:
         detection.poller = Poller(settings, RUNTIME.store, responder, detector.spec, _now)
+        detection.poller.standby = server.standby
         detection.poller.start()
     STATE["detection"] = detection
 

@@ -58,6 +58,7 @@ class Poller:
         self._reported: dict[tuple[str, str, str], float] = {}
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self.standby: Callable[[], bool] = lambda: False  # another replica leads: it polls, this one waits
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -76,7 +77,8 @@ class Poller:
         while True:
             started = time.monotonic()
             try:
-                await self.poll_once()
+                if not self.standby():
+                    await self.poll_once()
             except (aiohttp.ClientError, TimeoutError, ValueError) as err:
                 metrics.SIGNALS.labels(source="metrics", outcome="query-failed").inc()
                 log.warning("querying Prometheus at %s failed: %s", self.url, err)
