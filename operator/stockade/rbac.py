@@ -59,12 +59,12 @@ PERMISSIONS: tuple[Permission, ...] = (
                 "stockade.detect.handlers:release_requested", "stockade.lifecycle:RunLifecycle.sweep")),
     # Re-read after a conflicting status write.
     Permission("stockade.io", "agentruns", ("get",),
-               ("stockade.respond:Responder._handle", "stockade.respond:Responder.release",
+               ("stockade.respond:Responder._handle", "stockade.release:ReleaseMixin.release",
                 "stockade.admission.record:Recorder._write")),
     # Finalizer (JSON patch); the release annotation is removed once handled.
     Permission("stockade.io", "agentruns", ("patch",),
                ("stockade.lifecycle:RunLifecycle.add_finalizer", "stockade.lifecycle:RunLifecycle.finalize",
-                "stockade.respond:Responder._release")),
+                "stockade.release:ReleaseMixin._release")),
     Permission("stockade.io", "agentruns/status", ("patch",),
                ("stockade.reconcile:Reconciler._write_status", "stockade.respond:Responder._write_status",
                 "stockade.admission.record:Recorder._write")),
@@ -98,10 +98,10 @@ PERMISSIONS: tuple[Permission, ...] = (
     *_child("", "resourcequotas", watched_by=("stockade.budget_watch:team_quota_event",
                                               "stockade.budget_watch:budget_startup")),
     *_child("", "limitranges"),
-    *_child("networking.k8s.io", "networkpolicies", applied_by=("stockade.respond:Responder._apply_policy",),
-            deleted_by=("stockade.respond:Responder._release",)),
+    *_child("networking.k8s.io", "networkpolicies", applied_by=("stockade.rungs:RungsMixin._apply_policy",),
+            deleted_by=("stockade.release:ReleaseMixin._release",)),
     *_child("rbac.authorization.k8s.io", "roles"),
-    *_child("rbac.authorization.k8s.io", "rolebindings", deleted_by=("stockade.respond:Responder._act",)),
+    *_child("rbac.authorization.k8s.io", "rolebindings", deleted_by=("stockade.rungs:RungsMixin._act",)),
     Permission("rbac.authorization.k8s.io", "roles", ("escalate", "bind"), ("stockade.reconcile:Reconciler._apply",),
                names=(labels.ROLE,)),
     # The agent's workload: created once, deleted when the run expires or a violation evicts it; a
@@ -109,12 +109,12 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "pods", ("list", "watch"), ("stockade.watch:KindWatch.run", "stockade.watch:WatchLayer.prime")),
     Permission("", "pods", ("get",), ("stockade.detect.server:SignalServer._owner",)),
     Permission("", "pods", ("create",), ("stockade.reconcile:Reconciler._ensure_workload",)),
-    Permission("", "pods", ("patch",), ("stockade.respond:Responder._label", "stockade.respond:Responder._unlabel")),
+    Permission("", "pods", ("patch",), ("stockade.rungs:RungsMixin._label", "stockade.release:ReleaseMixin._unlabel")),
     Permission("", "pods", ("delete",),
-               ("stockade.reconcile:Reconciler._stop_workload", "stockade.respond:Responder._evict")),
+               ("stockade.reconcile:Reconciler._stop_workload", "stockade.rungs:RungsMixin._evict")),
     Permission("batch", "jobs", ("list", "watch"), WATCH_CHILD),
     Permission("batch", "jobs", ("create",), ("stockade.reconcile:Reconciler._ensure_workload",)),
-    Permission("batch", "jobs", ("patch",), ("stockade.respond:Responder._suspend",)),
+    Permission("batch", "jobs", ("patch",), ("stockade.rungs:RungsMixin._suspend",)),
     Permission("batch", "jobs", ("delete",), ("stockade.reconcile:Reconciler._stop_workload",)),
     # Other kinds detection watches in run namespaces (what the agent makes, if its grant lets it).
     Permission("", "services", ("list", "watch"), WATCH_DETECT),
@@ -126,7 +126,7 @@ PERMISSIONS: tuple[Permission, ...] = (
     # Events on the AgentRun (kopf and the responders POST them); a pod's events become evidence.
     Permission("", "events", ("create",),
                ("stockade.handlers:emit_event", "kopf._cogs.clients.events:post_event",
-                "stockade.respond:EventPoster.post", "stockade.admission.record:Recorder._post_event")),
+                "stockade.events:EventPoster.post", "stockade.admission.record:Recorder._post_event")),
     Permission("", "events", ("list",), ("stockade.respond:Responder._pod_events",)),
     # Admission: the operator fills in the webhook configurations the chart made empty.
     Permission("admissionregistration.k8s.io", "validatingwebhookconfigurations", ("patch",),

@@ -20,61 +20,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
 
-from stockade import labels, metrics
-from stockade.api.models import AgentRunSpec, Violation
+from stockade import metrics
+from stockade.api.models import AgentRunSpec
+from stockade.clock import stamp, utcnow
 from stockade.confine import confined_pod, run_namespace
 from stockade.detect import evidence
 from stockade.detect.config import DetectSettings
 from stockade.detect.rules import at_least
+from stockade.events import EmitEvent, EventPoster, FallbackEmit
+from stockade.incident import DROPPED, FAILED, GONE, RECORDED, Ack, Incident, settle
 from stockade.kube import Kube, KubeError, object_path
-from stockade.naming import run_namespace_name
-from stockade.reconcile import EmitEvent, stamp, utcnow
+from stockade.release import ReleaseMixin
+from stockade.rungs import RETRIES, ConfinementError, RungsMixin, quarantine_policy
 from stockade.store import RunKey, Store
 
 log = logging.getLogger("stockade.respond")
 
-RETRIES = (0.1, 0.3, 1.0)
+__all__ = ["DROPPED", "FAILED", "GONE", "RECORDED", "Ack", "ConfinementError", "EventPoster", "FallbackEmit",
+           "Incident", "Responder", "quarantine_policy"]
+
 EVENTS_PER_BATCH = 5
-
-# What became of a submitted violation, as its acknowledgement says (the signal endpoint answers by it).
-RECORDED = "recorded"  # in the AgentRun's status, as the API server returned it
-DROPPED = "dropped"  # refused: too many distinct violations already wait for this run
-GONE = "gone"  # the AgentRun no longer exists
-FAILED = "failed"  # the status write failed; the sender should try again
-Ack = asyncio.Future[str]
-
-
-def _settle(waiters: Iterable[Ack], outcome: str) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_result(outcome)
-
-
-@dataclass
-class Incident:
-    """A violation on its way to the AgentRun, with what came with it."""
-
-    violation: Violation
-    signal: Any = None  # the payload as received (kept bounded in the evidence)
-    received: float = field(default_factory=time.perf_counter)
-    attributable: bool = True  # False: the agent cannot have done it; record, do not act
-    force: bool = False  # act even on an already quarantined pod (its isolation was undone)
-    count: int = 1
-    pod: Mapping[str, Any] | None = None  # the pod as the signal endpoint found it in the run namespace
-    waiters: list[Ack] = field(default_factory=list)  # resolved once the violation is recorded (or is not)
-
-    @property
-    def signature(self) -> tuple[str, str | None, str, str]:
-        v = self.violation
-        return v.kind, v.pod, v.detail, v.source
-
 
 @dataclass
 class _Plan:
@@ -89,84 +60,7 @@ class _Plan:
         return bool(self.targets) or self.freeze
 
 
-def quarantine_policy(run_namespace: str, run_name: str, run_team: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {
-            "name": labels.POLICY_QUARANTINE,
-            "namespace": run_namespace,
-            "labels": {labels.AGENTRUN: run_name, labels.AGENTRUN_NAMESPACE: run_team,
-                       labels.MANAGED_BY: labels.MANAGED_BY_VALUE, labels.COMPONENT: "quarantine"},
-        },
-        "spec": {
-            "podSelector": {"matchLabels": {labels.QUARANTINED: "true"}},
-            "policyTypes": ["Ingress", "Egress"],
-        },
-    }
-
-
-class ConfinementError(Exception):
-    """An action outside the run namespace of the run it is for was about to be taken (a bug: never)."""
-
-
-class EventPoster:
-    """Events on the AgentRun, posted directly: kopf.event works only inside kopf's per-object handler
-    tasks, and the responder runs in its own. Fire and forget: an Event never delays a response."""
-
-    def __init__(self, kube: Kube, now: Callable[[], str] | None = None) -> None:
-        self.kube = kube
-        self.now = now or (lambda: stamp(utcnow()))
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def __call__(self, body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
-        task = asyncio.get_running_loop().create_task(self.post(body, kind, reason, message))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def post(self, body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
-        meta = body["metadata"]
-        at = self.now()
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": "stockade.io/v1alpha1", "kind": "AgentRun", "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta.get("uid")},
-            "type": kind,
-            "reason": reason,
-            "message": message[:1000],
-            "source": {"component": "stockade"},
-            "reportingComponent": "stockade",
-            "firstTimestamp": at,
-            "lastTimestamp": at,
-            "count": 1,
-        }
-        try:
-            await self.kube.create(event)
-        except KubeError as err:
-            log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err)
-
-    async def flush(self) -> None:
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-
-class FallbackEmit:
-    """The reconciler's emit (kopf.event) raises LookupError outside kopf's per-object handler tasks,
-    and reconciles the responder triggers run in its own tasks: post those Events directly instead."""
-
-    def __init__(self, primary: EmitEvent, fallback: EmitEvent) -> None:
-        self.primary = primary
-        self.fallback = fallback
-
-    def __call__(self, body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
-        try:
-            self.primary(body, kind, reason, message)
-        except LookupError:
-            self.fallback(body, kind, reason, message)
-
-
-class Responder:
+class Responder(RungsMixin, ReleaseMixin):
     def __init__(self, kube: Kube, store: Store, emit: EmitEvent, *, settings: DetectSettings,
                  trigger: Callable[[RunKey], None] | None = None, now: Callable[[], str] | None = None) -> None:
         self.kube = kube
@@ -201,14 +95,14 @@ class Responder:
                 continue
             if len(pending) >= self.settings.pending_per_run:
                 metrics.SIGNALS.labels(source=incident.violation.source, outcome="dropped").inc()
-                _settle([ack, *incident.waiters], DROPPED)
+                settle([ack, *incident.waiters], DROPPED)
                 continue
             incident.waiters.append(ack)
             pending[incident.signature] = incident
         self._backlog()
         if not pending:
             self._pending.pop(key, None)
-            _settle([ack], RECORDED)  # nothing was submitted: nothing is owed
+            settle([ack], RECORDED)  # nothing was submitted: nothing is owed
         elif key not in self._workers:
             self._workers[key] = asyncio.get_running_loop().create_task(self._drain(key))
         return ack
@@ -245,7 +139,7 @@ class Responder:
                             log.exception("responding to %d violation(s) of %s/%s failed", len(batch), *key)
                     finally:
                         # Whatever was not recorded by now was not: the senders hear it and try again.
-                        _settle((w for i in batch for w in i.waiters), FAILED)
+                        settle((w for i in batch for w in i.waiters), FAILED)
         finally:
             self._workers.pop(key, None)
 
@@ -255,7 +149,7 @@ class Responder:
             body = self.store.agentruns.get(key)
             if body is None:
                 log.info("%d violation(s) for %s/%s dropped: the AgentRun is gone", len(batch), *key)
-                _settle((w for i in batch for w in i.waiters), GONE)
+                settle((w for i in batch for w in i.waiters), GONE)
                 return
             try:
                 await self._respond(key, body, batch)
@@ -268,7 +162,7 @@ class Responder:
                 if err.conflict:  # someone else wrote the status: decide again on what it says now
                     fresh = await self.kube.get("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
                     if fresh is None:
-                        _settle((w for i in batch for w in i.waiters), GONE)
+                        settle((w for i in batch for w in i.waiters), GONE)
                         return
                     self.store.put_agentrun(fresh)
                 else:
@@ -433,7 +327,7 @@ class Responder:
         """The status write that records the batch; only then is each sender told it is safe (their
         retries cover a crash before this point)."""
         await self._write_status(key, body, patch)
-        _settle((w for i in batch for w in i.waiters), RECORDED)
+        settle((w for i in batch for w in i.waiters), RECORDED)
 
     async def _write_status(self, key: RunKey, body: Mapping[str, Any], patch: Mapping[str, Any]) -> None:
         # The resourceVersion makes this a compare-and-swap: violations are a read-modify-write list
@@ -444,9 +338,11 @@ class Responder:
         self.store.put_agentrun(updated)
 
     def _report(self, body: Mapping[str, Any], batch: list[Incident], plan: _Plan, spec: AgentRunSpec | None) -> None:
+        team = str(body["metadata"]["namespace"])
         for index, incident in enumerate(batch):
             v = incident.violation
-            metrics.VIOLATIONS.labels(kind=v.kind, source=v.source, action=plan.actions[index]).inc(incident.count)
+            metrics.VIOLATIONS.labels(namespace=team, kind=v.kind, source=v.source,
+                                      action=plan.actions[index]).inc(incident.count)
         noted = [i for i in range(len(batch)) if not plan.actions[i].endswith("(already quarantined)")]
         for index in noted[:EVENTS_PER_BATCH]:
             v = batch[index].violation
@@ -458,168 +354,3 @@ class Responder:
         if plan.acting and spec is not None:
             pods = ", ".join(sorted(plan.targets)) or "none"
             self.emit(body, "Warning", "Quarantined", f"applied {'+'.join(spec.response)} (pods: {pods})")
-
-    # Rungs ---------------------------------------------------------------------------------------------
-    def _guard(self, key: RunKey, namespace: str) -> None:
-        """The last check before any write: only ever in this run's confirmed run namespace."""
-        run = self.store.agentruns.get(key) or {}
-        if run_namespace(self.store, key, run.get("status") or {}) != namespace:
-            raise ConfinementError(f"refusing to act in namespace {namespace!r}: not the run namespace of "
-                                   f"AgentRun {key[0]}/{key[1]}")
-
-    async def _act(self, key: RunKey, run_ns: str, ladder: Sequence[str], targets: Mapping[str, Incident], *,
-                   forced: set[str], freeze: bool) -> None:
-        self._guard(key, run_ns)
-        for step in ladder:
-            if step == "isolate" and targets:
-                await self._isolate(key, run_ns, targets)
-            elif step == "freeze" and freeze:
-                await self._step("freeze", lambda: self.kube.delete(
-                    "rbac.authorization.k8s.io/v1", "RoleBinding", run_ns, labels.ROLE_BINDING))
-            elif step == "evict":
-                # A forced incident re-isolates a pod whose label was removed; it is not evicted twice.
-                for pod in sorted(set(targets) - forced):
-                    await self._step("evict", partial(self._evict, run_ns, pod))
-
-    async def _isolate(self, key: RunKey, run_ns: str, targets: Mapping[str, Incident]) -> None:
-        self._guard(key, run_ns)
-        policy = quarantine_policy(run_ns, key[1], key[0])
-        results = await asyncio.gather(
-            self._step("isolate", lambda: self._apply_policy(policy)),
-            *(self._step("isolate", partial(self._label, run_ns, pod)) for pod in sorted(targets)),
-        )
-        if all(results):
-            done = time.perf_counter()
-            for incident in targets.values():
-                metrics.DETECTION_LATENCY.labels(source=incident.violation.source).observe(done - incident.received)
-
-    async def _apply_policy(self, policy: Mapping[str, Any]) -> None:
-        meta = policy["metadata"]
-        live = self.store.get("NetworkPolicy", meta["namespace"], meta["name"])
-        if live is not None and live.get("spec") == policy["spec"] and not live["metadata"].get("deletionTimestamp"):
-            return
-        applied = await self.kube.apply(policy)
-        self.store.put({**applied, "kind": "NetworkPolicy", "apiVersion": "networking.k8s.io/v1"})
-
-    async def _label(self, namespace: str, pod: str) -> None:
-        path = object_path("v1", "Pod", namespace, pod)
-        try:
-            patched = await self.kube.merge_patch(path, {"metadata": {"labels": {labels.QUARANTINED: "true"}}})
-        except KubeError as err:
-            if err.not_found:
-                return  # gone already: nothing left to isolate
-            raise
-        self.store.put({**patched, "kind": "Pod", "apiVersion": "v1"})
-
-    async def _evict(self, namespace: str, pod: str) -> None:
-        live = self.store.get("Pod", namespace, pod) or {}
-        for owner in (live.get("metadata") or {}).get("ownerReferences") or []:
-            if owner.get("kind") == "Job":
-                # A Job would replace the pod; suspended, it does not (a release resumes it).
-                await self._suspend(namespace, owner["name"], True)
-        await self.kube.delete("v1", "Pod", namespace, pod, grace=0)
-
-    async def _suspend(self, namespace: str, job: str, suspend: bool) -> None:
-        path = object_path("batch/v1", "Job", namespace, job)
-        try:
-            await self.kube.merge_patch(path, {"spec": {"suspend": suspend}})
-        except KubeError as err:
-            if not err.not_found:
-                raise
-
-    @staticmethod
-    async def _step(step: str, action: Callable[[], Awaitable[Any]]) -> bool:
-        """One rung, with a few quick retries; a rung that still fails is counted and logged."""
-        for attempt, delay in enumerate((*RETRIES, None)):
-            try:
-                await action()
-            except KubeError as err:
-                if delay is None:
-                    log.error("quarantine step %s failed after %d tries: %s", step, attempt + 1, err)
-                    metrics.QUARANTINE_ACTIONS.labels(step=step, outcome="failed").inc()
-                    return False
-                await asyncio.sleep(delay)
-                continue
-            metrics.QUARANTINE_ACTIONS.labels(step=step, outcome="done").inc()
-            return True
-        return False
-
-    # Release ---------------------------------------------------------------------------------------
-    def release_soon(self, key: RunKey, by: str) -> None:
-        """Release in the background, once at a time per run (the annotation handler and every
-        reconcile that still sees the annotation ask; only the first request does anything)."""
-        if key in self._releasing:
-            return
-        self._releasing.add(key)
-
-        async def run() -> None:
-            try:
-                await self.release(key, by)
-            except Exception:
-                log.exception("releasing %s/%s failed; the annotation stays, so the next reconcile retries", *key)
-            finally:
-                self._releasing.discard(key)
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def release(self, key: RunKey, by: str) -> None:
-        """Lift the quarantine after a human looked: status first (so nothing re-isolates the pods),
-        then labels, the policy and a suspended Job; the reconciler restores RBAC and the workload."""
-        async with self._lock(key):
-            for attempt in range(3):
-                body = self.store.agentruns.get(key)
-                annotations = (body or {}).get("metadata", {}).get("annotations") or {}
-                if body is None or labels.RELEASE_ANNOTATION not in annotations:
-                    return  # gone, or released already (a second event for the same request)
-                try:
-                    await self._release(key, body, by)
-                    return
-                except KubeError as err:
-                    if not err.conflict or attempt == 2:
-                        raise
-                    fresh = await self.kube.get("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
-                    if fresh is None:
-                        return
-                    self.store.put_agentrun(fresh)
-
-    async def _release(self, key: RunKey, body: Mapping[str, Any], by: str) -> None:
-        status = body.get("status") or {}
-        quarantine = status.get("quarantine") or {}
-        run_ns = status.get("runNamespace") or run_namespace_name(*key)
-        at = self.now()
-        was_active = bool(quarantine.get("active"))
-        if was_active:
-            await self._write_status(key, body, {"quarantine": {"active": False, "releasedAt": at, "releasedBy": by}})
-        for pod in list(self.store.in_namespace(run_ns, "Pod")):
-            if labels.QUARANTINED in (pod["metadata"].get("labels") or {}):
-                await self._unlabel(run_ns, pod["metadata"]["name"])
-        await self.kube.delete("networking.k8s.io/v1", "NetworkPolicy", run_ns, labels.POLICY_QUARANTINE)
-        job = self.store.get("Job", run_ns, key[1])
-        if job is not None and (job.get("spec") or {}).get("suspend"):
-            await self._suspend(run_ns, key[1], False)
-        path = object_path("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
-        updated = await self.kube.merge_patch(path, {"metadata": {"annotations": {labels.RELEASE_ANNOTATION: None}}})
-        self.store.put_agentrun(updated)
-        current = self.store.agentruns.get(key) or body
-        if was_active:
-            metrics.RELEASES.inc()
-            pods = ", ".join(quarantine.get("pods") or []) or "none"
-            steps = "+".join(quarantine.get("steps") or [])
-            self.emit(current, "Normal", "Released",
-                      f"quarantine ({quarantine.get('reason')}, pods {pods}, steps {steps}) released by {by}")
-            log.info("quarantine of %s/%s released by %s", key[0], key[1], by)
-        else:
-            self.emit(current, "Normal", "Released", f"nothing to release (requested by {by})")
-        self.trigger(key)  # the reconciler restores RBAC and the workload
-
-    async def _unlabel(self, namespace: str, pod: str) -> None:
-        path = object_path("v1", "Pod", namespace, pod)
-        try:
-            patched = await self.kube.merge_patch(path, {"metadata": {"labels": {labels.QUARANTINED: None}}})
-        except KubeError as err:
-            if err.not_found:
-                return
-            raise
-        self.store.put({**patched, "kind": "Pod", "apiVersion": "v1"})

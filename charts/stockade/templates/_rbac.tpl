@@ -4,11 +4,11 @@
 - apiGroups: ["stockade.io"]
   resources: ["agentruns"]
   verbs: ["list", "watch"]
-# stockade.respond:Responder._handle, stockade.respond:Responder.release, stockade.admission.record:Recorder._write
+# stockade.respond:Responder._handle, stockade.release:ReleaseMixin.release, stockade.admission.record:Recorder._write
 - apiGroups: ["stockade.io"]
   resources: ["agentruns"]
   verbs: ["get"]
-# stockade.lifecycle:RunLifecycle.add_finalizer, stockade.lifecycle:RunLifecycle.finalize, stockade.respond:Responder._release
+# stockade.lifecycle:RunLifecycle.add_finalizer, stockade.lifecycle:RunLifecycle.finalize, stockade.release:ReleaseMixin._release
 - apiGroups: ["stockade.io"]
   resources: ["agentruns"]
   verbs: ["patch"]
@@ -80,11 +80,11 @@
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["list", "watch"]
-# stockade.reconcile:Reconciler._apply, stockade.respond:Responder._apply_policy
+# stockade.reconcile:Reconciler._apply, stockade.rungs:RungsMixin._apply_policy
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["create", "patch"]
-# stockade.reconcile:Reconciler._prune, stockade.respond:Responder._release
+# stockade.reconcile:Reconciler._prune, stockade.release:ReleaseMixin._release
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["delete"]
@@ -108,7 +108,7 @@
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["rolebindings"]
   verbs: ["create", "patch"]
-# stockade.reconcile:Reconciler._prune, stockade.respond:Responder._act
+# stockade.reconcile:Reconciler._prune, stockade.rungs:RungsMixin._act
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["rolebindings"]
   verbs: ["delete"]
@@ -129,11 +129,11 @@
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["create"]
-# stockade.respond:Responder._label, stockade.respond:Responder._unlabel
+# stockade.rungs:RungsMixin._label, stockade.release:ReleaseMixin._unlabel
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["patch"]
-# stockade.reconcile:Reconciler._stop_workload, stockade.respond:Responder._evict
+# stockade.reconcile:Reconciler._stop_workload, stockade.rungs:RungsMixin._evict
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["delete"]
@@ -145,7 +145,7 @@
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create"]
-# stockade.respond:Responder._suspend
+# stockade.rungs:RungsMixin._suspend
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["patch"]
@@ -177,7 +177,7 @@
 - apiGroups: ["batch"]
   resources: ["cronjobs"]
   verbs: ["list", "watch"]
-# stockade.handlers:emit_event, kopf._cogs.clients.events:post_event, stockade.respond:EventPoster.post, stockade.admission.record:Recorder._post_event
+# stockade.handlers:emit_event, kopf._cogs.clients.events:post_event, stockade.events:EventPoster.post, stockade.admission.record:Recorder._post_event
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -1,0 +1,72 @@
+"""Events on an AgentRun from outside kopf's per-object handlers: one poster for the responder, the
+admission recorder and the reconciler's fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from stockade.clock import stamp, utcnow
+from stockade.kube import Kube, KubeError
+
+log = logging.getLogger("stockade.events")
+
+EmitEvent = Callable[[Mapping[str, Any], str, str, str], None]
+
+
+class EventPoster:
+    """Events on the AgentRun, posted directly: kopf.event works only inside kopf's per-object handler
+    tasks, and the responder runs in its own. Fire and forget: an Event never delays a response."""
+
+    def __init__(self, kube: Kube, now: Callable[[], str] | None = None) -> None:
+        self.kube = kube
+        self.now = now or (lambda: stamp(utcnow()))
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.post(body, kind, reason, message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def post(self, body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        meta = body["metadata"]
+        at = self.now()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": "stockade.io/v1alpha1", "kind": "AgentRun", "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "type": kind,
+            "reason": reason,
+            "message": message[:1000],
+            "source": {"component": "stockade"},
+            "reportingComponent": "stockade",
+            "firstTimestamp": at,
+            "lastTimestamp": at,
+            "count": 1,
+        }
+        try:
+            await self.kube.create(event)
+        except KubeError as err:
+            log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err)
+
+    async def flush(self) -> None:
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+class FallbackEmit:
+    """The reconciler's emit (kopf.event) raises LookupError outside kopf's per-object handler tasks,
+    and reconciles the responder triggers run in its own tasks: post those Events directly instead."""
+
+    def __init__(self, primary: EmitEvent, fallback: EmitEvent) -> None:
+        self.primary = primary
+        self.fallback = fallback
+
+    def __call__(self, body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        try:
+            self.primary(body, kind, reason, message)
+        except LookupError:
+            self.fallback(body, kind, reason, message)
