@@ -41,7 +41,13 @@ def crds() -> None:
     sys.stdout.write("---\n".join(render(plural) for plural in CRDS))
 
 
-@app.command()
+def _settings_help() -> str:
+    from stockade.settings_doc import help_text
+
+    return help_text()
+
+
+@app.command(epilog=_settings_help())
 def run(
     json_logs: bool = typer.Option(False, "--json", help="JSON logs, one object per line."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
@@ -56,13 +62,23 @@ def run(
     import kopf
     from kopf._core.engines.peering import Identity
 
+    from stockade import ports
+    from stockade.cli_run import warn_if_personal_identity
     from stockade.leadership import peering_identity, start_priority
+
+    try:  # before anything starts: a port in use is one clear line and exit code 1, not a retry loop
+        ports.check(ports.listeners(liveness))
+    except ports.PortInUse as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(1) from None
 
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL)
     if not verbose:
         # kopf logs every handler call at INFO; the reconciler logs what it changes.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     import stockade.handlers  # noqa: F401  (registers the handlers)
+
+    warn_if_personal_identity()
 
     if peering is not None and priority is None:
         # Newer replicas win (start time in ms): a rollout hands over to the new pod at once, and equal

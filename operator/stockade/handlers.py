@@ -16,13 +16,13 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
-from prometheus_client import start_http_server
 
 from stockade.api.models import GROUP, PLURAL, VERSION
 from stockade.dnsresolve import HostResolver
 from stockade.kopf_tuning import tune
 from stockade.kube import Kube
 from stockade.leadership import Leadership, Readiness
+from stockade.metrics_serve import serve as serve_metrics
 from stockade.reconcile import Reconciler
 from stockade.runtime import RUNTIME
 from stockade.settings import Settings
@@ -86,7 +86,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _TASKS["sweep"] = asyncio.get_running_loop().create_task(
         reconciler.lifecycle.sweep_forever(ORPHAN_SWEEP_SECONDS, when=lambda: leadership.active), name="orphan-sweep")
     if config.metrics_port:
-        start_http_server(config.metrics_port)
+        serve_metrics(config.metrics_port, store)
     log.info("stockade started; metrics on :%s", config.metrics_port)
 
 

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from stockade import __version__
+
+# Counters and histograms carry no *_created series: one per label set doubles what is scraped and nobody
+# alerts on it (PROMETHEUS_DISABLE_CREATED_SERIES does the same for the whole process).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 RUNS = Gauge("stockade_agentruns", "AgentRuns by phase", ["phase"])
 RECONCILE_SECONDS = Histogram(
@@ -13,7 +23,11 @@ RECONCILE_ERRORS = Counter("stockade_reconcile_errors_total", "Reconciles that f
 APPLIES = Counter("stockade_applies_total", "Server-side applies issued", ["kind"])
 DRIFT = Counter("stockade_drift_repaired_total", "Guardrails found missing or changed and restored", ["kind"])
 REFUSALS = Counter("stockade_template_refusals_total", "Templates refused for asking beyond the grant")
-VIOLATIONS = Counter("stockade_violations_total", "Violations recorded", ["kind", "source", "action"])
+# namespace: the AgentRun's (the team's) namespace, bounded by the teams; never the run or pod name.
+VIOLATIONS = Counter("stockade_violations_total", "Violations recorded, by the AgentRun's namespace",
+                     ["namespace", "kind", "source", "action"])
+BUILD_INFO = Gauge("stockade_build_info", "The operator's version (always 1)", ["version"])
+BUILD_INFO.labels(version=__version__).set(1)
 
 # Detection and response (stockade.detect, stockade.respond).
 SIGNALS = Counter("stockade_signals_total", "Signals received, by source and outcome", ["source", "outcome"])
@@ -37,3 +51,32 @@ BUDGET_USED = Gauge("stockade_policy_budget_used", "Use of an AgentPolicy's tota
                     "(runs, cpu in cores, memory in bytes, GPUs per resource)", ["policy", "resource"])
 BUDGET_LIMIT = Gauge("stockade_policy_budget_limit", "An AgentPolicy's total budget (only the resources it budgets)",
                      ["policy", "resource"])
+
+
+RunPhases = Callable[[], Iterable[tuple[str, str, str]]]
+
+
+class RunStatusCollector(Collector):
+    """``stockade_agentrun_status{namespace,name,phase} 1``: one series per AgentRun that exists, read from the
+    operator's store at each scrape, so a deleted run's series goes with it (no bookkeeping to leak)."""
+
+    def __init__(self) -> None:
+        self.source: RunPhases | None = None
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        for namespace, name, phase in self.source() if self.source is not None else ():
+            family.add_metric([namespace, name, phase], 1)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily("stockade_agentrun_status", "1 for each AgentRun, labelled with its phase",
+                                 labels=["namespace", "name", "phase"])
+
+
+RUN_STATUS = RunStatusCollector()
+REGISTRY.register(RUN_STATUS)

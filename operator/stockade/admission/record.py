@@ -87,7 +87,8 @@ class Recorder:
             log.exception("could not record an admission %s on AgentRun %s/%s", decision.action, *key)
 
     def _record(self, key: RunKey, req: Request, decision: Decision) -> None:
-        metrics.VIOLATIONS.labels(kind=decision.kind, source="admission", action=decision.action).inc()
+        metrics.VIOLATIONS.labels(namespace=key[0], kind=decision.kind, source="admission",
+                                  action=decision.action).inc()
         body = self.store.agentruns.get(key)
         if body is not None:
             self._event(key, body, req, decision)
