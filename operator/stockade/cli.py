@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import enum
-import json
 import logging
 import os
 import sys
@@ -12,25 +10,31 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from stockade.cli_common import OUTPUT, Output, console, fail, print_json
+from stockade.cli_doctor import doctor
+
 if TYPE_CHECKING:
     from stockade.fence_report import Fence
 
-app = typer.Typer(help="Stockade: fences for autonomous AI agents.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(help="Stockade: fences for autonomous AI agents.", no_args_is_help=True)
 
 NOT_FOUND = 2  # exit code: scripts tell "no such AgentRun" from a failed call (1)
+NOT_QUARANTINED = 3  # exit code of `release` for a run that is not quarantined: nothing was changed
 
 
-class Output(enum.StrEnum):
-    table = "table"
-    json = "json"
+# The shared parts live in cli_common; these names stay importable from here.
+_print_json = print_json
 
 
-OUTPUT = typer.Option(Output.table, "--output", "-o", help="table: for people; json: for scripts.")
+@app.command()
+def version(output: Output = OUTPUT) -> None:
+    """The CLI's (and operator's) version."""
+    from stockade import __version__
 
-
-def _print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    if output is Output.json:
+        _print_json({"version": __version__})
+    else:
+        typer.echo(f"stockade {__version__}")
 
 
 @app.command()
@@ -109,24 +113,32 @@ def release(
     output: Output = OUTPUT,
 ) -> None:
     """Lift an AgentRun's quarantine once a human has looked. Needs the verb 'release' on the AgentRun
-    (ClusterRole stockade-releaser); the operator records the authenticated user and the time."""
+    (ClusterRole stockade-releaser); the operator records the authenticated user and the time.
+    Exit codes: 2 no such AgentRun, 3 not quarantined (nothing changed), 1 any other failure."""
+    from kubernetes.config import ConfigException
+
     from stockade.kube import Kube, KubeError, object_path
     from stockade.labels import RELEASE_ANNOTATION
 
     path = object_path("stockade.io/v1alpha1", "AgentRun", namespace, name)
+    where = {"namespace": namespace, "name": name}
     try:
+        kube = Kube.connect(workers=1, impersonate=as_user)
+        # Read first: a release of a run that is not quarantined would leave an annotation that means nothing.
+        status = kube.request("GET", path).get("status") or {}
+        if not (status.get("quarantine") or {}).get("active"):
+            fail(output, f"AgentRun {namespace}/{name} is not quarantined (phase {status.get('phase') or 'unknown'}); "
+                 "nothing to release", NOT_QUARANTINED, **where, phase=status.get("phase"))
         # The value is replaced by the authenticated user at admission; what is sent here is a placeholder.
-        Kube.connect(workers=1, impersonate=as_user).request(
-            "PATCH", path, {"metadata": {"annotations": {RELEASE_ANNOTATION: "requested"}}},
-            content_type="application/merge-patch+json")
+        kube.request("PATCH", path, {"metadata": {"annotations": {RELEASE_ANNOTATION: "requested"}}},
+                     content_type="application/merge-patch+json")
     except KubeError as err:
-        if output is Output.json:
-            _print_json({"namespace": namespace, "name": name, "error": err.message, "status": err.status})
-        else:
-            typer.echo(f"release of {namespace}/{name} failed: {err.message or err}", err=True)
-        raise typer.Exit(NOT_FOUND if err.not_found else 1) from None
+        fail(output, f"release of {namespace}/{name} failed: {err.message or err}",
+             NOT_FOUND if err.not_found else 1, **where, status=err.status)
+    except ConfigException as err:
+        fail(output, f"release of {namespace}/{name} failed: {err}", 1, **where)
     if output is Output.json:
-        _print_json({"namespace": namespace, "name": name, "requested": True})
+        _print_json({**where, "requested": True})
     else:
         typer.echo(f"release of {namespace}/{name} requested; the operator records who (status.quarantine.releasedBy)")
 
@@ -216,18 +228,14 @@ def status(
     try:
         fetched = fetch_fence(namespace, name)
     except (KubeError, ConfigException) as err:
-        typer.echo(f"could not read AgentRun {namespace}/{name}: {err}", err=True)
-        raise typer.Exit(1) from None
+        fail(output, f"could not read AgentRun {namespace}/{name}: {err}", 1, namespace=namespace, name=name)
     if fetched is None:
-        typer.echo(f"AgentRun {namespace}/{name} not found", err=True)
-        raise typer.Exit(NOT_FOUND)
+        fail(output, f"AgentRun {namespace}/{name} not found", NOT_FOUND, namespace=namespace, name=name)
     report = build_report(*fetched, now=now(), violations=violations)
     if output is Output.json:
         _print_json(report)
     else:
-        from rich.console import Console
-
-        cli_render.status(report, Console())
+        cli_render.status(report, console())
 
 
 @app.command()
@@ -244,14 +252,11 @@ def explain(
     try:
         doc = explain_field(field)
     except UnknownField as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(NOT_FOUND) from None
+        fail(output, str(err), NOT_FOUND, field=field)
     if output is Output.json:
         _print_json(doc)
     else:
-        from rich.console import Console
-
-        cli_render.explain(doc, Console())
+        cli_render.explain(doc, console())
 
 
 @app.command("admission-manifests")
@@ -267,6 +272,9 @@ def admission_manifests(
     from stockade.admission.vap import render
 
     sys.stdout.write(render(operator_username, [operator_namespace], exempt_group))
+
+
+app.command()(doctor)
 
 
 def main() -> None:

@@ -230,6 +230,7 @@ def _violations(report: Mapping[str, Any]) -> RenderableType:
         return Text("Violations: none", style="green")
     table = _table(f"Violations (last {len(shown)} of {total})", "TIME", "KIND", "SEVERITY", "POD", "ACTION",
                    "DETAIL")
+    table.columns[0].no_wrap = True  # a timestamp cut in two is read wrong
     for v in shown:
         count = f" (x{v['count']})" if (v.get("count") or 1) > 1 else ""
         table.add_row(_text(v["time"]), _text(v["kind"]) + count,

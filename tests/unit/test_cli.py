@@ -317,7 +317,8 @@ def test_status_table_shows_the_fence_on_one_screen(fetched: list[tuple[str, str
 def test_status_not_found_exits_2(fetched: list[tuple[str, str]]) -> None:
     result = runner.invoke(cli.app, ["status", "nope", "-n", "ml-research", "-o", "json"])
     assert result.exit_code == 2
-    assert result.stdout == "" and "AgentRun ml-research/nope not found" in result.stderr
+    # -o json: the error is JSON on stdout, for the script that asked for JSON
+    assert json.loads(result.stdout)["error"] == "AgentRun ml-research/nope not found"
 
 
 def test_status_api_failure_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
