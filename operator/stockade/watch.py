@@ -203,6 +203,8 @@ class KindWatch:
                 if line.strip():
                     yield json.loads(line)
         finally:
+            # Closed, not handed back half-read: a stream left early must not leave bytes for the next request.
+            response.close()
             response.release_conn()
 
     def _on_event(self, event: Mapping[str, Any]) -> None:
