@@ -7,6 +7,8 @@
 #   e2e/cluster.sh status   say whether the cluster is up
 #   e2e/cluster.sh env      print `export KUBECONFIG=...` (eval it) and the binary dir for PATH
 #   e2e/cluster.sh tool N   build e2e/tools/N (a small Go program of ours) if needed; print its path
+#   e2e/cluster.sh dataplane up|down   a real NetworkPolicy dataplane for the wire tests (e2e/dataplane.py):
+#                           the node's network namespace, kube-router firewall-only, the API relay
 #   e2e/cluster.sh component pause|restart|revive NAME   SIGSTOP one control-plane process (etcd,
 #                           kube-apiserver, ...), or SIGKILL it and start it again with the same command line;
 #                           revive starts whatever exited meanwhile (fault tests)
@@ -21,6 +23,12 @@ ETCD_VERSION=${ETCD_VERSION:-v3.7.3}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
 CYCLONUS_VERSION=${CYCLONUS_VERSION:-v0.5.6}
+# kube-router's network policy controller enforces NetworkPolicies on the wire for e2e/test_wire.py
+# (see e2e/dataplane.py). v2.1.0 is the only version the Go module proxy serves here; it carries a security
+# advisory, acceptable because it runs only inside the test's private network namespace, with no route out
+# of the machine, against the loopback API server of a throwaway cluster. Not in VERSIONS_KEY (that would
+# rebuild the whole control plane): the version is in the binary's name instead.
+KUBE_ROUTER_VERSION=${KUBE_ROUTER_VERSION:-v2.1.0}
 
 CLUSTER_NAME=${STOCKADE_CLUSTER_NAME:-stockade}
 CACHE_ROOT=${STOCKADE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stockade}
@@ -124,7 +132,26 @@ go_install() { # name package@version
   GOBIN="$BIN_DIR" go install "${GOFLAGS_BUILD[@]}" -ldflags "-s -w" "$2"
 }
 
+build_kube_router() { # cold about 9.5 minutes on 2 cores
+  local out="$BIN_DIR/kube-router-$KUBE_ROUTER_VERSION" mod="$SRC_DIR/kube-router"
+  [ -x "$out" ] && return 0
+  log "kube-router $KUBE_ROUTER_VERSION: building (network policy controller for the wire tests)"
+  mkdir -p "$mod"
+  (
+    cd "$mod"
+    GOBIN="$mod/bin" go install "${GOFLAGS_BUILD[@]}" -ldflags "-s -w" \
+      "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION"
+    mv "$mod/bin/kube-router" "$out"
+  )
+}
+
+# `build` makes everything, the wire tests' kube-router included; `up` needs only the control plane.
 cmd_build() {
+  build_control_plane
+  [ -x "$BIN_DIR/kube-router-$KUBE_ROUTER_VERSION" ] || { need_go; build_kube_router; }
+}
+
+build_control_plane() {
   if have_all_binaries; then log "binaries present in $BIN_DIR"; return 0; fi
   need_go
   mkdir -p "$BIN_DIR" "$SRC_DIR"
@@ -164,7 +191,7 @@ cluster_up_p() {
 
 cmd_up() {
   if [ "${STOCKADE_CLUSTER:-kwok}" = kind ]; then kind_up; return; fi
-  cmd_build
+  build_control_plane
   local start=$SECONDS
   if cluster_up_p; then
     log "cluster $CLUSTER_NAME already up"
@@ -211,6 +238,7 @@ kind_up() {
 
 cmd_down() {
   if [ "${STOCKADE_CLUSTER:-kwok}" = kind ]; then kind delete cluster --name "$CLUSTER_NAME"; rm -f "$KUBECONFIG_FILE"; return; fi
+  dataplane_down
   if [ -x "$BIN_DIR/kwokctl" ]; then
     "$BIN_DIR/kwokctl" delete cluster --name "$CLUSTER_NAME" >&2 || true
   fi
@@ -281,6 +309,100 @@ cmd_component() {
   esac
 }
 
+# The wire tests' dataplane. Everything lives in network namespaces named after the cluster
+# (stockade-<cluster>-*), so clusters on one machine never meet: "node" holds a bridge, the routes to
+# the pods' and test hosts' namespaces (e2e/dataplane.py adds those), kube-router's iptables rules,
+# ipsets and conntrack. It has no default route, so nothing leaves the machine. The only thing in the
+# machine's own namespace is one socat listening on a unix socket: kube-router reaches the loopback
+# API server through it and a second socat inside the node namespace, on the API server's own port
+# (so the cluster's kubeconfig serves unchanged).
+NETNS_PREFIX="stockade-$CLUSTER_NAME"
+NODE_NS="$NETNS_PREFIX-node"
+NODE_IP=10.250.0.1  # every fake node's InternalIP (cluster/nodes.yaml)
+GATEWAY=169.254.1.1  # the pods' and hosts' link-local default gateway, on the node's bridge
+DP_DIR="$CACHE_ROOT/dataplane/$CLUSTER_NAME"
+
+_dp_kill() { # pidfile: stop that process (and what it forked), if it is still the one we started
+  local pidfile=$1 pid
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+}
+
+_dp_spawn() { # name command...: start it in its own process group, remember its pid
+  local name=$1; shift
+  setsid "$@" >>"$DP_DIR/$name.log" 2>&1 </dev/null &
+  echo $! > "$DP_DIR/$name.pid"
+}
+
+dataplane_up() {
+  cluster_up_p || die "cluster $CLUSTER_NAME is not up (e2e/cluster.sh up)"
+  local kr="$BIN_DIR/kube-router-$KUBE_ROUTER_VERSION" start=$SECONDS
+  [ -x "$kr" ] || { need_go; mkdir -p "$BIN_DIR" "$SRC_DIR"; build_kube_router; }
+  local tool
+  for tool in iptables ipset conntrack socat; do
+    command -v "$tool" >/dev/null || die "$tool is missing (make deps installs it)"
+  done
+  if [ -f "$DP_DIR/kube-router.pid" ] && kill -0 "$(cat "$DP_DIR/kube-router.pid")" 2>/dev/null; then
+    log "dataplane $NODE_NS already up"; return 0
+  fi
+  dataplane_down >/dev/null 2>&1 || true
+  mkdir -p "$DP_DIR"
+  ip netns add "$NODE_NS"
+  ip -n "$NODE_NS" link set lo up
+  ip -n "$NODE_NS" link add br0 type bridge
+  ip -n "$NODE_NS" addr add "$NODE_IP/32" dev br0
+  ip -n "$NODE_NS" addr add "$GATEWAY/32" dev br0
+  ip -n "$NODE_NS" link set br0 up
+  # A policy's deny is a REJECT (an ICMP port unreachable from the node): unthrottled, so that a burst of
+  # probes reads "refused" every time, never a timeout where the kernel's ICMP rate limit dropped one.
+  ip netns exec "$NODE_NS" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.icmp_ratemask=0
+  # IPv4 only (see e2e/dataplane.py): no IPv6 in any of our namespaces.
+  ip netns exec "$NODE_NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+  local server port
+  server=$(kubectl_ config view --minify -o jsonpath='{.clusters[0].cluster.server}')
+  port=${server##*:}
+  _dp_spawn relay-host socat "UNIX-LISTEN:$DP_DIR/api.sock,fork,unlink-early,mode=600" "TCP:127.0.0.1:$port"
+  _dp_spawn relay-node ip netns exec "$NODE_NS" socat "TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr" \
+    "UNIX-CONNECT:$DP_DIR/api.sock"
+  # The advisory on this version: see KUBE_ROUTER_VERSION. It listens only inside the node namespace.
+  _dp_spawn kube-router ip netns exec "$NODE_NS" "$kr" --run-firewall=true --run-router=false \
+    --run-service-proxy=false --hostname-override=cpu-0 --enable-ipv4=true --enable-ipv6=false \
+    --service-cluster-ip-range=10.0.0.0/24 --kubeconfig "$KUBECONFIG_FILE" --health-port=20244 --metrics-port=0 -v 1
+  # Enforcing once its top-level chain is hooked into FORWARD.
+  local tries=0
+  until ip netns exec "$NODE_NS" iptables -S FORWARD 2>/dev/null | grep -q KUBE-ROUTER-FORWARD; do
+    tries=$((tries + 1))
+    kill -0 "$(cat "$DP_DIR/kube-router.pid")" 2>/dev/null || die "kube-router exited: $(tail -5 "$DP_DIR/kube-router.log")"
+    [ "$tries" -le 300 ] || die "kube-router did not install its chains in 60 s: $(tail -5 "$DP_DIR/kube-router.log")"
+    sleep 0.2
+  done
+  log "dataplane up in $((SECONDS - start)) s: netns $NODE_NS, kube-router pid $(cat "$DP_DIR/kube-router.pid")"
+}
+
+dataplane_down() {
+  _dp_kill "$DP_DIR/kube-router.pid"
+  _dp_kill "$DP_DIR/relay-node.pid"
+  _dp_kill "$DP_DIR/relay-host.pid"
+  local ns pid
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$NETNS_PREFIX-" || true); do
+    # Whatever a test left running in a namespace (listeners, clients) goes with it.
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+    ip netns delete "$ns" 2>/dev/null || true
+  done
+  rm -rf "$DP_DIR"
+  log "dataplane of $CLUSTER_NAME down"
+}
+
+cmd_dataplane() {
+  case "${1:-}" in
+    up) dataplane_up ;;
+    down) dataplane_down ;;
+    *) die "usage: cluster.sh dataplane up|down" ;;
+  esac
+}
+
 case "${1:-}" in
   build) cmd_build ;;
   up) cmd_up ;;
@@ -291,5 +413,6 @@ case "${1:-}" in
   kubeconfig) echo "$KUBECONFIG_FILE" ;;
   tool) shift; cmd_tool "$@" ;;
   component) shift; cmd_component "$@" ;;
-  *) echo "usage: $0 build|up|down|status|env|bindir|kubeconfig|tool NAME|component pause|restart|revive NAME" >&2; exit 2 ;;
+  dataplane) shift; cmd_dataplane "$@" ;;
+  *) echo "usage: $0 build|up|down|status|env|bindir|kubeconfig|tool NAME|component pause|restart|revive NAME|dataplane up|down" >&2; exit 2 ;;
 esac
