@@ -31,9 +31,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the tests use as real peers: dnsmasq (DNS for egress hosts), Prometheus.
+# Debian packages the tests use as real peers: dnsmasq (DNS for egress hosts), Prometheus, and for the
+# wire tests' dataplane (e2e/dataplane.py) iptables, ipset, conntrack and socat (kube-router's tools, the relay).
 deps:
-	@missing=""; for p in dnsmasq prometheus; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for p in dnsmasq prometheus iptables ipset conntrack socat; do \
+	  command -v $$p >/dev/null || PATH=$$PATH:/usr/sbin:/sbin command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
@@ -76,6 +78,7 @@ unit: $(STAMP)
 	STOCKADE_BIN=$(BIN) $(VENV)/bin/pytest -q tests
 
 e2e: $(STAMP) deps
+	@$(CLUSTER) build  # the control plane and kube-router (e2e/test_wire.py), each only if missing
 	@export KUBECONFIG=$$($(CLUSTER) up) STOCKADE_BIN=$(BIN); \
 	$(VENV)/bin/pytest -q e2e $(PYTEST_ARGS)
 
