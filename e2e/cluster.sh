@@ -126,10 +126,22 @@ GO
   )
 }
 
-go_install() { # name package@version
+go_install() { # name package@version [more ldflags]
   [ -x "$BIN_DIR/$1" ] && return 0
   log "$1: go install $2"
-  GOBIN="$BIN_DIR" go install "${GOFLAGS_BUILD[@]}" -ldflags "-s -w" "$2"
+  GOBIN="$BIN_DIR" go install "${GOFLAGS_BUILD[@]}" -ldflags "-s -w ${3:-}" "$2"
+}
+
+# Helm's version flags, as Helm's own Makefile sets them: without them `helm version` says v3.22 and
+# `helm template` assumes Kubernetes v1.20, below the charts' kubeVersion, so every render needed
+# --kube-version. The Kubernetes version assumed is the one this cluster runs.
+helm_ldflags() {
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  local v
+  for v in pkg/chartutil pkg/lint/rules; do
+    printf -- '-X helm.sh/helm/v3/%s.k8sVersionMajor=1 -X helm.sh/helm/v3/%s.k8sVersionMinor=%s ' "$v" "$v" "$minor"
+  done
+  printf -- '-X helm.sh/helm/v3/internal/version.version=%s' "$HELM_VERSION"
 }
 
 build_kube_router() { # cold about 9.5 minutes on 2 cores
@@ -147,6 +159,10 @@ build_kube_router() { # cold about 9.5 minutes on 2 cores
 
 # `build` makes everything, the wire tests' kube-router included; `up` needs only the control plane.
 cmd_build() {
+  # A helm built before its version flags were set (it says v3.22, not v3.22.0) is built again.
+  if [ -x "$BIN_DIR/helm" ] && [ "$("$BIN_DIR/helm" version --template '{{.Version}}')" != "$HELM_VERSION" ]; then
+    rm -f "$BIN_DIR/helm"
+  fi
   build_control_plane
   [ -x "$BIN_DIR/kube-router-$KUBE_ROUTER_VERSION" ] || { need_go; build_kube_router; }
 }
@@ -159,7 +175,7 @@ build_control_plane() {
   go_install kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
   go_install kwokctl "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
   build_etcd
-  go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$(helm_ldflags)"
   go_install cyclonus "github.com/mattfenwick/cyclonus/cmd/cyclonus@$CYCLONUS_VERSION"
   build_kubernetes
   log "build done in $((SECONDS - start)) s: $BIN_DIR"
