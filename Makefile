@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 # Wait for CRDs to be Established. Right after an apply a CRD may have no status yet, and `kubectl wait
 # --for=condition=Established` then fails at once (".status.conditions accessor error: <nil>"), about one
-# fresh cluster in four: retry for up to 60 s, and let the last attempt print its error.
+# fresh cluster in four: retry (30 tries, about 90 s at most), and let the last attempt print its error.
 define wait_established
 { for i in $$(seq 30); do $(1) wait --for=condition=Established $(2) --timeout=2s >/dev/null 2>&1 && break; \
 	sleep 1; done; $(1) wait --for=condition=Established $(2) --timeout=2s >/dev/null; }
