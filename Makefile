@@ -20,6 +20,7 @@ help:
 	@echo "make test    unit tests, lint and typing, then the e2e suite against the local cluster"
 	@echo "make bench   speed figures (not part of make test)"
 	@echo "make crds    regenerate crds/ from the pydantic models"
+	@echo "make image   the operator's OCI image, without a container engine: build/image/stockade:<version>"
 	@echo "make cluster / cluster-down   start / stop the local kwok cluster"
 
 $(STAMP): pyproject.toml
@@ -33,7 +34,7 @@ venv: $(STAMP)
 
 # Debian packages the tests use as real peers: dnsmasq (DNS for egress hosts), Prometheus, and for the
 # wire tests' dataplane (e2e/dataplane.py) iptables, ipset, conntrack and socat (kube-router's tools, the relay).
-deps:
+deps: image-deps
 	@missing=""; for p in dnsmasq prometheus iptables ipset conntrack socat; do \
 	  command -v $$p >/dev/null || PATH=$$PATH:/usr/sbin:/sbin command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -42,6 +43,19 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends$$missing >/dev/null; \
 	  for s in dnsmasq prometheus; do $$SUDO systemctl disable --now $$s >/dev/null 2>&1 || true; done; \
 	fi
+
+# The operator's image (image/build.sh, checked by e2e/test_image.py): Debian's mmdebstrap makes the root,
+# umoci packs it; no container engine, no base image pulled. Skipped when its inputs are unchanged.
+image-deps:
+	@missing=""; for p in mmdebstrap umoci; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends$$missing >/dev/null; \
+	fi
+
+image: $(STAMP) image-deps
+	PYTHON=$(PY) image/build.sh build/image
 
 cluster:
 	$(CLUSTER) up
@@ -102,4 +116,4 @@ helm-lint:
 	@test -x $(BIN)/helm || $(CLUSTER) build
 	$(BIN)/helm lint --strict --kube-version 1.30.0 charts/stockade charts/stockade-crds
 
-.PHONY: manifests helm-lint
+.PHONY: manifests helm-lint image image-deps
