@@ -134,3 +134,25 @@ def test_per_run_status_gauge_follows_the_run(operator: Operator, team_namespace
     assert [s["version"] for s in _samples(operator, "stockade_build_info")]
     kubectl("delete", "agentrun", "gauged", "-n", team_namespace, "--wait=true", "--timeout=60s")
     wait_for(lambda: series() == [] or None, timeout=15, what="the run's series to go with it")
+
+
+def test_a_violation_is_counted_by_team_namespace_and_the_gauge_shows_quarantine(operator: Operator,
+                                                                                  team_namespace: str) -> None:
+    from .detect_support import Signals, falco_event
+
+    apply(agentrun("noisy", team_namespace, simple_spec(duration="4h")))
+    run = wait_for(lambda: ready(team_namespace, "noisy"), timeout=30, what="the run to be Ready")
+    pod = run["status"]["workload"].split("/", 1)[1]
+    client = Signals(int(operator.env["STOCKADE_SIGNAL_PORT"]), operator.env["STOCKADE_SIGNAL_TOKEN"])
+    status, answer = client.post("/falco", falco_event("Terminal shell in container", run["status"]["runNamespace"],
+                                                       pod, "Warning", **{"proc.name": "bash"}))
+    assert status in (200, 202), answer
+
+    def counted() -> list[dict[str, Any]]:
+        return [s for s in _samples(operator, "stockade_violations_total") if s.get("namespace") == team_namespace]
+
+    found = wait_for(counted, timeout=15, what="the violation counted under the team's namespace")
+    assert found[0]["kind"] == "ShellInContainer" and found[0]["value"] >= 1, found
+    wait_for(lambda: [s for s in _samples(operator, "stockade_agentrun_status")
+                      if s["namespace"] == team_namespace and s["name"] == "noisy" and s["phase"] == "Quarantined"],
+             timeout=15, what="stockade_agentrun_status with phase Quarantined")
