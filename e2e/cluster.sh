@@ -367,7 +367,9 @@ dataplane_up() {
   mkdir -p "$DP_DIR"
   ip netns add "$NODE_NS"
   ip -n "$NODE_NS" link set lo up
-  ip -n "$NODE_NS" link add br0 type bridge
+  # A fixed MAC: a bridge otherwise takes its lowest port's, which changes as veths come and go, and the
+  # namespaces' static neighbour entries for the gateway would then point nowhere.
+  ip -n "$NODE_NS" link add br0 address 02:53:4b:00:00:01 type bridge
   ip -n "$NODE_NS" addr add "$NODE_IP/32" dev br0
   ip -n "$NODE_NS" addr add "$GATEWAY/32" dev br0
   ip -n "$NODE_NS" link set br0 up

@@ -78,7 +78,7 @@ def wire() -> Iterator[Wire]:
 
 
 @pytest.fixture(scope="module")
-def wire_signals(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signals]:
+def wire_operator(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Operator, Signals]]:
     """The module's own operator, with the signal endpoint (as e2e/test_detect.py runs it)."""
     port = free_port()
     env = {**operator.env, "STOCKADE_SIGNAL_HOST": "127.0.0.1", "STOCKADE_SIGNAL_PORT": str(port),
@@ -88,10 +88,15 @@ def wire_signals(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -
     mine.start()
     client = Signals(port, TOKEN)
     wait_for(client.healthy, timeout=30, what="the signal endpoint")
-    yield client
+    yield mine, client
     mine.stop()
     operator.start()
     mine.assert_never_refused_by_rbac()
+
+
+@pytest.fixture(scope="module")
+def wire_signals(wire_operator: tuple[Operator, Signals]) -> Signals:
+    return wire_operator[1]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +124,7 @@ def fenced_sandbox(w: Wire, namespace: str, name: str) -> Endpoint:
 
 
 def test_the_fence_on_the_wire_for_the_agent_and_a_pod_it_makes(
-        wire_signals: Signals, wire: Wire, team_namespace: str) -> None:
+        wire_operator: tuple[Operator, Signals], wire: Wire, team_namespace: str) -> None:
     spec = simple_spec(dns=True, pods=2, egress=EGRESS,
                        kubernetesAPI=[{"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get"]}])
     start(team_namespace, "fence", spec)
@@ -132,10 +137,17 @@ def test_the_fence_on_the_wire_for_the_agent_and_a_pod_it_makes(
     helper = fenced_sandbox(wire, ns, "helper")
     wire.assert_fenced(helper)
 
-    # Break-glass: a platform admin deletes the fence's policies, and the wire opens. (The operator puts
-    # them back: this proves the checks above can fail, and times policy created → enforced.)
-    kubectl("delete", "networkpolicy", *FENCE, "-n", ns, as_user=BREAK_GLASS)
-    wait_for(lambda: agent.connect(OUTSIDE, 443) == "open", timeout=30, what="the wire to open without the fence")
+    # Break-glass: a platform admin deletes the fence's policies while the operator is down (it would put
+    # them back at once), and the wire opens: the checks above can fail. The operator, started again,
+    # restores them, which times policy created → enforced.
+    op, _ = wire_operator
+    op.stop()
+    try:
+        kubectl("delete", "networkpolicy", *FENCE, "-n", ns, as_user=BREAK_GLASS)
+        wait_for(lambda: agent.connect(OUTSIDE, 443) == "open", timeout=30, what="the wire to open without the fence")
+        assert agent.connect(GRANTED, 22) == "open" and agent.connect(METADATA, 80) == "open"
+    finally:
+        op.start()
     back = wait_for(lambda: all(get("networkpolicy", name, ns) for name in FENCE), timeout=60,
                     what="the operator to restore the fence")
     restored = time.monotonic()
