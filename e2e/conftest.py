@@ -6,6 +6,7 @@ fakes the API.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -299,6 +300,21 @@ class Operator:
     def log_tail(self, lines: int = 60) -> str:
         logs = sorted(self.logdir.glob("operator-*.log"))
         return "\n".join(logs[-1].read_text(errors="replace").splitlines()[-lines:]) if logs else ""
+
+
+@contextlib.contextmanager
+def operator_instead(operator: Operator, home: Path, **env: str) -> Iterator[Operator]:
+    """The session operator stopped, and one with the same identity and settings plus ``env`` in its place
+    (a relayed API server, a signal token); the session operator is started again afterwards."""
+    operator.stop()
+    mine = Operator(home, {**operator.env, **env}, operator.args)
+    try:
+        mine.start()
+        yield mine
+    finally:
+        mine.stop()
+        operator.start()
+    mine.assert_never_refused_by_rbac()
 
 
 def operator_env(deployment: dict[str, Any], dnsmasq: Dnsmasq, kubeconfig: Path) -> dict[str, str]:

@@ -356,6 +356,16 @@ def test_the_run_namespace_is_changed_by_the_operator_only(fenced: str) -> None:
     assert get("namespace", fenced)["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
+def test_nobody_but_the_operator_makes_a_namespace_with_a_runs_labels(fenced: str) -> None:
+    """A squatter made in advance with a run's labels (its uid too) is refused, not only later changes."""
+    run_labels = get("namespace", fenced)["metadata"]["labels"]
+    forged = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"{fenced}-x", "labels": {
+        k: v for k, v in run_labels.items() if k.startswith("stockade.io/")}}}
+    refused(sh("create", "-f", "-", who=ADMIN, stdin=json.dumps(forged)), RUN_NAMESPACE_POLICY,
+            "change or delete its AgentRun instead")
+    assert get("namespace", f"{fenced}-x") is None
+
+
 def test_quarantine_label_and_debug_containers_are_refused(fenced: str) -> None:
     name = fenced.rsplit("-", 1)[1]
     refused(sh("label", "pod", name, "-n", fenced, "stockade.io/quarantined=true", who=ADMIN), WEBHOOK,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from .apiproxy import ThrottlingProxy
-from .conftest import BREAK_GLASS, Operator, agentrun, apply, get, kubectl, simple_spec, wait_for
+from .conftest import BREAK_GLASS, Operator, agentrun, apply, get, kubectl, operator_instead, simple_spec, wait_for
 from .test_faults import restored, run_namespace_of, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -34,15 +34,11 @@ def throttled(operator: Operator, tmp_path_factory: pytest.TempPathFactory
     home = tmp_path_factory.mktemp("throttled-operator")
     proxy = ThrottlingProxy(cluster["server"], base64.b64decode(cluster["certificate-authority-data"]), home).start()
     proxy.retry_after = RETRY_AFTER
-    env = {**operator.env, "KUBECONFIG": str(proxy.kubeconfig(source, home / "kubeconfig"))}
-    operator.stop()
-    mine = Operator(home, env, operator.args)
-    mine.start()
-    yield mine, proxy
-    mine.stop()
-    proxy.stop()
-    operator.start()
-    mine.assert_never_refused_by_rbac()
+    try:
+        with operator_instead(operator, home, KUBECONFIG=str(proxy.kubeconfig(source, home / "kubeconfig"))) as mine:
+            yield mine, proxy
+    finally:
+        proxy.stop()
 
 
 def test_retry_after_is_honoured_and_everything_converges(throttled: tuple[Operator, ThrottlingProxy],

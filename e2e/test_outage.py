@@ -17,7 +17,18 @@ from pathlib import Path
 import pytest
 
 from .apiproxy import ApiProxy
-from .conftest import BREAK_GLASS, Operator, agentrun, answers_ok, apply, get, kubectl, simple_spec, wait_for
+from .conftest import (
+    BREAK_GLASS,
+    Operator,
+    agentrun,
+    answers_ok,
+    apply,
+    get,
+    kubectl,
+    operator_instead,
+    simple_spec,
+    wait_for,
+)
 from .test_faults import restored, run_namespace_of, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -31,15 +42,11 @@ def relayed(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> Ite
     source = Path(operator.env["KUBECONFIG"])
     proxy = ApiProxy(json.loads(source.read_text())["clusters"][0]["cluster"]["server"]).start()
     home = tmp_path_factory.mktemp("relayed-operator")
-    env = {**operator.env, "KUBECONFIG": str(proxy.kubeconfig(source, home / "kubeconfig"))}
-    operator.stop()
-    mine = Operator(home, env, operator.args)
-    mine.start()
-    yield mine, proxy
-    mine.stop()
-    proxy.stop()
-    operator.start()
-    mine.assert_never_refused_by_rbac()
+    try:
+        with operator_instead(operator, home, KUBECONFIG=str(proxy.kubeconfig(source, home / "kubeconfig"))) as mine:
+            yield mine, proxy
+    finally:
+        proxy.stop()
 
 
 def test_a_75_second_api_server_outage_leaves_no_zombie(relayed: tuple[Operator, ApiProxy],

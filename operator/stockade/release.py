@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from stockade import labels, metrics
 from stockade.kube import Kube, KubeError, object_path
-from stockade.naming import run_namespace_name
+from stockade.naming import job_name, run_namespace_name
 from stockade.store import RunKey, Store
 
 if TYPE_CHECKING:
@@ -91,9 +91,9 @@ class ReleaseMixin:
             if labels.QUARANTINED in (pod["metadata"].get("labels") or {}):
                 await self._unlabel(run_ns, pod["metadata"]["name"])
         await self.kube.delete("networking.k8s.io/v1", "NetworkPolicy", run_ns, labels.POLICY_QUARANTINE)
-        job = self.store.get("Job", run_ns, key[1])
+        job = self.store.get("Job", run_ns, job_name(key[1]))
         if job is not None and (job.get("spec") or {}).get("suspend"):
-            await self._suspend(run_ns, key[1], False)
+            await self._suspend(run_ns, job_name(key[1]), False)
         path = object_path("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
         updated = await self.kube.merge_patch(path, {"metadata": {"annotations": {labels.RELEASE_ANNOTATION: None}}})
         self.store.put_agentrun(updated)

@@ -17,6 +17,7 @@ from stockade import labels, metrics
 from stockade.confine import run_namespace
 from stockade.incident import Incident
 from stockade.kube import Kube, KubeError, object_path
+from stockade.naming import label_value
 from stockade.store import RunKey, Store
 
 log = logging.getLogger("stockade.respond")
@@ -31,7 +32,7 @@ def quarantine_policy(run_namespace: str, run_name: str, run_team: str) -> dict[
         "metadata": {
             "name": labels.POLICY_QUARANTINE,
             "namespace": run_namespace,
-            "labels": {labels.AGENTRUN: run_name, labels.AGENTRUN_NAMESPACE: run_team,
+            "labels": {labels.AGENTRUN: label_value(run_name), labels.AGENTRUN_NAMESPACE: run_team,
                        labels.MANAGED_BY: labels.MANAGED_BY_VALUE, labels.COMPONENT: "quarantine"},
         },
         "spec": {

@@ -197,8 +197,10 @@ def run_namespace_policy(usernames: Sequence[str], excluded: Sequence[str] = (),
                 "namespaceSelector": {"matchExpressions": [
                     {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
                      "values": sorted({*SYSTEM_NAMESPACES, *excluded})}]},
+                # CREATE too: a namespace made in advance with a run's labels (its uid included) would be a
+                # squatter the operator could take for the run's own.
                 "resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["namespaces"],
-                                   "operations": ["UPDATE", "DELETE"], "scope": "Cluster"}],
+                                   "operations": ["CREATE", "UPDATE", "DELETE"], "scope": "Cluster"}],
             },
             "matchConditions": [not_operator(usernames, exempt_groups)],
             "validations": [_check(

@@ -17,6 +17,7 @@ from stockade.api.models import AgentRunSpec, Grant, Violation
 from stockade.detect.falco import Endpoint, RuntimeEvent, normalise_ip
 from stockade.detect.schema import CONNECTION_KINDS, Signal
 from stockade.grantcheck import Usage, check_pod_spec, pod_amounts
+from stockade.naming import job_name, label_value
 
 Severity = Literal["low", "medium", "high", "critical"]
 Source = Literal["admission", "api", "runtime", "metrics", "signal"]
@@ -272,7 +273,9 @@ def agent_may(grant: Grant, kind: str, verbs: Iterable[str] = WRITE_VERBS) -> bo
 
 def _ours(obj: Mapping[str, Any], run_name: str) -> bool:
     found = (obj.get("metadata") or {}).get("labels") or {}
-    return found.get(labels.MANAGED_BY) == labels.MANAGED_BY_VALUE and found.get(labels.AGENTRUN) == run_name
+    # Long AgentRun names are shortened in label values (stockade.naming.label_value).
+    managed = found.get(labels.MANAGED_BY) == labels.MANAGED_BY_VALUE
+    return managed and found.get(labels.AGENTRUN) == label_value(run_name)
 
 
 def _owner_kinds(obj: Mapping[str, Any]) -> set[str]:
@@ -298,7 +301,7 @@ def judge_object(obj: Mapping[str, Any], spec: AgentRunSpec, run_name: str, at: 
                          "opens a way in that the grant does not give", "api", at,
                          severity="high" if exposed else None, evidence=evidence)
     if kind in WORKLOAD_KINDS:
-        if kind == "Job" and spec.workload == "Job" and name == run_name and _ours(obj, run_name):
+        if kind == "Job" and spec.workload == "Job" and name == job_name(run_name) and _ours(obj, run_name):
             return None
         if _owner_kinds(obj) & _PARENTS.get(kind, set()):
             return None
