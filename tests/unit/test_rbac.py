@@ -122,7 +122,7 @@ def test_every_call_site_exists(site: str) -> None:
 def test_watches_match_the_kopf_handlers() -> None:
     import kopf
 
-    import stockade.handlers  # noqa: F401  (registers every handler, admission's and detection's too)
+    import stockade.handlers  # registers every handler, admission's and detection's too
     import stockade.watch
 
     registry = kopf.get_default_registry()
