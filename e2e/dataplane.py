@@ -224,6 +224,14 @@ class Dataplane:
             self.detach(name)
 
 
+def kube_router_log(lines: int = 40) -> str:
+    """The end of kube-router's log (cluster.sh keeps it beside its pid file), for a failure message."""
+    cache = Path(os.environ.get("STOCKADE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                 / "stockade")
+    path = cache / "dataplane" / CLUSTER / "kube-router.log"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else f"no {path}"
+
+
 def cluster_sh(*args: str) -> str:
     out = subprocess.run([str(ROOT / "e2e/cluster.sh"), *args], capture_output=True, text=True, timeout=900,
                          check=False, env={**os.environ, "STOCKADE_CLUSTER_NAME": CLUSTER})

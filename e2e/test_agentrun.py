@@ -296,6 +296,11 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(operator: Op
 
         for name in names:
             wait_for(lambda n=name: fenced_without_workload(n), timeout=60, what=f"{name}'s fence")
+        # The platform's policy said no: the run says so, and keeps asking (the policy may change).
+        held = wait_for(lambda: (c := condition(get("agentrun", names[0], team_namespace), "Ready")).get("reason")
+                        == "AdmissionRefused" and c, timeout=30, what="Ready=False with reason AdmissionRefused")
+        assert held["status"] == "False" and "e2e: pods held back" in held["message"], held
+        assert condition(get("agentrun", names[0], team_namespace), "Stalled")["status"] == "False"
         operator.kill()
         for name in names:
             assert not ready(team_namespace, name), f"{name} is Ready without its workload"

@@ -157,8 +157,13 @@ def test_quarantine_and_violations_are_shown(operator: Operator, team_namespace:
 
 def test_not_found_and_the_contexts_namespace(operator: Operator, team_namespace: str, tmp_path: Path) -> None:
     missing = stockade("status", "nobody", "-n", team_namespace, "-o", "json")
-    assert missing.returncode == 2 and missing.stdout == ""
-    assert f"AgentRun {team_namespace}/nobody not found" in missing.stderr
+    # -o json answers in JSON even when it fails: the error and the exit code, for scripts to read.
+    assert missing.returncode == 2, missing
+    error = json.loads(missing.stdout)
+    assert error["error"] == f"AgentRun {team_namespace}/nobody not found" and error["exitCode"] == 2
+    human = stockade("status", "nobody", "-n", team_namespace)
+    assert human.returncode == 2 and human.stdout == ""
+    assert f"AgentRun {team_namespace}/nobody not found" in human.stderr
 
     apply(agentrun("here", team_namespace, simple_spec()))
     wait_ready(team_namespace, "here")

@@ -9,6 +9,7 @@ Times are printed (pytest -s), never asserted.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 
 from .chart import free_port
 from .conftest import BREAK_GLASS, Operator, apply, create, get, kubectl, simple_spec, wait_for
-from .dataplane import Dataplane, Endpoint, cluster_sh
+from .dataplane import Dataplane, Endpoint, cluster_sh, kube_router_log
 from .detect_support import Signals
 from .test_admission import pod as agent_pod
 from .test_detect import RELEASER, quarantined, run_namespace, ssh_event, start, with_response
@@ -115,6 +116,17 @@ def with_address(namespace: str, name: str) -> dict[str, Any]:
                     what=f"pod {namespace}/{name} to get its addresses")
 
 
+def why_closed(ns: str, address: str) -> str:
+    """What could still close the wire after the fence's policies went: policies left (and who wrote them),
+    other pods with the same address (a rule for one is a rule for the other), kube-router's own account."""
+    policies = [(p["metadata"]["name"], [m.get("manager") for m in p["metadata"].get("managedFields") or []])
+                for p in get("networkpolicies", namespace=ns)["items"]]
+    pods = json.loads(kubectl("get", "pods", "-A", "-o", "json"))["items"]
+    same = [f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in pods
+            if address in [a["ip"] for a in p["status"].get("podIPs") or []]]
+    return f"policies in {ns}: {policies}; pods with {address}: {same}\nkube-router:\n{kube_router_log()}"
+
+
 def fenced_sandbox(w: Wire, namespace: str, name: str) -> Endpoint:
     sandbox = w.dp.sandbox(with_address(namespace, name))
     started = time.monotonic()
@@ -144,7 +156,11 @@ def test_the_fence_on_the_wire_for_the_agent_and_a_pod_it_makes(
     op.stop()
     try:
         kubectl("delete", "networkpolicy", *FENCE, "-n", ns, as_user=BREAK_GLASS)
-        wait_for(lambda: agent.connect(OUTSIDE, 443) == "open", timeout=30, what="the wire to open without the fence")
+        try:
+            wait_for(lambda: agent.connect(OUTSIDE, 443) == "open", timeout=30,
+                     what="the wire to open without the fence")
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{why_closed(ns, agent.addresses[0])}") from None
         assert agent.connect(GRANTED, 22) == "open" and agent.connect(METADATA, 80) == "open"
     finally:
         op.start()

@@ -22,6 +22,7 @@ class Observed:
     run_namespace: str | None
     invalid: str | None = None  # the spec cannot be used at all (reason: message)
     blocked: tuple[str, str] | None = None  # (reason, message): the fence cannot be built yet
+    held: tuple[str, str] | None = None  # (reason, message): a platform admission control refused an object
     refusals: Sequence[str] = ()  # the template asks for more than the grant
     guardrails_ready: bool = False
     guardrails_message: str = ""
@@ -56,7 +57,7 @@ def compute_phase(obs: Observed) -> str:
         return obs.terminal_phase
     if _queued(obs):
         return "Queued"
-    if obs.invalid or obs.refusals or obs.blocked:
+    if obs.invalid or obs.refusals or obs.blocked or obs.held:
         return "Pending"
     if obs.workload_phase in ("Running", "Succeeded", "Failed"):
         return obs.workload_phase
@@ -104,6 +105,14 @@ def _run_conditions(obs: Observed) -> list[dict[str, Any]]:
             _cond("GuardrailsReady", False, reason, message, gen),
             _cond("Reconciling", False, reason, message, gen),
             _cond("Stalled", True, reason, message, gen),
+        ]
+    if obs.held:  # asked again with a growing delay: progressing, not stalled
+        reason, message = obs.held
+        return [
+            _cond("Ready", False, reason, message, gen),
+            _cond("GuardrailsReady", False, reason, message, gen),
+            _cond("Reconciling", True, reason, message, gen),
+            _cond("Stalled", False, "AsExpected", "", gen),
         ]
     guard = _cond("GuardrailsReady", obs.guardrails_ready,
                   "GuardrailsApplied" if obs.guardrails_ready else "GuardrailsPending", obs.guardrails_message, gen)

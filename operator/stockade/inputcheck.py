@@ -4,10 +4,13 @@ A spec the CRD let through (an older CRD, or a value only the API server's later
 must end in ``Ready=False`` with a reason the user can act on, never in an exception or a retry
 loop. ``spec_problem`` is the pass before planning; ``api_refusal`` tells an API server answer that
 no retry can change (the object is invalid) from one that passes (a conflict, a throttle, a quota
-still being counted).
+still being counted); ``admission_refusal`` one that only a change of someone's admission policy
+passes (asked again with a growing delay).
 """
 
 from __future__ import annotations
+
+import re
 
 from stockade import apirules, podshape
 from stockade.api.models import AgentRunSpec
@@ -32,8 +35,24 @@ def spec_problem(spec: AgentRunSpec) -> str | None:
     return None
 
 
+# How the API server words a refusal by an admission webhook or a ValidatingAdmissionPolicy.
+ADMISSION_DENIAL = re.compile(r'admission webhook "[^"]*" denied the request'
+                              r"|ValidatingAdmissionPolicy '[^']*' with binding '[^']*' denied request")
+
+
+def admission_refusal(status: int, message: str) -> str | None:
+    """``"AdmissionRefused: message"`` when a webhook or an admission policy refused an object: the
+    platform can change its policy at any time, so the operator asks again later rather than only
+    when the spec changes."""
+    if status in (400, 403, 422) and ADMISSION_DENIAL.search(message) and "violates PodSecurity" not in message:
+        return f"AdmissionRefused: {message[:MAX_MESSAGE]}"
+    return None
+
+
 def api_refusal(status: int, message: str) -> str | None:
     """``"Reason: message"`` when the API server refused an object for what it is (retrying cannot help)."""
+    if admission_refusal(status, message):
+        return None
     if status in (400, 422):
         return f"RefusedByAPIServer: {message[:MAX_MESSAGE]}"
     if status == 403 and "violates PodSecurity" in message:

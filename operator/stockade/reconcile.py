@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -25,12 +26,13 @@ from stockade.coalesce import Coalescer
 from stockade.conditions import Observed, compute_conditions, compute_phase, merge_conditions, status_changed
 from stockade.dnsresolve import HostResolver
 from stockade.drift import needs_apply
-from stockade.inputcheck import api_refusal, spec_problem
+from stockade.inputcheck import spec_problem
 from stockade.kube import Kube, KubeError, object_path
 from stockade.lifecycle import NamespaceTaken, RunGone, RunLifecycle
 from stockade.observe import QUOTA_PENDING, await_quota, guardrails_ready, quarantine_of, workload_phase
 from stockade.plan import Plan, PlanSettings, RunRef, parse_duration
 from stockade.plan_cache import PlanCache
+from stockade.refusals import Refusals
 from stockade.store import RunKey, Store, uid_of
 
 log = logging.getLogger("stockade.reconcile")
@@ -56,7 +58,7 @@ class Reconciler:
         self._phases: dict[RunKey, str] = {}
         self._warned: dict[RunKey, str] = {}
         self._cache = PlanCache(plan_settings)
-        self._refused: dict[RunKey, tuple[int, str]] = {}  # generation the API server refused, "Reason: message"
+        self._refusals = Refusals()
         self._fence_up: set[RunKey] = set()  # runs whose fence this process has seen complete
         self._gone: dict[RunKey, str] = {}  # uid of an AgentRun whose DELETED event came, until looked at
         # emit is looked up at each call: detection replaces it after the Reconciler is built.
@@ -91,9 +93,10 @@ class Reconciler:
         started = time.perf_counter()
         try:
             await self.reconcile(key)
+            self._refusals.succeeded(key)
         except KubeError as err:
             metrics.RECONCILE_ERRORS.labels(reason=err.reason or str(err.status)).inc()
-            if await self._stall_on_refusal(key, err):
+            if await self._on_refusal(key, err):
                 return
             # A quota charge left by a create aborted mid-request clears only at the quota controller's
             # next resync: wait for it calmly rather than hammer the API server.
@@ -142,6 +145,7 @@ class Reconciler:
         status = body.get("status") or {}
         generation = int(meta.get("generation") or 1)
         chosen = run_namespaces.choose(self.store, key, body)
+        self._refusals.chosen[key] = chosen
         run = RunRef(meta["namespace"], meta["name"], uid_of(body), chosen or "")
         try:
             spec = self._cache.spec(key, generation, body)
@@ -150,8 +154,7 @@ class Reconciler:
             await self._write_status(key, body, Observed(generation, chosen, invalid=f"InvalidSpec: {problems}"))
             return
         # Input no fence can be built from, or that the API server refused for this generation: a condition, no retry.
-        refused = self._refused.get(key)
-        problem = spec_problem(spec) or (refused[1] if refused and refused[0] == generation else None)
+        problem = spec_problem(spec) or self._refusals.stalled(key, generation)
         if problem:
             await self._write_status(key, body, Observed(generation, chosen, invalid=problem))
             return
@@ -358,26 +361,32 @@ class Reconciler:
             self._phases.pop(key, None)
         else:
             self._phases[key] = phase
-        counts: dict[str, int] = {}
-        for value in self._phases.values():
-            counts[value] = counts.get(value, 0) + 1
+        counts = Counter(self._phases.values())
         for name in ("Pending", "Queued", "Running", "Quarantined", "Succeeded", "Failed", "Expired"):
             metrics.RUNS.labels(phase=name).set(counts.get(name, 0))
 
-    async def _stall_on_refusal(self, key: RunKey, err: KubeError) -> bool:
-        """The API server refused an object built from this generation for what it is (422, PodSecurity):
-        Ready=False with its message until the spec changes, instead of a retry every few seconds."""
-        problem = api_refusal(err.status, err.message)
+    async def _on_refusal(self, key: RunKey, err: KubeError) -> bool:
+        """An object refused for what it is stalls the run until the spec changes; one a platform webhook or
+        admission policy denied is asked again after a growing delay. Either way Ready=False says why."""
         body = self.store.agentruns.get(key)
-        if problem is None or body is None:
+        if body is None:
             return False
         generation = int(body["metadata"].get("generation") or 1)
-        self._refused[key] = (generation, problem)
-        log.warning("the API server refused an object of %s/%s (generation %d): %s; waiting for a new spec",
-                    key[0], key[1], generation, err)
-        status = body.get("status") or {}
+        refusal = self._refusals.record(key, generation, err.status, err.message)
+        if refusal is None:
+            return False
+        log.warning("the API server refused an object of %s/%s (generation %d): %s; %s", key[0], key[1], generation,
+                    err, "waiting for a new spec" if refusal.stalls else f"asking again in {refusal.retry_in:.0f}s")
+        # The name chosen this pass: a refusal on a first reconcile comes before any status records it.
+        run_namespace = self._refusals.chosen.get(key) or (body.get("status") or {}).get("runNamespace")
+        reason, _, message = refusal.problem.partition(": ")
+        observed = Observed(generation, run_namespace, invalid=refusal.problem) if refusal.stalls else \
+            Observed(generation, run_namespace, held=(reason, message))
+        if not refusal.stalls:
+            self._warn_once(key, body, reason, message)
+            self._arm_timer(key, refusal.retry_in)
         try:
-            await self._write_status(key, body, Observed(generation, status.get("runNamespace"), invalid=problem))
+            await self._write_status(key, body, observed)
         except KubeError as again:
             log.warning("could not record that on %s/%s: %s", key[0], key[1], again)
         return True
@@ -386,7 +395,7 @@ class Reconciler:
         self._arm_timer(key, None)
         self._fence_up.discard(key)
         self._cache.forget(key)
-        self._refused.pop(key, None)
+        self._refusals.forget(key)
         self._warned.pop(key, None)
         self._count_phase(key, None)
         self.budget.forget(key)

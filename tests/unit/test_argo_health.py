@@ -96,6 +96,7 @@ OBSERVED = [
     (Observed(3, "t-r", refusals=["gpu: 2 > 1"]), "Degraded"),
     (Observed(3, "t-r", invalid="InvalidSpec: spec.grant.cpu: bad"), "Degraded"),
     (Observed(3, "t-r", blocked=("NamespaceConflict", "namespace exists")), "Degraded"),
+    (Observed(3, "t-r", held=("AdmissionRefused", "ValidatingAdmissionPolicy 'hold' denied request")), "Progressing"),
     (Observed(3, "t-r", guardrails_ready=True, workload_phase="Running", quarantined=("Violation", "miner")),
      "Degraded"),
     (Observed(3, "t-r", guardrails_ready=True, expired=True), "Degraded"),

@@ -34,6 +34,15 @@ def test_refused_template_is_stalled_with_reason():
     assert found["Stalled"]["status"] == "True"
 
 
+def test_a_platform_admission_denial_is_progressing_not_stalled():
+    obs = Observed(2, "ns", held=("AdmissionRefused", "admission webhook \"x\" denied the request: no"))
+    found = conds(obs)
+    assert compute_phase(obs) == "Pending"
+    assert (found["Ready"]["status"], found["Ready"]["reason"]) == ("False", "AdmissionRefused")
+    assert "denied the request" in found["Ready"]["message"]
+    assert found["Reconciling"]["status"] == "True" and found["Stalled"]["status"] == "False"
+
+
 def test_invalid_spec_is_stalled():
     found = conds(Observed(1, "ns", invalid="InvalidSpec: spec.grant.cpu: bad"))
     assert found["Stalled"]["status"] == "True" and found["Ready"]["reason"] == "InvalidSpec"
