@@ -12,7 +12,6 @@ import asyncio
 import datetime
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -26,14 +25,17 @@ from stockade.coalesce import Coalescer
 from stockade.conditions import Observed, compute_conditions, compute_phase, merge_conditions, status_changed
 from stockade.dnsresolve import HostResolver
 from stockade.drift import needs_apply
+from stockade.egress_status import EgressEvents, egress_resolution
 from stockade.inputcheck import spec_problem
 from stockade.kube import Kube, KubeError, object_path
 from stockade.lifecycle import NamespaceTaken, RunGone, RunLifecycle
 from stockade.observe import QUOTA_PENDING, await_quota, guardrails_ready, quarantine_of, workload_phase
+from stockade.phase_count import PhaseCount
 from stockade.plan import Plan, PlanSettings, RunRef, parse_duration
 from stockade.plan_cache import PlanCache
 from stockade.refusals import Refusals
 from stockade.store import RunKey, Store, uid_of
+from stockade.workload import ensure_workload, stop_workload
 
 log = logging.getLogger("stockade.reconcile")
 
@@ -41,7 +43,6 @@ __all__ = ["Coalescer", "EmitEvent", "Reconciler", "parse_stamp", "stamp", "utcn
 
 EmitEvent = Callable[[Mapping[str, Any], str, str, str], None]
 PRUNABLE_COMPONENTS = {"network", "identity", "quota", "limits"}
-WORKLOAD_KINDS = {"Pod": "v1", "Job": "batch/v1"}
 
 
 class Reconciler:
@@ -55,7 +56,8 @@ class Reconciler:
         self.emit = emit
         self._coalescer = Coalescer()
         self._timers: dict[RunKey, asyncio.TimerHandle] = {}
-        self._phases: dict[RunKey, str] = {}
+        self._phases = PhaseCount()
+        self._egress = EgressEvents(lambda *args: self.emit(*args))  # noqa: PLW0108
         self._warned: dict[RunKey, str] = {}
         self._cache = PlanCache(plan_settings)
         self._refusals = Refusals()
@@ -187,6 +189,8 @@ class Reconciler:
 
         hosts = sorted({rule.host for rule in spec.grant.egress if rule.host})
         resolved, refresh_in = await self.resolver.resolve(hosts)
+        egress = egress_resolution(hosts, resolved, self.resolver.stale(hosts))
+        self._egress.note(key, body, egress)
         quarantine = status.get("quarantine") or {}
         frozen = bool(quarantine.get("active")) and "freeze" in (quarantine.get("steps") or [])
         plan = self._cache.plan(key, generation, run, spec, resolved, frozen=frozen)
@@ -201,16 +205,16 @@ class Reconciler:
         terminal = status.get("phase") if status.get("phase") in ("Succeeded", "Failed", "Expired") else None
         quarantined = quarantine_of(status)
         if expired or terminal == "Expired":
-            await self._stop_workload(run)
+            await stop_workload(self.kube, self.store, run)
             expired = True
         elif admission.stop:  # a narrowed policy says Stop: ended, as Failed with its reason
-            await self._stop_workload(run)
+            await stop_workload(self.kube, self.store, run)
         refusal = "; ".join(f.text() for f in plan.refusals)
         if plan.refusals and not expired and self._warn_once(key, body, "TemplateExceedsGrant", refusal):
             metrics.REFUSALS.inc()  # once per refused generation, not once per reconcile
         started = False
         if not (expired or plan.refusals or admission.stop) and ready and terminal is None and quarantined is None:
-            started = await self._ensure_workload(plan)
+            started = await ensure_workload(self.kube, self.store, plan)
 
         phase, message = workload_phase(self.store, run, spec)
         for extension in self.extensions:
@@ -229,6 +233,7 @@ class Reconciler:
             admission=(True, admission.decision.reason, admission.decision.message),
             compliance=admission.compliance,
             stopped=admission.stop,
+            egress=egress,
         )
         extra = {
             "startTime": stamp(start),
@@ -289,32 +294,6 @@ class Reconciler:
             await self.kube.delete(obj["apiVersion"], obj["kind"], run.run_namespace, obj["metadata"]["name"])
             self.store.remove(obj)
 
-    async def _ensure_workload(self, plan: Plan) -> bool:
-        """Create the workload if it does not exist; True if this call created it."""
-        desired = plan.workload
-        if desired is None:
-            return False
-        meta = desired["metadata"]
-        if self.store.get(desired["kind"], meta["namespace"], meta["name"]) is not None:
-            return False
-        try:
-            created = await self.kube.create(desired)
-        except KubeError as err:
-            if err.conflict:
-                return False  # created by an earlier round whose watch event has not arrived yet
-            raise
-        self.store.put(created)
-        log.info("started the agent's %s %s/%s", desired["kind"], meta["namespace"], meta["name"])
-        return True
-
-    async def _stop_workload(self, run: RunRef) -> None:
-        for kind in ("Job", "Pod"):
-            for obj in list(self.store.in_namespace(run.run_namespace, kind)):
-                if obj["metadata"].get("deletionTimestamp"):
-                    continue
-                await self.kube.delete(WORKLOAD_KINDS[kind], kind, run.run_namespace, obj["metadata"]["name"],
-                                       grace=0 if kind == "Pod" else None)
-
     def _warn_once(self, key: RunKey, body: Mapping[str, Any], reason: str, message: str) -> bool:
         """Emit the Warning unless this generation already got the same one; True if it was emitted."""
         token = f"{body['metadata'].get('generation')}:{reason}:{message}"
@@ -342,7 +321,7 @@ class Reconciler:
             reason = observed.invalid.partition(": ")[0] if observed.invalid else "TemplateExceedsGrant"
             if observed.invalid:
                 self._warn_once(key, body, reason, observed.invalid.partition(": ")[2])
-        self._count_phase(key, phase)
+        self._phases.note(key, phase)
         if not status_changed(old, new):
             return
         if old.get("phase") != phase:
@@ -355,15 +334,6 @@ class Reconciler:
                 return
             raise
         self.store.put_agentrun(updated)
-
-    def _count_phase(self, key: RunKey, phase: str | None) -> None:
-        if phase is None:
-            self._phases.pop(key, None)
-        else:
-            self._phases[key] = phase
-        counts = Counter(self._phases.values())
-        for name in ("Pending", "Queued", "Running", "Quarantined", "Succeeded", "Failed", "Expired"):
-            metrics.RUNS.labels(phase=name).set(counts.get(name, 0))
 
     async def _on_refusal(self, key: RunKey, err: KubeError) -> bool:
         """An object refused for what it is stalls the run until the spec changes; one a platform webhook or
@@ -397,5 +367,6 @@ class Reconciler:
         self._cache.forget(key)
         self._refusals.forget(key)
         self._warned.pop(key, None)
-        self._count_phase(key, None)
+        self._egress.forget(key)
+        self._phases.note(key, None)
         self.budget.forget(key)

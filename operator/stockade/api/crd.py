@@ -87,8 +87,12 @@ def _printer_columns() -> list[dict[str, Any]]:
     return [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+        {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
         {"name": "GPUs", "type": "integer", "jsonPath": ".spec.grant.gpu"},
-        {"name": "Namespace", "type": "string", "jsonPath": ".status.runNamespace", "priority": 1},
+        # The EgressResolved reason: HostUnresolved says a granted host allows nothing (Ready stays True).
+        {"name": "Egress", "type": "string", "jsonPath": '.status.conditions[?(@.type=="EgressResolved")].reason'},
+        # Not "Namespace": `kubectl get -A -o wide` has a NAMESPACE column of its own (the AgentRun's).
+        {"name": "Run-Namespace", "type": "string", "jsonPath": ".status.runNamespace", "priority": 1},
         {"name": "Enforcement", "type": "string", "jsonPath": ".spec.enforcement", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
