@@ -295,7 +295,8 @@ class AgentRunStatus(_Model):
     expiresAt: str | None = None
     workload: str | None = None
     resolvedEgress: dict[str, list[str]] | None = Field(
-        default=None, description="Addresses that each granted host resolved to, as enforced now."
+        default=None, description="Addresses that each granted host resolved to, as enforced now; an empty list: "
+        "the host resolved to nothing and allows nothing (condition EgressResolved=False, reason HostUnresolved)."
     )
     policies: list[str] | None = Field(
         default=None, description="The AgentPolicies that bound the run (its grant and its budgets), by name."
