@@ -125,11 +125,20 @@ def test_unresolvable_host_is_reported_and_clears_when_it_resolves(operator: Ope
     wait_for(lambda: egress(team_namespace, "lost").get("reason") == "AllHostsResolved", timeout=30,
              what="AllHostsResolved once DNS answers again")
     assert len(events(team_namespace, "lost", "HostUnresolved")) == 1, "no Warning for an answer kept"
+    # The operator moved its own policy to the new address: not a guardrail someone else changed.
+    assert events(team_namespace, "lost", "GuardrailRestored") == []
 
 
-def test_a_grant_without_hosts_needs_no_lookup(operator: Operator, team_namespace: str) -> None:
+def test_a_grant_without_hosts_needs_no_lookup_and_its_edit_is_no_drift(operator: Operator, team_namespace: str) -> None:
     apply(agentrun("cidrs", team_namespace, simple_spec(egress=[{"cidr": "10.42.0.0/16", "ports": [443]}])))
     wait_for(lambda: egress(team_namespace, "cidrs").get("status") == "True", timeout=30, what="EgressResolved")
     assert egress(team_namespace, "cidrs")["reason"] == "NoHostsGranted"
     assert table("agentrun", "cidrs", "-n", team_namespace)[1][5] == "NoHostsGranted"
     assert events(team_namespace, "cidrs", "HostUnresolved") == []
+    # A grant edit: the operator updates its own quota in place, which is not someone else's drift.
+    kubectl("patch", "agentrun", "cidrs", "-n", team_namespace, "--type=merge", "-p", '{"spec":{"grant":{"cpu":"3"}}}')
+    ns = get("agentrun", "cidrs", team_namespace)["status"]["runNamespace"]
+    wait_for(lambda: get("resourcequota", "stockade-grant", ns)["spec"]["hard"]["limits.cpu"] == "3", timeout=20,
+             what="the quota to follow the grant")
+    time.sleep(2)  # the Event of a wrongly reported drift comes right after the apply
+    assert events(team_namespace, "cidrs", "GuardrailRestored") == []

@@ -62,6 +62,7 @@ class Reconciler:
         self._cache = PlanCache(plan_settings)
         self._refusals = Refusals()
         self._fence_up: set[RunKey] = set()  # runs whose fence this process has seen complete
+        self._planned: dict[RunKey, dict[tuple[str, str], Any]] = {}  # the guardrails last applied in full
         self._gone: dict[RunKey, str] = {}  # uid of an AgentRun whose DELETED event came, until looked at
         # emit is looked up at each call: detection replaces it after the Reconciler is built.
         self.lifecycle = RunLifecycle(kube, store, lambda *args: self.emit(*args))  # noqa: PLW0108
@@ -251,12 +252,15 @@ class Reconciler:
         self._arm_timer(key, min(delays) if delays else None)
 
     # Steps ---------------------------------------------------------------------------------------
-    async def _apply(self, desired: Mapping[str, Any], body: Mapping[str, Any], fence_was_up: bool) -> None:
+    async def _apply(self, desired: Mapping[str, Any], body: Mapping[str, Any], fence_was_up: bool,
+                     planned: Mapping[tuple[str, str], Any] | None = None) -> None:
         meta = desired["metadata"]
         live = self.store.get(desired["kind"], meta.get("namespace") or "", meta["name"])
         if not needs_apply(desired, live):
             return
-        if live is not None or fence_was_up:
+        # What the last plan applied did not want like this (a grant edit, a host's new addresses) is no drift.
+        replanned = planned is not None and planned.get((desired["kind"], meta["name"])) != desired
+        if (live is not None or fence_was_up) and not replanned:
             self._report_drift(body, desired["kind"], meta, "changed" if live is not None else "missing")
         metrics.APPLIES.labels(kind=desired["kind"]).inc()
         applied = await self.kube.apply(desired)
@@ -278,8 +282,10 @@ class Reconciler:
             if fence_was_up:
                 self._report_drift(body, "Namespace", plan.namespace["metadata"], "missing")
             await self.lifecycle.create_namespace(plan.namespace, body)
-        await self._apply(plan.namespace, body, fence_was_up)
-        await asyncio.gather(*(self._apply(obj, body, fence_was_up) for obj in plan.guardrails[1:]))
+        planned = self._planned.get(key)  # unknown after a restart: any difference is drift, as it may be
+        await self._apply(plan.namespace, body, fence_was_up, planned)
+        await asyncio.gather(*(self._apply(obj, body, fence_was_up, planned) for obj in plan.guardrails[1:]))
+        self._planned[key] = {(obj["kind"], obj["metadata"]["name"]): obj for obj in plan.guardrails}
 
     async def _prune(self, run: RunRef, plan: Plan) -> None:
         wanted = {(obj["kind"], obj["metadata"]["name"]) for obj in plan.guardrails}
@@ -364,6 +370,7 @@ class Reconciler:
     def _forget(self, key: RunKey) -> None:
         self._arm_timer(key, None)
         self._fence_up.discard(key)
+        self._planned.pop(key, None)
         self._cache.forget(key)
         self._refusals.forget(key)
         self._warned.pop(key, None)
