@@ -129,7 +129,8 @@ def test_unresolvable_host_is_reported_and_clears_when_it_resolves(operator: Ope
     assert events(team_namespace, "lost", "GuardrailRestored") == []
 
 
-def test_a_grant_without_hosts_needs_no_lookup_and_its_edit_is_no_drift(operator: Operator, team_namespace: str) -> None:
+def test_a_grant_without_hosts_needs_no_lookup_and_its_edit_is_no_drift(operator: Operator,
+                                                                        team_namespace: str) -> None:
     apply(agentrun("cidrs", team_namespace, simple_spec(egress=[{"cidr": "10.42.0.0/16", "ports": [443]}])))
     wait_for(lambda: egress(team_namespace, "cidrs").get("status") == "True", timeout=30, what="EgressResolved")
     assert egress(team_namespace, "cidrs")["reason"] == "NoHostsGranted"
