@@ -172,7 +172,9 @@ def fenced(team: str) -> str:
            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
             "metadata": {"name": "e2e-by-hand", "namespace": namespace},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "e2e-by-hand"},
-            "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": namespace}]}], as_user=BREAK_GLASS)
+            "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": namespace}]},
+           {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "other", "namespace": namespace}}],
+          as_user=BREAK_GLASS)
     return namespace
 
 
@@ -210,7 +212,10 @@ BEYOND_THE_GRANT = [
     ("a runtime class", {"runtimeClassName": "nvidia"}, ["runtime class 'nvidia' is not granted",
                                                          "spec.grant.runtimeClassNames"]),
     ("a device annotation", {"annotations": {"cdi.k8s.io/gpu": "nvidia.com/gpu=all"}}, ["device annotation"]),
-    ("another service account", {"serviceAccountName": "default"}, ["serviceAccountName", "'agent'"]),
+    # ("default" is what the API server fills in for none: the mutating webhook makes it the agent's,
+    # e2e/test_grant_allows.py; "other" exists, made by break-glass in the fixture.)
+    ("another service account", {"serviceAccountName": "other"},
+     ["serviceAccountName", "'other' is not the agent's ServiceAccount", "'agent'"]),
 ]
 
 
