@@ -31,6 +31,7 @@ from .detect_support import Signals, falco_event
 from .test_admission import ADMIN, GRANT_POLICY, WEBHOOK, agent, created, refused, sh
 from .test_admission import pod as agent_pod
 from .test_detect import quarantined, run_namespace, ssh_event, start, with_response
+from .test_wire import EGRESS, Wire, fenced_sandbox, wire  # noqa: F401  (wire: the dataplane fixture)
 
 TOKEN = secrets.token_urlsafe(24)
 PODS = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get"]}]
@@ -303,3 +304,34 @@ def _admitted(run: dict[str, Any]) -> bool:
     except KubectlError:
         return False
     return True
+
+
+# On the wire (kube-router's NetworkPolicy enforcement, e2e/dataplane.py): last, since it brings the dataplane up.
+def test_pod_to_pod_on_the_wire(team: str, allows_operator: tuple[Operator, Signals], wire: Wire) -> None:  # noqa: F811
+    _, client = allows_operator
+    start(team, "wired", with_response(simple_spec(pods=2, podToPod=True, dns=True, egress=EGRESS, kubernetesAPI=PODS),
+                                       "isolate"))
+    start(team, "alone", simple_spec(pods=2, egress=EGRESS, kubernetesAPI=PODS))
+    ends = {}
+    for run in ("wired", "alone"):
+        ns = run_namespace(team, run)
+        webhook_ready(ns)
+        created(sh("create", "-f", "-", who=agent(ns), stdin=unnamed_pod(ns, "peer")))
+        ends[run] = (fenced_sandbox(wire, ns, run), fenced_sandbox(wire, ns, "peer"))
+    for agent_end, peer_end in ends.values():
+        peer_end.listen(8080)
+        agent_end.listen(5432)
+    wired_agent, wired_peer = ends["wired"]
+    wait_for(lambda: wired_agent.connect(wired_peer.addresses[0], 8080) == "open", timeout=30,
+             what="the agent to reach its peer on the wire (grant.podToPod)")
+    assert wired_peer.connect(wired_agent.addresses[0], 5432) == "open", "both ways, any port"
+    wire.assert_fenced(wired_agent)  # the rest of the fence holds
+    alone_agent, alone_peer = ends["alone"]
+    assert wire.refused(alone_agent, alone_peer.addresses[0], 8080), "without grant.podToPod"
+    assert wire.refused(wired_agent, alone_peer.addresses[0], 8080), "another run's pod is no peer"
+    # Quarantined, the peer is cut off.
+    status, answer = client.post("/falco", ssh_event(run_namespace(team, "wired"), "peer"))
+    assert status == 202, answer
+    quarantined(team, "wired")
+    wait_for(lambda: wire.refused(wired_agent, wired_peer.addresses[0], 8080), timeout=30,
+             what="the quarantined peer to be cut off on the wire")
