@@ -178,6 +178,12 @@ class Grant(_Model):
         default_factory=list, max_length=256, description="The only destinations a pod may reach."
     )
     dns: bool = Field(default=False, description="Allow DNS to the cluster resolver (and nowhere else).")
+    podToPod: bool = Field(
+        default=False,
+        description="Allow traffic among the run's own pods (ingress and egress, any port), quarantined pods "
+        "excepted; the NetworkPolicies and every detection rule follow it. Off: the run's pods cannot reach "
+        "each other.",
+    )
     kubernetesAPI: list[PolicyRule] = Field(
         default_factory=list,
         max_length=64,

@@ -160,6 +160,9 @@ class Ceilings(_Model):
         "AgentRun's template asks for it.",
     )
     allowAudit: bool = Field(default=False, description="Whether spec.enforcement: audit may be used.")
+    allowPodToPod: bool = Field(
+        default=False, description="Whether grant.podToPod may be true (traffic among a run's own pods)."
+    )
     requiredResponse: list[ResponseStep] | None = Field(
         default=None, max_length=3, description="Rungs spec.response must contain (isolate, freeze, evict)."
     )
