@@ -67,16 +67,36 @@ def _schema_of(model: type[Any]) -> dict[str, Any]:
     return result
 
 
-def openapi_schema(spec_model: type[Any] = AgentRunSpec, status_model: type[Any] = AgentRunStatus) -> dict[str, Any]:
+# What `kubectl explain agentrun` and `kubectl explain agentpolicy` say about the object itself.
+DESCRIPTIONS = {
+    KIND: "An AI agent's run inside a fence: Stockade makes a run namespace whose NetworkPolicies, quota, RBAC and "
+          "admission allow only spec.grant, starts spec.template there, and quarantines the run when a detector "
+          "reports a violation. `stockade status NAME` shows it; `stockade explain` documents each field.",
+    POLICY_KIND: "What a platform admin allows the AgentRuns of the namespaces it selects: per-run ceilings, "
+                 "egress destinations, API rules, defaults and budgets across runs. Cluster-scoped; several "
+                 "policies selecting one namespace all apply.",
+}
+# The same text Kubernetes' own types carry (k8s.io/apimachinery TypeMeta and ObjectMeta).
+_META = {
+    "apiVersion": "APIVersion defines the versioned schema of this representation of an object: stockade.io/v1alpha1.",
+    "kind": "Kind is a string value representing the REST resource this object represents, in CamelCase.",
+    "metadata": "Standard object metadata (name, namespace, labels, annotations, ...): kubectl explain "
+                "pod.metadata has every field.",
+}
+
+
+def openapi_schema(spec_model: type[Any] = AgentRunSpec, status_model: type[Any] = AgentRunStatus,
+                   kind: str = KIND) -> dict[str, Any]:
     spec = _schema_of(spec_model)
     status = _schema_of(status_model)
     return {
         "type": "object",
+        "description": DESCRIPTIONS[kind],
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "apiVersion": {"type": "string", "description": _META["apiVersion"]},
+            "kind": {"type": "string", "description": _META["kind"]},
+            "metadata": {"type": "object", "description": _META["metadata"]},
             "spec": spec,
             "status": status,
         },
@@ -165,7 +185,7 @@ def agentpolicy_crd() -> dict[str, Any]:
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": _policy_printer_columns(),
-                    "schema": {"openAPIV3Schema": openapi_schema(AgentPolicySpec, AgentPolicyStatus)},
+                    "schema": {"openAPIV3Schema": openapi_schema(AgentPolicySpec, AgentPolicyStatus, POLICY_KIND)},
                 }
             ],
         },
