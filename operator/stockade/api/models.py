@@ -329,8 +329,7 @@ class AgentRunStatus(_Model):
                                      "the agent's pod and its fence live.")
     observedGeneration: int | None = Field(default=None, description="The spec generation this status describes.")
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, GuardrailsReady, Reconciling, Stalled, Quarantined and the "
-        "others; `stockade explain reasons` explains every reason.")
+        default_factory=list, description="The run's conditions, one per type.")
     violations: list[Violation] = Field(default_factory=list, description="What detectors reported, newest last "
                                         "(bounded; identical ones fold into count).")
     quarantine: Quarantine | None = None
