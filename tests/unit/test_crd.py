@@ -166,6 +166,5 @@ def test_the_template_schema_types_what_the_operator_reads():
     assert pod["securityContext"]["type"] == "object"
     env = pod["containers"]["items"]["properties"]["env"]
     assert env["type"] == "array" and env["items"]["type"] == "object"
-    assert template["properties"]["metadata"]["properties"]["annotations"]["additionalProperties"] == {
-        "type": "string"}
+    assert template["properties"]["metadata"]["properties"]["annotations"]["additionalProperties"]["type"] == "string"
     assert pod["containers"]["minItems"] == 1
