@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from stockade import labels, metrics, run_namespaces
+from stockade import audit, labels, metrics, run_namespaces
 from stockade.api.models import AgentRunSpec
 from stockade.budget_gate import BudgetGate
 from stockade.clock import parse_stamp, stamp, utcnow
@@ -89,6 +89,7 @@ class Reconciler:
             loop = asyncio.get_running_loop()
             self._timers[key] = loop.call_later(max(delay, 0.05), self.trigger_soon, key)
 
+    @audit.reconcile_pass  # the pass's id in every log line; FenceComplete once a generation's fence is up
     async def _reconcile_safely(self, key: RunKey) -> None:
         started = time.perf_counter()
         try:
@@ -260,7 +261,7 @@ class Reconciler:
     def _report_drift(self, body: Mapping[str, Any], kind: str, meta: Mapping[str, Any], what: str) -> None:
         """Someone changed or removed a guardrail of a fence that was complete: metric, log line and Warning."""
         metrics.DRIFT.labels(kind=kind).inc()
-        log.warning("restoring %s %s %s/%s", what, kind, meta.get("namespace", ""), meta["name"])
+        audit.restoring(kind, meta, what)  # a log line with structured fields
         self.emit(body, "Warning", "GuardrailRestored", f"{kind} {meta['name']} was {what}; restored from the grant")
 
     async def _apply_guardrails(self, key: RunKey, plan: Plan, body: Mapping[str, Any]) -> None:
