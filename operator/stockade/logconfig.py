@@ -2,8 +2,9 @@
 
 JSON lines carry the logger's name (``logger``) and the structured fields of :mod:`stockade.audit`
 (kopf's JSON formatter is python-json-logger's, which writes every ``extra=`` field). Noise goes: kopf's
-liveness endpoint's access lines (kubelet asks every few seconds) and, unless verbose, kopf's line per
-handler call (the reconciler logs what it changes).
+liveness endpoint's access lines (kubelet asks every few seconds), kopf's warning for an Event it could
+not post into a namespace being deleted (an AgentRun deleted with its namespace: expected) and, unless
+verbose, kopf's line per handler call (the reconciler logs what it changes).
 """
 
 from __future__ import annotations
@@ -23,6 +24,23 @@ RENAMED = {"name": "logger"}
 # The only aiohttp server with an access log is kopf's liveness endpoint (the operator's own servers
 # have none): its lines are one per probe and say nothing.
 QUIET = {"aiohttp.access": logging.WARNING}
+# Lines that are expected, not problems: (logger, text in the message), down to DEBUG.
+EXPECTED = (("kopf._core.engines.posting", "because it is being terminated"),)
+
+
+class Demote(logging.Filter):
+    """On a logger: a line holding ``text`` is logged at DEBUG (so dropped unless the logger logs DEBUG)."""
+
+    def __init__(self, logger: logging.Logger, text: str) -> None:
+        super().__init__()
+        self.logger = logger
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG or self.text not in record.getMessage():
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return self.logger.isEnabledFor(logging.DEBUG)
 
 
 def configure(*, json_logs: bool, verbose: bool) -> None:
@@ -35,5 +53,9 @@ def configure(*, json_logs: bool, verbose: bool) -> None:
         handler.addFilter(ContextFields())
     for name, level in QUIET.items():
         logging.getLogger(name).setLevel(level)
+    for name, text in EXPECTED:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, Demote) and f.text == text for f in logger.filters):
+            logger.addFilter(Demote(logger, text))
     if not verbose:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)

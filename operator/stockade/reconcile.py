@@ -32,6 +32,7 @@ from stockade.lifecycle import NamespaceTaken, RunGone, RunLifecycle
 from stockade.observe import QUOTA_PENDING, await_quota, guardrails_ready, quarantine_of, workload_phase
 from stockade.plan import Plan, PlanSettings, RunRef, parse_duration
 from stockade.plan_cache import PlanCache
+from stockade.reconcile_failures import FailureHandling
 from stockade.refusals import Refusals
 from stockade.store import RunKey, Store, uid_of
 
@@ -44,7 +45,7 @@ PRUNABLE_COMPONENTS = {"network", "identity", "quota", "limits"}
 WORKLOAD_KINDS = {"Pod": "v1", "Job": "batch/v1"}
 
 
-class Reconciler:
+class Reconciler(FailureHandling):
     def __init__(
         self, kube: Kube, store: Store, plan_settings: PlanSettings, resolver: HostResolver, emit: EmitEvent
     ) -> None:
@@ -59,6 +60,7 @@ class Reconciler:
         self._warned: dict[RunKey, str] = {}
         self._cache = PlanCache(plan_settings)
         self._refusals = Refusals()
+        self._terminating: dict[RunKey, str] = {}
         self._fence_up: set[RunKey] = set()  # runs whose fence this process has seen complete
         self._gone: dict[RunKey, str] = {}  # uid of an AgentRun whose DELETED event came, until looked at
         # emit is looked up at each call: detection replaces it after the Reconciler is built.
@@ -94,16 +96,9 @@ class Reconciler:
         started = time.perf_counter()
         try:
             await self.reconcile(key)
-            self._refusals.succeeded(key)
+            self._succeeded(key)
         except KubeError as err:
-            metrics.RECONCILE_ERRORS.labels(reason=err.reason or str(err.status)).inc()
-            if await self._on_refusal(key, err):
-                return
-            # A quota charge left by a create aborted mid-request clears only at the quota controller's
-            # next resync: wait for it calmly rather than hammer the API server.
-            delay = 5.0 if "exceeded quota" in err.message else 1.0
-            log.warning("reconcile of %s/%s failed: %s; retrying in %.0fs", key[0], key[1], err, delay)
-            self._arm_timer(key, delay)
+            await self._on_failure(key, err)  # stockade.reconcile_failures
         except Exception:
             metrics.RECONCILE_ERRORS.labels(reason="Unexpected").inc()
             log.exception("reconcile of %s/%s failed unexpectedly; retrying", key[0], key[1])
@@ -366,37 +361,12 @@ class Reconciler:
         for name in ("Pending", "Queued", "Running", "Quarantined", "Succeeded", "Failed", "Expired"):
             metrics.RUNS.labels(phase=name).set(counts.get(name, 0))
 
-    async def _on_refusal(self, key: RunKey, err: KubeError) -> bool:
-        """An object refused for what it is stalls the run until the spec changes; one a platform webhook or
-        admission policy denied is asked again after a growing delay. Either way Ready=False says why."""
-        body = self.store.agentruns.get(key)
-        if body is None:
-            return False
-        generation = int(body["metadata"].get("generation") or 1)
-        refusal = self._refusals.record(key, generation, err.status, err.message)
-        if refusal is None:
-            return False
-        log.warning("the API server refused an object of %s/%s (generation %d): %s; %s", key[0], key[1], generation,
-                    err, "waiting for a new spec" if refusal.stalls else f"asking again in {refusal.retry_in:.0f}s")
-        # The name chosen this pass: a refusal on a first reconcile comes before any status records it.
-        run_namespace = self._refusals.chosen.get(key) or (body.get("status") or {}).get("runNamespace")
-        reason, _, message = refusal.problem.partition(": ")
-        observed = Observed(generation, run_namespace, invalid=refusal.problem) if refusal.stalls else \
-            Observed(generation, run_namespace, held=(reason, message))
-        if not refusal.stalls:
-            self._warn_once(key, body, reason, message)
-            self._arm_timer(key, refusal.retry_in)
-        try:
-            await self._write_status(key, body, observed)
-        except KubeError as again:
-            log.warning("could not record that on %s/%s: %s", key[0], key[1], again)
-        return True
-
     def _forget(self, key: RunKey) -> None:
         self._arm_timer(key, None)
         self._fence_up.discard(key)
         self._cache.forget(key)
         self._refusals.forget(key)
+        self._terminating.pop(key, None)
         self._warned.pop(key, None)
         self._count_phase(key, None)
         self.budget.forget(key)

@@ -139,6 +139,12 @@ class RungsMixin:
             try:
                 await action()
             except KubeError as err:
+                if err.terminating_namespace is not None:
+                    # The namespace is being deleted, its pods with it: nothing left to confine.
+                    log.info("quarantine step %s not taken: namespace %s is being deleted", step,
+                             err.terminating_namespace, extra={"action": step, "outcome": "skipped"})
+                    metrics.QUARANTINE_ACTIONS.labels(step=step, outcome="skipped").inc()
+                    return False
                 if delay is None:
                     log.error("quarantine step %s failed after %d tries: %s", step, attempt + 1, err)
                     metrics.QUARANTINE_ACTIONS.labels(step=step, outcome="failed").inc()
