@@ -21,6 +21,7 @@ import pytest
 
 from .conftest import (
     BREAK_GLASS,
+    KubectlError,
     Operator,
     agentrun,
     apply,
@@ -106,12 +107,15 @@ def ssh_event(ns: str, pod: str) -> dict[str, Any]:
 def test_a_refused_object_is_a_violation_line_with_its_fields(logged: Operator, team_namespace: str) -> None:
     start(team_namespace, "refuser", simple_spec(kubernetesAPI=PODS))
     ns, marker = f"{team_namespace}-refuser", f"gpu-{uuid.uuid4().hex[:6]}"
+    # A pod PodSecurity lets through (restricted), with a GPU the grant does not hold: Stockade's webhook refuses it.
+    container = {"name": "c", "image": "registry.example/a:1",
+                 "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                 "resources": {"limits": {"cpu": "100m", "memory": "64Mi", "nvidia.com/gpu": "1"}}}
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": marker, "namespace": ns},
-           "spec": {"serviceAccountName": "agent", "containers": [{"name": "c", "image": "registry.example/a:1",
-                                                                    "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}
-    refused = kubectl("create", "-f", "-", stdin=json.dumps(pod), as_user=f"system:serviceaccount:{ns}:agent",
-                      check=False)
-    assert get("pod", marker, ns) is None, refused
+           "spec": {"serviceAccountName": "agent", "restartPolicy": "Never", "containers": [container],
+                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}}}
+    with pytest.raises(KubectlError, match=re.escape('admission webhook "allowlist.stockade.io" denied the request')):
+        kubectl("create", "-f", "-", stdin=json.dumps(pod), as_user=f"system:serviceaccount:{ns}:agent")
 
     line = line_with(logged, "the refusal", pod=marker, action="denied")
     assert_run_fields(line, team_namespace, "refuser", "warn")
@@ -153,6 +157,10 @@ def test_a_signal_its_rungs_and_the_release_are_lines_with_fields(logged: Operat
     assert_run_fields(released, team_namespace, "tunnel", "info", "stockade.respond")
     assert released["quarantine_id"] == qid, "one quarantine, one id, from its first rung to its release"
     assert (released["by"], released["kind"], released["pods"]) == (releaser, "SSHConnection", ["tunnel"])
+    wait_for(lambda: get("rolebinding", "stockade-agent", ns) and get("pod", "tunnel", ns), timeout=30,
+             what="the agent's RBAC and workload back after the release")
+    restored = [r for r in records(logged) if r.get("agentrun_name") == "tunnel" and r.get("action") == "restore"]
+    assert not restored, f"lifting a freeze restores nothing anyone tampered with: {restored}"
     assert_no_errors(logged)
 
 
@@ -199,6 +207,9 @@ def test_every_event_comes_from_stockade_and_the_fence_complete_once_per_generat
     wait_for(lambda: (r := ready(team_namespace, "announced")) and r["metadata"]["generation"] == 2, timeout=30,
              what="generation 2 Ready")
     found = wait_for(fence_events(2), timeout=20, what="a second FenceComplete Event")
+    restored = [r["guardrail"] for r in records(logged) if r.get("agentrun_name") == "announced"
+                and r.get("action") == "restore"]
+    assert restored == ["stockade-deny-all"], "a spec change is no drift: only the deleted guardrail was restored"
     assert sorted(e["message"].split(" is in place")[0] for e in found) == [
         "every guardrail of generation 1", "every guardrail of generation 2"]
     assert all(e.get("count", 1) == 1 for e in found), "once per generation"

@@ -65,8 +65,9 @@ class EventPoster:
         try:
             await self.kube.create(event)
         except KubeError as err:
-            if err.terminating_namespace is not None:  # the AgentRun goes with its namespace: expected
-                log.debug("no event %s on %s/%s: its namespace is being deleted", reason, meta["namespace"],
+            if err.terminating_namespace is not None or (err.not_found and 'namespaces "' in err.message):
+                # The AgentRun goes with its namespace: expected.
+                log.debug("no event %s on %s/%s: its namespace is being deleted or gone", reason, meta["namespace"],
                           meta["name"])
                 return
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err)

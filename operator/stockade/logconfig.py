@@ -3,13 +3,16 @@
 JSON lines carry the logger's name (``logger``) and the structured fields of :mod:`stockade.audit`
 (kopf's JSON formatter is python-json-logger's, which writes every ``extra=`` field). Noise goes: kopf's
 liveness endpoint's access lines (kubelet asks every few seconds), kopf's warning for an Event it could
-not post into a namespace being deleted (an AgentRun deleted with its namespace: expected) and, unless
-verbose, kopf's line per handler call (the reconciler logs what it changes).
+not post into a namespace being deleted or gone (an AgentRun deleted with its namespace: expected), kopf's
+ERROR line for each refusal of Stockade's webhooks (a refusal is the webhook doing its job; the admission
+recorder logs it with its fields) and, unless verbose, kopf's line per handler call (the reconciler logs
+what it changes).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 import kopf
 
@@ -24,20 +27,25 @@ RENAMED = {"name": "logger"}
 # The only aiohttp server with an access log is kopf's liveness endpoint (the operator's own servers
 # have none): its lines are one per probe and say nothing.
 QUIET = {"aiohttp.access": logging.WARNING}
-# Lines that are expected, not problems: (logger, text in the message), down to DEBUG.
-EXPECTED = (("kopf._core.engines.posting", "because it is being terminated"),)
+# Lines that are expected, not problems: (logger, a pattern of the message), down to DEBUG.
+EXPECTED = (
+    ("kopf._core.engines.posting", r"because it is being terminated"),
+    ("kopf._core.engines.posting", r'Code: 404\. Message: namespaces "[^"]+" not found'),
+    ("kopf.objects", r"^Webhook '[^']+' failed permanently: "),  # kopf.AdmissionError: a refusal
+)
 
 
 class Demote(logging.Filter):
-    """On a logger: a line holding ``text`` is logged at DEBUG (so dropped unless the logger logs DEBUG)."""
+    """On a logger: a line matching ``text`` is logged at DEBUG (so dropped unless the logger logs DEBUG)."""
 
     def __init__(self, logger: logging.Logger, text: str) -> None:
         super().__init__()
         self.logger = logger
         self.text = text
+        self.pattern = re.compile(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno <= logging.DEBUG or self.text not in record.getMessage():
+        if record.levelno <= logging.DEBUG or not self.pattern.search(record.getMessage()):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return self.logger.isEnabledFor(logging.DEBUG)

@@ -61,7 +61,8 @@ class Reconciler(FailureHandling):
         self._cache = PlanCache(plan_settings)
         self._refusals = Refusals()
         self._terminating: dict[RunKey, str] = {}
-        self._fence_up: set[RunKey] = set()  # runs whose fence this process has seen complete
+        # The (generation, frozen) plan whose fence this process last saw complete, per run.
+        self._fence_up: dict[RunKey, tuple[int, bool]] = {}
         self._gone: dict[RunKey, str] = {}  # uid of an AgentRun whose DELETED event came, until looked at
         # emit is looked up at each call: detection replaces it after the Reconciler is built.
         self.lifecycle = RunLifecycle(kube, store, lambda *args: self.emit(*args))  # noqa: PLW0108
@@ -186,13 +187,13 @@ class Reconciler(FailureHandling):
         quarantine = status.get("quarantine") or {}
         frozen = bool(quarantine.get("active")) and "freeze" in (quarantine.get("steps") or [])
         plan = self._cache.plan(key, generation, run, spec, resolved, frozen=frozen)
-        await self._apply_guardrails(key, plan, body)
+        await self._apply_guardrails(key, plan, body, (generation, frozen))
         await self._prune(run, plan)
         ready, waiting_on = guardrails_ready(self.store, plan)
         if not ready and waiting_on == QUOTA_PENDING:
             ready, waiting_on = await await_quota(self.store, plan)
         if ready:
-            self._fence_up.add(key)
+            self._fence_up[key] = (generation, frozen)
 
         terminal = status.get("phase") if status.get("phase") in ("Succeeded", "Failed", "Expired") else None
         quarantined = quarantine_of(status)
@@ -247,7 +248,7 @@ class Reconciler(FailureHandling):
         live = self.store.get(desired["kind"], meta.get("namespace") or "", meta["name"])
         if not needs_apply(desired, live):
             return
-        if live is not None or fence_was_up:
+        if fence_was_up:
             self._report_drift(body, desired["kind"], meta, "changed" if live is not None else "missing")
         metrics.APPLIES.labels(kind=desired["kind"]).inc()
         applied = await self.kube.apply(desired)
@@ -259,12 +260,15 @@ class Reconciler(FailureHandling):
         audit.restoring(kind, meta, what)  # a log line with structured fields
         self.emit(body, "Warning", "GuardrailRestored", f"{kind} {meta['name']} was {what}; restored from the grant")
 
-    async def _apply_guardrails(self, key: RunKey, plan: Plan, body: Mapping[str, Any]) -> None:
-        # Once complete, a missing guardrail is drift, even when a round in between (seeing a second
-        # guardrail vanish) has already written GuardrailsReady=False.
+    async def _apply_guardrails(self, key: RunKey, plan: Plan, body: Mapping[str, Any], state: tuple[int, bool]
+                                ) -> None:
+        # Once this plan's fence was complete, a missing or changed guardrail is drift, even when a round in
+        # between (seeing a second guardrail vanish) has already written GuardrailsReady=False. A new plan
+        # (the spec changed, or a freeze was lifted) changes guardrails without anyone having tampered.
         conditions = (body.get("status") or {}).get("conditions") or []
-        fence_was_up = key in self._fence_up or \
-            any(c.get("type") == "GuardrailsReady" and c.get("status") == "True" for c in conditions)
+        fence_was_up = self._fence_up[key] == state if key in self._fence_up else any(
+            c.get("type") == "GuardrailsReady" and c.get("status") == "True" and c.get("observedGeneration") == state[0]
+            for c in conditions)
         if self.store.get("Namespace", "", plan.namespace["metadata"]["name"]) is None:
             if fence_was_up:
                 self._report_drift(body, "Namespace", plan.namespace["metadata"], "missing")
@@ -363,7 +367,7 @@ class Reconciler(FailureHandling):
 
     def _forget(self, key: RunKey) -> None:
         self._arm_timer(key, None)
-        self._fence_up.discard(key)
+        self._fence_up.pop(key, None)
         self._cache.forget(key)
         self._refusals.forget(key)
         self._terminating.pop(key, None)

@@ -119,12 +119,18 @@ def test_a_rung_in_a_namespace_being_deleted_is_skipped_not_failed(json_log: Any
     assert line["severity"] == "info" and line["outcome"] == "skipped"
 
 
-def test_kopfs_event_posting_into_a_namespace_being_deleted_is_not_a_warning(json_log: Any) -> None:  # noqa: F811
+def test_kopfs_expected_lines_are_not_warnings_or_errors(json_log: Any) -> None:  # noqa: F811
     posting = logging.getLogger("kopf._core.engines.posting")
     posting.warning("Failed to post an event. Ignoring and continuing. Code: 403. Message: events is forbidden: "
                     "unable to create new content in namespace team because it is being terminated.")
+    posting.warning("Failed to post an event. Ignoring and continuing. Code: 404. Message: namespaces \"team\" not "
+                    "found. Details: {'name': 'team', 'kind': 'namespaces'}")
     posting.warning("Failed to post an event. Ignoring and continuing. Code: 500. Message: etcd is sad.")
+    objects = logging.getLogger("kopf.objects")
+    objects.error("Webhook 'allowlist' failed permanently: Stockade refused CREATE of Pod p in run namespace ns")
+    objects.error("Handler 'agentrun_event' failed with an exception. Will retry.")
     assert [line["message"] for line in json_log()] == [
-        "Failed to post an event. Ignoring and continuing. Code: 500. Message: etcd is sad."]
+        "Failed to post an event. Ignoring and continuing. Code: 500. Message: etcd is sad.",
+        "Handler 'agentrun_event' failed with an exception. Will retry."], "a refusal is not an error; a bug is"
     logconfig.configure(json_logs=True, verbose=False)  # configured twice: still one filter
-    assert sum(isinstance(f, logconfig.Demote) for f in posting.filters) == 1
+    assert sum(isinstance(f, logconfig.Demote) for f in posting.filters) == 2
