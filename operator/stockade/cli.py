@@ -66,7 +66,7 @@ def run(
     import kopf
     from kopf._core.engines.peering import Identity
 
-    from stockade import ports
+    from stockade import logconfig, ports
     from stockade.cli_run import warn_if_personal_identity
     from stockade.leadership import peering_identity, start_priority
 
@@ -76,10 +76,7 @@ def run(
         typer.echo(str(err), err=True)
         raise typer.Exit(1) from None
 
-    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL)
-    if not verbose:
-        # kopf logs every handler call at INFO; the reconciler logs what it changes.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    logconfig.configure(json_logs=json_logs, verbose=verbose)
     import stockade.handlers  # noqa: F401  (registers the handlers)
 
     warn_if_personal_identity()

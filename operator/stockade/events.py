@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,6 +16,17 @@ from stockade.kube import Kube, KubeError
 log = logging.getLogger("stockade.events")
 
 EmitEvent = Callable[[Mapping[str, Any], str, str, str], None]
+
+# Every Event the operator posts, kopf's included (stockade.handlers sets kopf's posting settings), names
+# this component: `kubectl describe`'s "From" (core/v1 source.component) and events.k8s.io/v1's
+# reportingController.
+COMPONENT = "stockade"
+INSTANCE_MAX = 128  # the API server's limit on reportingInstance
+
+
+def reporting_instance() -> str:
+    """Which replica posted: its peering identity (the pod's name in a pod), else the host's name."""
+    return (os.environ.get("STOCKADE_PEERING_IDENTITY") or socket.gethostname())[:INSTANCE_MAX]
 
 
 class EventPoster:
@@ -42,8 +55,9 @@ class EventPoster:
             "type": kind,
             "reason": reason,
             "message": message[:1000],
-            "source": {"component": "stockade"},
-            "reportingComponent": "stockade",
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": reporting_instance(),
             "firstTimestamp": at,
             "lastTimestamp": at,
             "count": 1,
@@ -51,6 +65,11 @@ class EventPoster:
         try:
             await self.kube.create(event)
         except KubeError as err:
+            if err.terminating_namespace is not None or (err.not_found and 'namespaces "' in err.message):
+                # The AgentRun goes with its namespace: expected.
+                log.debug("no event %s on %s/%s: its namespace is being deleted or gone", reason, meta["namespace"],
+                          meta["name"])
+                return
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err)
 
     async def flush(self) -> None:

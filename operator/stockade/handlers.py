@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import kopf
 
+from stockade import events
 from stockade.api.models import GROUP, PLURAL, VERSION
 from stockade.dnsresolve import HostResolver
 from stockade.kopf_tuning import tune
@@ -45,6 +46,10 @@ _TASKS: dict[str, Any] = {}
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     config = Settings()
     settings.posting.level = logging.WARNING  # Events for anomalies; the reconciler posts its own Normal ones
+    # kopf's Events (kopf.event and its own) name the operator, not "kopf", as the ones posted directly do.
+    settings.posting.reporting_component = events.COMPONENT
+    settings.posting.reporting_instance = events.reporting_instance()
+    settings.posting.event_name_prefix = f"{events.COMPONENT}-event-"
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ class Incident:
     count: int = 1
     pod: Mapping[str, Any] | None = None  # the pod as the signal endpoint found it in the run namespace
     waiters: list[Ack] = field(default_factory=list)  # resolved once the violation is recorded (or is not)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # in every log line about it
 
     @property
     def signature(self) -> tuple[str, str | None, str, str]:

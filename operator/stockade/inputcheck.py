@@ -5,12 +5,14 @@ must end in ``Ready=False`` with a reason the user can act on, never in an excep
 loop. ``spec_problem`` is the pass before planning; ``api_refusal`` tells an API server answer that
 no retry can change (the object is invalid) from one that passes (a conflict, a throttle, a quota
 still being counted); ``admission_refusal`` one that only a change of someone's admission policy
-passes (asked again with a growing delay).
+passes (asked again with a growing delay); ``terminating_namespace`` one that only the namespace's
+deletion ending passes (expected while a run or its namespace is deleted: not an error).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from stockade import apirules, podshape
 from stockade.api.models import AgentRunSpec
@@ -58,3 +60,20 @@ def api_refusal(status: int, message: str) -> str | None:
     if status == 403 and "violates PodSecurity" in message:
         return f"PodSecurityRefused: {message[:MAX_MESSAGE]}"
     return None
+
+
+# The API server's NamespaceLifecycle admission: nothing new is created in a namespace being deleted.
+# 403 Forbidden with the cause NamespaceTerminating ("unable to create new content in namespace X because
+# it is being terminated"); also seen as 409 when a create races the deletion.
+TERMINATING_CAUSE = "NamespaceTerminating"
+_TERMINATING = re.compile(r"in namespace (\S+) because it is being terminated")
+
+
+def terminating_namespace(status: int, message: str, causes: Sequence[str] = ()) -> str | None:
+    """The namespace an answer says is being deleted ("" when only its cause says so), else None."""
+    if status not in (403, 409):
+        return None
+    found = _TERMINATING.search(message)
+    if found:
+        return found.group(1)
+    return "" if TERMINATING_CAUSE in causes else None

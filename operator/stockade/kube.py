@@ -22,6 +22,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from stockade import k8snames, labels
+from stockade.inputcheck import terminating_namespace
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,17 @@ _KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {
 
 
 class KubeError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, causes: tuple[str, ...] = ()) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.causes = causes  # the reasons of the Status's details.causes
+
+    @property
+    def terminating_namespace(self) -> str | None:
+        """The namespace being deleted that refused a new object ("" if unnamed), else None."""
+        return terminating_namespace(self.status, self.message, self.causes)
 
     @property
     def not_found(self) -> bool:
@@ -247,10 +254,13 @@ class Kube:
 
 def _kube_error(status: int, reason: str, raw: bytes | None) -> KubeError:
     message = (raw or b"").decode(errors="replace")
+    causes: tuple[str, ...] = ()
     try:
         parsed = json.loads(message or "{}")
         reason = parsed.get("reason", reason)
         message = parsed.get("message", message)
-    except (TypeError, ValueError):
+        causes = tuple(str(c.get("reason") or c.get("type") or "")
+                       for c in ((parsed.get("details") or {}).get("causes") or []) if isinstance(c, dict))
+    except (AttributeError, TypeError, ValueError):
         pass
-    return KubeError(status, reason, message)
+    return KubeError(status, reason, message, causes)

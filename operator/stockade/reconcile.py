@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from stockade import labels, metrics, run_namespaces
+from stockade import audit, labels, metrics, run_namespaces
 from stockade.api.models import AgentRunSpec
 from stockade.budget_gate import BudgetGate
 from stockade.clock import parse_stamp, stamp, utcnow
@@ -33,6 +33,7 @@ from stockade.observe import QUOTA_PENDING, await_quota, guardrails_ready, quara
 from stockade.phase_count import PhaseCount
 from stockade.plan import Plan, PlanSettings, RunRef, parse_duration
 from stockade.plan_cache import PlanCache
+from stockade.reconcile_failures import FailureHandling
 from stockade.refusals import Refusals
 from stockade.store import RunKey, Store, uid_of
 from stockade.workload import ensure_workload, stop_workload
@@ -45,7 +46,7 @@ EmitEvent = Callable[[Mapping[str, Any], str, str, str], None]
 PRUNABLE_COMPONENTS = {"network", "identity", "quota", "limits"}
 
 
-class Reconciler:
+class Reconciler(FailureHandling):
     def __init__(
         self, kube: Kube, store: Store, plan_settings: PlanSettings, resolver: HostResolver, emit: EmitEvent
     ) -> None:
@@ -61,7 +62,9 @@ class Reconciler:
         self._warned: dict[RunKey, str] = {}
         self._cache = PlanCache(plan_settings)
         self._refusals = Refusals()
-        self._fence_up: set[RunKey] = set()  # runs whose fence this process has seen complete
+        self._terminating: dict[RunKey, str] = {}
+        # The (generation, frozen) plan whose fence this process last saw complete, per run.
+        self._fence_up: dict[RunKey, tuple[int, bool]] = {}
         self._planned: dict[RunKey, dict[tuple[str, str], Any]] = {}  # the guardrails last applied in full
         self._gone: dict[RunKey, str] = {}  # uid of an AgentRun whose DELETED event came, until looked at
         # emit is looked up at each call: detection replaces it after the Reconciler is built.
@@ -92,20 +95,14 @@ class Reconciler:
             loop = asyncio.get_running_loop()
             self._timers[key] = loop.call_later(max(delay, 0.05), self.trigger_soon, key)
 
+    @audit.reconcile_pass  # the pass's id in every log line; FenceComplete once a generation's fence is up
     async def _reconcile_safely(self, key: RunKey) -> None:
         started = time.perf_counter()
         try:
             await self.reconcile(key)
-            self._refusals.succeeded(key)
+            self._succeeded(key)
         except KubeError as err:
-            metrics.RECONCILE_ERRORS.labels(reason=err.reason or str(err.status)).inc()
-            if await self._on_refusal(key, err):
-                return
-            # A quota charge left by a create aborted mid-request clears only at the quota controller's
-            # next resync: wait for it calmly rather than hammer the API server.
-            delay = 5.0 if "exceeded quota" in err.message else 1.0
-            log.warning("reconcile of %s/%s failed: %s; retrying in %.0fs", key[0], key[1], err, delay)
-            self._arm_timer(key, delay)
+            await self._on_failure(key, err)  # stockade.reconcile_failures
         except Exception:
             metrics.RECONCILE_ERRORS.labels(reason="Unexpected").inc()
             log.exception("reconcile of %s/%s failed unexpectedly; retrying", key[0], key[1])
@@ -195,13 +192,13 @@ class Reconciler:
         quarantine = status.get("quarantine") or {}
         frozen = bool(quarantine.get("active")) and "freeze" in (quarantine.get("steps") or [])
         plan = self._cache.plan(key, generation, run, spec, resolved, frozen=frozen)
-        await self._apply_guardrails(key, plan, body)
+        await self._apply_guardrails(key, plan, body, (generation, frozen))
         await self._prune(run, plan)
         ready, waiting_on = guardrails_ready(self.store, plan)
         if not ready and waiting_on == QUOTA_PENDING:
             ready, waiting_on = await await_quota(self.store, plan)
         if ready:
-            self._fence_up.add(key)
+            self._fence_up[key] = (generation, frozen)
 
         terminal = status.get("phase") if status.get("phase") in ("Succeeded", "Failed", "Expired") else None
         quarantined = quarantine_of(status)
@@ -258,9 +255,10 @@ class Reconciler:
         live = self.store.get(desired["kind"], meta.get("namespace") or "", meta["name"])
         if not needs_apply(desired, live):
             return
-        # What the last plan applied did not want like this (a grant edit, a host's new addresses) is no drift.
+        # What the last plan applied did not want like this (a host's new addresses, within one generation)
+        # is no drift either.
         replanned = planned is not None and planned.get((desired["kind"], meta["name"])) != desired
-        if (live is not None or fence_was_up) and not replanned:
+        if fence_was_up and not replanned:
             self._report_drift(body, desired["kind"], meta, "changed" if live is not None else "missing")
         metrics.APPLIES.labels(kind=desired["kind"]).inc()
         applied = await self.kube.apply(desired)
@@ -269,15 +267,18 @@ class Reconciler:
     def _report_drift(self, body: Mapping[str, Any], kind: str, meta: Mapping[str, Any], what: str) -> None:
         """Someone changed or removed a guardrail of a fence that was complete: metric, log line and Warning."""
         metrics.DRIFT.labels(kind=kind).inc()
-        log.warning("restoring %s %s %s/%s", what, kind, meta.get("namespace", ""), meta["name"])
+        audit.restoring(kind, meta, what)  # a log line with structured fields
         self.emit(body, "Warning", "GuardrailRestored", f"{kind} {meta['name']} was {what}; restored from the grant")
 
-    async def _apply_guardrails(self, key: RunKey, plan: Plan, body: Mapping[str, Any]) -> None:
-        # Once complete, a missing guardrail is drift, even when a round in between (seeing a second
-        # guardrail vanish) has already written GuardrailsReady=False.
+    async def _apply_guardrails(self, key: RunKey, plan: Plan, body: Mapping[str, Any], state: tuple[int, bool]
+                                ) -> None:
+        # Once this plan's fence was complete, a missing or changed guardrail is drift, even when a round in
+        # between (seeing a second guardrail vanish) has already written GuardrailsReady=False. A new plan
+        # (the spec changed, or a freeze was lifted) changes guardrails without anyone having tampered.
         conditions = (body.get("status") or {}).get("conditions") or []
-        fence_was_up = key in self._fence_up or \
-            any(c.get("type") == "GuardrailsReady" and c.get("status") == "True" for c in conditions)
+        fence_was_up = self._fence_up[key] == state if key in self._fence_up else any(
+            c.get("type") == "GuardrailsReady" and c.get("status") == "True" and c.get("observedGeneration") == state[0]
+            for c in conditions)
         if self.store.get("Namespace", "", plan.namespace["metadata"]["name"]) is None:
             if fence_was_up:
                 self._report_drift(body, "Namespace", plan.namespace["metadata"], "missing")
@@ -341,38 +342,13 @@ class Reconciler:
             raise
         self.store.put_agentrun(updated)
 
-    async def _on_refusal(self, key: RunKey, err: KubeError) -> bool:
-        """An object refused for what it is stalls the run until the spec changes; one a platform webhook or
-        admission policy denied is asked again after a growing delay. Either way Ready=False says why."""
-        body = self.store.agentruns.get(key)
-        if body is None:
-            return False
-        generation = int(body["metadata"].get("generation") or 1)
-        refusal = self._refusals.record(key, generation, err.status, err.message)
-        if refusal is None:
-            return False
-        log.warning("the API server refused an object of %s/%s (generation %d): %s; %s", key[0], key[1], generation,
-                    err, "waiting for a new spec" if refusal.stalls else f"asking again in {refusal.retry_in:.0f}s")
-        # The name chosen this pass: a refusal on a first reconcile comes before any status records it.
-        run_namespace = self._refusals.chosen.get(key) or (body.get("status") or {}).get("runNamespace")
-        reason, _, message = refusal.problem.partition(": ")
-        observed = Observed(generation, run_namespace, invalid=refusal.problem) if refusal.stalls else \
-            Observed(generation, run_namespace, held=(reason, message))
-        if not refusal.stalls:
-            self._warn_once(key, body, reason, message)
-            self._arm_timer(key, refusal.retry_in)
-        try:
-            await self._write_status(key, body, observed)
-        except KubeError as again:
-            log.warning("could not record that on %s/%s: %s", key[0], key[1], again)
-        return True
-
     def _forget(self, key: RunKey) -> None:
         self._arm_timer(key, None)
-        self._fence_up.discard(key)
+        self._fence_up.pop(key, None)
         self._planned.pop(key, None)
         self._cache.forget(key)
         self._refusals.forget(key)
+        self._terminating.pop(key, None)
         self._warned.pop(key, None)
         self._egress.forget(key)
         self._phases.note(key, None)

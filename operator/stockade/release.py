@@ -9,10 +9,10 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from stockade import labels, metrics
+from stockade import audit, labels, metrics
 from stockade.kube import Kube, KubeError, object_path
 from stockade.naming import job_name, run_namespace_name
-from stockade.store import RunKey, Store
+from stockade.store import RunKey, Store, uid_of
 
 if TYPE_CHECKING:
     from stockade.events import EmitEvent
@@ -104,7 +104,10 @@ class ReleaseMixin:
             steps = "+".join(quarantine.get("steps") or [])
             self.emit(current, "Normal", "Released",
                       f"quarantine ({quarantine.get('reason')}, pods {pods}, steps {steps}) released by {by}")
-            log.info("quarantine of %s/%s released by %s", key[0], key[1], by)
+            log.info("quarantine of %s/%s released by %s (pods %s, steps %s)", key[0], key[1], by, pods, steps,
+                     extra=audit.fields(key, run_namespace=run_ns, pods=list(quarantine.get("pods") or []),
+                                        kind=quarantine.get("reason"), action="release", by=by,
+                                        quarantine_id=audit.quarantine_id(uid_of(body), quarantine.get("since"))))
         else:
             self.emit(current, "Normal", "Released", f"nothing to release (requested by {by})")
         self.trigger(key)  # the reconciler restores RBAC and the workload

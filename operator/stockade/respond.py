@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from stockade import metrics
+from stockade import audit, metrics
 from stockade.api.models import AgentRunSpec
 from stockade.clock import stamp, utcnow
 from stockade.confine import confined_pod, run_namespace
@@ -38,7 +38,7 @@ from stockade.incident import DROPPED, FAILED, GONE, RECORDED, Ack, Incident, se
 from stockade.kube import Kube, KubeError, object_path
 from stockade.release import ReleaseMixin
 from stockade.rungs import RETRIES, ConfinementError, RungsMixin, quarantine_policy
-from stockade.store import RunKey, Store
+from stockade.store import RunKey, Store, uid_of
 
 log = logging.getLogger("stockade.respond")
 
@@ -58,6 +58,18 @@ class _Plan:
     @property
     def acting(self) -> bool:
         return bool(self.targets) or self.freeze
+
+
+def _log_violation(body: Mapping[str, Any], incident: Incident, action: str) -> None:
+    """Every violation, with what was done about it (a repeat on a quarantined pod at INFO: storms)."""
+    v = incident.violation
+    meta = body["metadata"]
+    level = logging.INFO if action.endswith("(already quarantined)") else logging.WARNING
+    log.log(level, "violation %s (%s, %s) of %s/%s%s: %s -> %s", v.kind, v.severity, v.source, meta["namespace"],
+            meta["name"], f" in pod {v.pod}" if v.pod else "", v.detail[:300], action,
+            extra=audit.fields((meta["namespace"], meta["name"]), pod=v.pod, kind=v.kind, source=v.source,
+                               violation_severity=v.severity, action="violation", response=action,
+                               incident_id=incident.id, count=incident.count if incident.count > 1 else None))
 
 
 class Responder(RungsMixin, ReleaseMixin):
@@ -123,6 +135,11 @@ class Responder(RungsMixin, ReleaseMixin):
         metrics.RESPONSE_BACKLOG.set(sum(len(p) for p in self._pending.values()))
 
     async def _drain(self, key: RunKey) -> None:
+        # Fresh: the task may have been started inside a reconcile pass (the API watch's extension).
+        with audit.context(fresh=True, **audit.fields(key)):
+            await self._drain_batches(key)
+
+    async def _drain_batches(self, key: RunKey) -> None:
         try:
             while self._pending.get(key):
                 batch = list(self._pending.pop(key).values())
@@ -186,27 +203,32 @@ class Responder(RungsMixin, ReleaseMixin):
         patch: dict[str, Any] = {"violations": self._merge_violations(status.get("violations") or [], records)}
         if plan.acting:
             patch["quarantine"] = self._quarantine(status, plan, ladder)
-        captured = time.perf_counter()
-        record = self._record(key, body, patch, batch)
-        early = plan.acting and bool(plan.targets) and "isolate" in ladder and \
-            not self.settings.evidence_before_isolation
-        if early:
-            # Isolation destroys no evidence, so it need not wait for the status write; freeze and
-            # evict (which do) still wait for it below.
-            await asyncio.gather(record, self._isolate(key, run_ns, plan.targets))
-        else:
-            await record
-        recorded = time.perf_counter()
-        if plan.acting:
-            rungs = [step for step in ladder if not (early and step == "isolate")]
-            await self._act(key, run_ns, rungs, plan.targets, forced=plan.forced, freeze=plan.freeze)
-        self._report(body, batch, plan, spec)
-        # The status write is already in the store, so its watch echo triggers nothing: reconcile now
-        # (after the rungs, which need no reconcile) so phase and conditions follow.
-        self.trigger(key)
-        log.debug("%s/%s: %d violation(s) answered in %.1f ms (evidence %.1f, status %.1f, rungs %.1f)",
-                  key[0], key[1], len(batch), (time.perf_counter() - started) * 1000, (captured - started) * 1000,
-                  (recorded - captured) * 1000, (time.perf_counter() - recorded) * 1000)
+        quarantine = patch.get("quarantine") or status.get("quarantine") or {}
+        qid = audit.quarantine_id(uid_of(body), quarantine.get("since") if quarantine.get("active") else None)
+        with audit.context(run_namespace=confirmed, quarantine_id=qid):
+            for index, incident in enumerate(batch):
+                _log_violation(body, incident, plan.actions[index])
+            captured = time.perf_counter()
+            record = self._record(key, body, patch, batch)
+            early = plan.acting and bool(plan.targets) and "isolate" in ladder and \
+                not self.settings.evidence_before_isolation
+            if early:
+                # Isolation destroys no evidence, so it need not wait for the status write; freeze and
+                # evict (which do) still wait for it below.
+                await asyncio.gather(record, self._isolate(key, run_ns, plan.targets))
+            else:
+                await record
+            recorded = time.perf_counter()
+            if plan.acting:
+                rungs = [step for step in ladder if not (early and step == "isolate")]
+                await self._act(key, run_ns, rungs, plan.targets, forced=plan.forced, freeze=plan.freeze)
+            self._report(body, batch, plan, spec)
+            # The status write is already in the store, so its watch echo triggers nothing: reconcile now
+            # (after the rungs, which need no reconcile) so phase and conditions follow.
+            self.trigger(key)
+            log.debug("%s/%s: %d violation(s) answered in %.1f ms (evidence %.1f, status %.1f, rungs %.1f)",
+                      key[0], key[1], len(batch), (time.perf_counter() - started) * 1000, (captured - started) * 1000,
+                      (recorded - captured) * 1000, (time.perf_counter() - recorded) * 1000)
 
     def _decide(self, key: RunKey, spec: AgentRunSpec | None, status: Mapping[str, Any], run_ns: str | None,
                 batch: list[Incident]) -> _Plan:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-from stockade import labels, metrics
+from stockade import audit, labels, metrics
 from stockade.confine import run_namespace
 from stockade.incident import Incident
 from stockade.kube import Kube, KubeError, object_path
@@ -42,6 +42,16 @@ def quarantine_policy(run_namespace: str, run_name: str, run_team: str) -> dict[
     }
 
 
+def _rung(key: RunKey, run_ns: str, step: str, pod: str | None, cause: Incident | None) -> None:
+    """One log line per rung taken, with the violation that started it (the quarantine's id is in the
+    responder's log context)."""
+    v = cause.violation if cause else None
+    log.warning("quarantine of %s/%s: %s %s", key[0], key[1], step,
+                f"pod {run_ns}/{pod}" if pod else f"RoleBinding {run_ns}/{labels.ROLE_BINDING}",
+                extra=audit.fields(key, run_namespace=run_ns, pod=pod, action=step, kind=v.kind if v else None,
+                                   source=v.source if v else None, incident_id=cause.id if cause else None))
+
+
 class ConfinementError(Exception):
     """An action outside the run namespace of the run it is for was about to be taken (a bug: never)."""
 
@@ -64,12 +74,14 @@ class RungsMixin:
             if step == "isolate" and targets:
                 await self._isolate(key, run_ns, targets)
             elif step == "freeze" and freeze:
-                await self._step("freeze", lambda: self.kube.delete(
-                    "rbac.authorization.k8s.io/v1", "RoleBinding", run_ns, labels.ROLE_BINDING))
+                if await self._step("freeze", lambda: self.kube.delete(
+                        "rbac.authorization.k8s.io/v1", "RoleBinding", run_ns, labels.ROLE_BINDING)):
+                    _rung(key, run_ns, "freeze", None, next(iter(targets.values()), None))
             elif step == "evict":
                 # A forced incident re-isolates a pod whose label was removed; it is not evicted twice.
                 for pod in sorted(set(targets) - forced):
-                    await self._step("evict", partial(self._evict, run_ns, pod))
+                    if await self._step("evict", partial(self._evict, run_ns, pod)):
+                        _rung(key, run_ns, "evict", pod, targets[pod])
 
     async def _isolate(self, key: RunKey, run_ns: str, targets: Mapping[str, Incident]) -> None:
         self._guard(key, run_ns)
@@ -78,6 +90,9 @@ class RungsMixin:
             self._step("isolate", lambda: self._apply_policy(policy)),
             *(self._step("isolate", partial(self._label, run_ns, pod)) for pod in sorted(targets)),
         )
+        for pod, labelled in zip(sorted(targets), results[1:], strict=True):
+            if labelled and results[0]:
+                _rung(key, run_ns, "isolate", pod, targets[pod])
         if all(results):
             done = time.perf_counter()
             for incident in targets.values():
@@ -124,6 +139,12 @@ class RungsMixin:
             try:
                 await action()
             except KubeError as err:
+                if err.terminating_namespace is not None:
+                    # The namespace is being deleted, its pods with it: nothing left to confine.
+                    log.info("quarantine step %s not taken: namespace %s is being deleted", step,
+                             err.terminating_namespace, extra={"action": step, "outcome": "skipped"})
+                    metrics.QUARANTINE_ACTIONS.labels(step=step, outcome="skipped").inc()
+                    return False
                 if delay is None:
                     log.error("quarantine step %s failed after %d tries: %s", step, attempt + 1, err)
                     metrics.QUARANTINE_ACTIONS.labels(step=step, outcome="failed").inc()

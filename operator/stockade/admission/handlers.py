@@ -184,6 +184,13 @@ async def allowlist(**kwargs: Any) -> None:
     decision = policy.decide(req, run, is_operator=_exempt(req))
     if decision.action != "none" and run is not None and not dryrun and STATE.recorder is not None:
         STATE.recorder.record((run.namespace, run.name), req, decision)
+    elif run is None and not decision.allowed and not dryrun:  # no AgentRun to record it on: the log only
+        # Kubernetes' own controllers (a new namespace's default ServiceAccount, its kube-root-ca.crt) retry: DEBUG.
+        level = logging.DEBUG if req.username.startswith("system:serviceaccount:kube-system:") else logging.INFO
+        log.log(level, "refused %s %s in %s by %s: no AgentRun known for the namespace", req.operation, req.what,
+                req.namespace, req.username, extra={"run_namespace": req.namespace or None, "kind": decision.kind,
+                                                    "source": "admission", "action": decision.action,
+                                                    "user": req.username})
     kwargs["warnings"].extend(decision.warnings)
     # kopf deep-copies the whole object to diff it even when nothing was patched; nothing is.
     kwargs["patch"].as_json_patch = _no_patch

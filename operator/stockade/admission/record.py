@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import socket
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from stockade import metrics
+from stockade import audit, metrics
 from stockade.admission.policy import Decision, Request, is_absolute
+from stockade.events import EventPoster
 from stockade.kube import Kube, KubeError, object_path
 from stockade.store import RunKey, Store
 
@@ -108,27 +108,16 @@ class Recorder:
             self._events = {k: v for k, v in self._events.items() if now - v < EVENT_DEDUP_SECONDS}
         reason = "AdmissionRefused" if decision.action == "denied" else "AdmissionAudit"
         detail = decision.message or "would be refused: " + "; ".join(f.text() for f in decision.findings)
+        log.warning("violation %s of %s/%s: %s %s in %s by %s %s", decision.kind, key[0], key[1], req.operation,
+                    req.what, req.namespace, req.username, decision.action, extra=audit.fields(
+                        key, run_namespace=req.namespace or None, pod=req.name if req.target == ("", "pods") else None,
+                        kind=decision.kind, source="admission", action=decision.action, user=req.username,
+                        incident_id=audit.new_id()))
         asyncio.get_running_loop().create_task(self._post_event(body, reason, detail))
 
     async def _post_event(self, body: Mapping[str, Any], reason: str, message: str) -> None:
         # Posted directly: kopf.event() works only inside kopf's own watch-handling tasks.
-        meta = body["metadata"]
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": body.get("apiVersion", "stockade.io/v1alpha1"), "kind": "AgentRun",
-                               "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
-            "type": "Warning", "reason": reason, "message": message[:1024],
-            "source": {"component": "stockade-admission"}, "reportingComponent": "stockade-admission",
-            "reportingInstance": socket.gethostname(),
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        }
-        try:
-            await self.kube.create(event)
-        except KubeError as err:
-            log.warning("could not post the %s Event on AgentRun %s/%s: %s", reason, meta["namespace"],
-                        meta["name"], err)
+        await EventPoster(self.kube).post(body, "Warning", reason, message)
 
     async def _flush_later(self, key: RunKey) -> None:
         await asyncio.sleep(BATCH_SECONDS)
