@@ -12,12 +12,15 @@ namespace, /proc, /dev. The network namespace is the machine's own (the API serv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -101,9 +104,38 @@ class ImageOperator(Operator):
         log = (self.logdir / f"operator-{self.starts}.log").open("wb")
         command = [*self.wrapper, *self.args, f"--liveness=http://127.0.0.1:{self.health_port}/healthz"]
         # Only the image's and the chart's environment: nothing of this machine's reaches the process.
+        # A session of its own: the operator is unshare's grandchild, and chroot --userspec's change of user
+        # clears the parent-death signal, so only its process group reaches it (see stop).
         self.proc = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     preexec_fn=die_with_parent)  # noqa: PLW1509  (one prctl call)
+                                     preexec_fn=die_with_parent, start_new_session=True)  # noqa: PLW1509
         wait_for(self._healthy, timeout=120, what="the image's operator's liveness endpoint")
+
+    def stop(self) -> None:
+        """SIGTERM to the whole group (unshare --fork ignores it itself), then SIGKILL: stopping only unshare
+        left the operator running on the cluster, and it restored what later tests deleted."""
+        if self.proc is None:
+            return
+        group = self.proc.pid  # the session leader's pid is the group's id
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=20)
+        deadline = time.monotonic() + 20
+        while _group_alive(group) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _image_env(image: Image) -> dict[str, str]:

@@ -10,9 +10,11 @@ Times are printed (pytest -s), never asserted.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -119,12 +121,30 @@ def with_address(namespace: str, name: str) -> dict[str, Any]:
 def why_closed(ns: str, address: str) -> str:
     """What could still close the wire after the fence's policies went: policies left (and who wrote them),
     other pods with the same address (a rule for one is a rule for the other), kube-router's own account."""
+    listed = json.loads(kubectl("get", "networkpolicies", "-n", ns, "-o", "json", "--show-managed-fields"))
     policies = [(p["metadata"]["name"], [m.get("manager") for m in p["metadata"].get("managedFields") or []])
-                for p in get("networkpolicies", namespace=ns)["items"]]
+                for p in listed["items"]]
     pods = json.loads(kubectl("get", "pods", "-A", "-o", "json"))["items"]
     same = [f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in pods
             if address in [a["ip"] for a in p["status"].get("podIPs") or []]]
-    return f"policies in {ns}: {policies}; pods with {address}: {same}\nkube-router:\n{kube_router_log()}"
+    return (f"policies in {ns}: {policies}; pods with {address}: {same}; operators running: {operators_running()}"
+            f"\nkube-router:\n{kube_router_log()}")
+
+
+def operators_running() -> list[str]:
+    """Every `stockade ... run` process on this cluster (by its kubeconfig; the image's operator by its POD_ID): one
+    left over from another module restores the fence."""
+    ours = f"KUBECONFIG={os.environ.get('KUBECONFIG', '')}".encode()
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+            env = (cmdline.parent / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"stockade" in a for a in args) and b"run" in args and (ours in env or b"POD_ID=stockade-image" in env):
+            found.append(f"{cmdline.parent.name}: {b' '.join(args)[:160].decode(errors='replace')}")
+    return found
 
 
 def fenced_sandbox(w: Wire, namespace: str, name: str) -> Endpoint:
@@ -155,6 +175,7 @@ def test_the_fence_on_the_wire_for_the_agent_and_a_pod_it_makes(
     op, _ = wire_operator
     op.stop()
     try:
+        assert not operators_running(), f"another operator would restore the fence: {operators_running()}"
         kubectl("delete", "networkpolicy", *FENCE, "-n", ns, as_user=BREAK_GLASS)
         try:
             wait_for(lambda: agent.connect(OUTSIDE, 443) == "open", timeout=30,
