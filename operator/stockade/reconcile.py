@@ -9,6 +9,7 @@ and a trigger that arrives meanwhile makes it run once more.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 import time
@@ -45,9 +46,8 @@ WORKLOAD_KINDS = {"Pod": "v1", "Job": "batch/v1"}
 
 
 class Reconciler:
-    def __init__(
-        self, kube: Kube, store: Store, plan_settings: PlanSettings, resolver: HostResolver, emit: EmitEvent
-    ) -> None:
+    def __init__(self, kube: Kube, store: Store, plan_settings: PlanSettings, resolver: HostResolver,
+                 emit: EmitEvent) -> None:
         self.kube = kube
         self.store = store
         self.plan_settings = plan_settings
@@ -67,6 +67,7 @@ class Reconciler:
         self.budget = BudgetGate(store, lambda *args: self.emit(*args), self.trigger_soon,  # noqa: PLW0108
                                  lambda key, body: run_namespaces.owned(store, key, body))
         self.extensions: list[Callable[[RunKey, dict[str, Any], AgentRunSpec], Awaitable[None]]] = []
+        self.admission_state: Callable[[], tuple[bool, str, str] | None] = lambda: None  # see admission.guard
 
     # Triggers ------------------------------------------------------------------------------------
     async def trigger(self, key: RunKey) -> None:
@@ -86,8 +87,7 @@ class Reconciler:
         if old is not None:
             old.cancel()
         if delay is not None:
-            loop = asyncio.get_running_loop()
-            self._timers[key] = loop.call_later(max(delay, 0.05), self.trigger_soon, key)
+            self._timers[key] = asyncio.get_running_loop().call_later(max(delay, 0.05), self.trigger_soon, key)
 
     async def _reconcile_safely(self, key: RunKey) -> None:
         started = time.perf_counter()
@@ -328,6 +328,7 @@ class Reconciler:
         self, key: RunKey, body: Mapping[str, Any], observed: Observed, extra: Mapping[str, Any] | None = None
     ) -> None:
         old = body.get("status") or {}
+        observed = dataclasses.replace(observed, admission_ready=self.admission_state())
         phase = compute_phase(observed)
         self.budget.note_phase(key, phase)  # a terminal run releases its budget share at once
         now = stamp(utcnow())
@@ -338,10 +339,8 @@ class Reconciler:
             "conditions": merge_conditions(old.get("conditions") or [], compute_conditions(observed), now),
             **(extra or {}),
         }
-        if observed.invalid or observed.refusals:
-            reason = observed.invalid.partition(": ")[0] if observed.invalid else "TemplateExceedsGrant"
-            if observed.invalid:
-                self._warn_once(key, body, reason, observed.invalid.partition(": ")[2])
+        if observed.invalid:
+            self._warn_once(key, body, *observed.invalid.partition(": ")[::2])
         self._count_phase(key, phase)
         if not status_changed(old, new):
             return
