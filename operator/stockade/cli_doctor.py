@@ -21,6 +21,7 @@ WEBHOOK_KINDS = ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration
 POLICY_SELECTOR = "app.kubernetes.io/name=stockade"
 REQUIRED_POLICIES = ("baseline", "run-namespace", "grant")  # operator-confinement: only for a ServiceAccount
 TIMEOUT = 2.0
+STOCKADE_WEBHOOKS = {"allowlist.stockade.io", "gpu-visibility.stockade.io"}
 DEFAULT_NAME = "stockade-local"  # the local operator's (AdmissionSettings.webhook_configuration)
 
 
@@ -101,9 +102,10 @@ def admission_ready_check(agentruns: Sequence[Mapping[str, Any]]) -> Check:
 
 
 def discovered(configurations: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Names of the ValidatingWebhookConfigurations that hold Stockade's webhooks (the local operator's, a chart's)."""
-    return sorted(str(c["metadata"]["name"]) for c in configurations
-                  if any(h.get("name") == "allowlist.stockade.io" for h in c.get("webhooks") or []))
+    """Names of the webhook configurations (validating or mutating: one of the pair may be gone) that hold
+    Stockade's webhooks: the local operator's, a chart's."""
+    return sorted({str(c["metadata"]["name"]) for c in configurations
+                   if any(str(h.get("name")) in STOCKADE_WEBHOOKS for h in c.get("webhooks") or [])})
 
 
 def _connect(host: str, port: int) -> str | None:
@@ -187,8 +189,8 @@ def run_checks(liveness: str, configuration: str | None, dns_servers: Sequence[s
     checks = crd_checks({name: cluster.get(base + name) for name in CRDS})
     checks.append(liveness_check(liveness))
     admission = "/apis/admissionregistration.k8s.io/v1/"
-    names = [configuration] if configuration else discovered(
-        (cluster.get(admission + "validatingwebhookconfigurations") or {}).get("items") or []) or [DEFAULT_NAME]
+    found = [c for kind in WEBHOOK_KINDS for c in (cluster.get(f"{admission}{kind.lower()}s") or {}).get("items") or []]
+    names = [configuration] if configuration else discovered(found) or [DEFAULT_NAME]
     for name in names:
         configs = {kind: cluster.get(f"{admission}{kind.lower()}s/{name}") for kind in WEBHOOK_KINDS}
         checks += webhook_checks(name, configs, cluster.reach)

@@ -36,6 +36,7 @@ log = logging.getLogger("stockade.admission")
 KINDS = tuple(WatchedKind("admissionregistration.k8s.io/v1", kind, path, selector=None)
               for kind, path in webhook.PATHS.items())
 RETRY_SECONDS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+DEBOUNCE_SECONDS = 0.05
 FINISHED = ("Succeeded", "Failed", "Expired")
 
 EmitEvent = Callable[[Mapping[str, Any], str, str, str], None]
@@ -112,6 +113,9 @@ class AdmissionGuard:
             delay = RETRY_SECONDS[min(self._failures, len(RETRY_SECONDS)) - 1] if self._failures else None
             with contextlib.suppress(TimeoutError):  # a retry after a refused restore
                 await asyncio.wait_for(self._wake.wait(), delay)
+            # One look for a burst of changes (helm uninstall removes a dozen objects): one Event per run, not twelve.
+            await asyncio.sleep(DEBOUNCE_SECONDS)
+            self._wake.clear()
             try:
                 await self.check()
             except asyncio.CancelledError:

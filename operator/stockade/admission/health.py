@@ -34,7 +34,7 @@ class ObjectHealth:
     kind: str
     name: str
     state: str  # OK | MISSING | CHANGED
-    detail: str = ""  # for CHANGED: the first field that differs
+    detail: str = ""  # for CHANGED: the fields that differ (the first three)
     owner: str = OPERATOR
 
     @property
@@ -69,34 +69,38 @@ def _by_name(items: Any) -> dict[str, Any]:
     return {str(item.get("name")): item for item in items or [] if isinstance(item, Mapping)}
 
 
-def difference(live: Any, desired: Any, path: str = "") -> str | None:
-    """The first path where ``live`` does not hold ``desired`` (None: it does). Webhooks
+def differences(live: Any, desired: Any, path: str = "") -> list[str]:
+    """Every path where ``live`` does not hold ``desired`` (empty: it does), the deepest that differ. Webhooks
     are compared by name by the caller (``webhooks`` is a list keyed by name)."""
     if contains(live, desired):
-        return None
+        return []
     if isinstance(desired, Mapping) and isinstance(live, Mapping):
-        for key, want in desired.items():
-            found = difference(live.get(key), want, f"{path}.{key}" if path else str(key))
-            if found is not None:
-                return found
-        return None
+        return [found for key, want in desired.items()
+                for found in differences(live.get(key), want, f"{path}.{key}" if path else str(key))]
     if isinstance(desired, list) and isinstance(live, list) and len(desired) == len(live):
-        for index, (have, want) in enumerate(zip(live, desired, strict=True)):
-            found = difference(have, want, f"{path}[{index}]")
-            if found is not None:
-                return found
-    return path or "(the object)"
+        return [found for index, (have, want) in enumerate(zip(live, desired, strict=True))
+                for found in differences(have, want, f"{path}[{index}]")]
+    return [path or "(the object)"]
+
+
+def difference(live: Any, desired: Any, path: str = "") -> str | None:
+    """The differing paths as one text (at most three named), None when ``live`` holds ``desired``."""
+    return _joined(differences(live, desired, path))
+
+
+def _joined(found: list[str]) -> str | None:
+    if not found:
+        return None
+    return ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
 
 
 def _webhooks_difference(live: Mapping[str, Any], desired: Mapping[str, Any]) -> str | None:
     have = _by_name(live.get("webhooks"))
+    found: list[str] = []
     for name, want in _by_name(desired.get("webhooks")).items():
-        if name not in have:
-            return f"webhooks[{name}] (missing)"
-        found = difference(have[name], want, f"webhooks[{name}]")
-        if found is not None:
-            return found
-    return None
+        found += [f"webhooks[{name}] (missing)"] if name not in have else \
+            differences(have[name], want, f"webhooks[{name}]")
+    return _joined(found)
 
 
 def normalized(obj: Any) -> Any:
