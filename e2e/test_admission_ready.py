@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -236,12 +237,15 @@ def test_local_operator_names_are_its_own_and_it_restores_what_was_deleted_or_ch
         assert admission_ready(team_namespace, "local").get("status") == "True"
         restored = {kind: metric(local, "stockade_admission_restored_total", kind=KINDS[kind]) for kind in (VWC, VAP)}
         before = {kind: uid(kind, name) for kind, name in ((VWC, LOCAL), (VAP, f"{LOCAL}-baseline"))}
+        started = time.monotonic()
         kubectl("delete", VWC, LOCAL)
         kubectl("delete", VAP, f"{LOCAL}-baseline")
         for kind, name in ((VWC, LOCAL), (VAP, f"{LOCAL}-baseline")):
             wait_for(lambda k=kind, n=name: uid(k, n) not in (None, before[k]), timeout=15, interval=0.05,
                      what=f"{kind} {name} to be made again")
             assert metric(local, "stockade_admission_restored_total", kind=KINDS[kind]) > restored[kind]
+        print(f"\ntwo deletions (kubectl, one after the other) to both objects made again: "
+              f"{time.monotonic() - started:.2f} s")
         assert len(get(VWC, LOCAL)["webhooks"]) == 3
         assert get(VAP, f"{LOCAL}-baseline")["spec"]["validations"]
         warning = wait_for(lambda: events(team_namespace, "local", "AdmissionMissing"), timeout=15,

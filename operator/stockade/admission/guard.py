@@ -156,20 +156,17 @@ class AdmissionGuard:
         for item in found.objects:
             metrics.ADMISSION_READY.labels(kind=item.kind, name=item.name).set(1 if item.state == health.OK else 0)
         broken = tuple(sorted(f"{o.label}: {o.state}" for o in found.broken))
-        if broken == self._broken:
-            return
+        if broken == self._broken or not self.active():
+            return  # a standby says nothing: the replica that takes over reports what it finds then
         before, self._broken = self._broken, broken
         if broken:
             log.warning("admission is not whole: %s", found.message)
+            self._tell("Warning", found.reason, found.message)
         else:
-            log.info("admission is whole again: %s", found.message)
-        if self.active():
-            if broken:
-                self._tell("Warning", found.reason, found.message)
-            elif before:
-                gone = ", ".join(item.partition(":")[0] for item in before)
-                self._tell("Normal", health.REASON_RESTORED, f"admission is whole again ({gone} restored)")
-            self.trigger_runs()
+            gone = ", ".join(item.partition(":")[0] for item in before)
+            log.info("admission is whole again: %s restored", gone)
+            self._tell("Normal", health.REASON_RESTORED, f"admission is whole again ({gone} restored)")
+        self.trigger_runs()
 
     def _tell(self, kind: str, reason: str, message: str) -> None:
         for body in list(self.runs.agentruns.values()):
