@@ -20,6 +20,7 @@ help:
 	@echo "make test    unit tests, lint and typing, then the e2e suite against the local cluster"
 	@echo "make bench   speed figures (not part of make test)"
 	@echo "make crds    regenerate crds/ from the pydantic models"
+	@echo "make docs    regenerate docs/reasons.md from operator/stockade/reasons.py"
 	@echo "make image   the operator's OCI image, without a container engine: build/image/stockade:<version>"
 	@echo "make cluster / cluster-down   start / stop the local kwok cluster"
 
@@ -67,6 +68,10 @@ crds: $(STAMP)
 	$(PY) -m stockade.api.crd > crds/agentruns.stockade.io.yaml
 	$(PY) -m stockade.api.crd agentpolicies > crds/agentpolicies.stockade.io.yaml
 
+# docs/ pages rendered from a table in the code (tests/unit fails when one is stale).
+docs: $(STAMP)
+	$(PY) -m stockade.reasons > docs/reasons.md
+
 run: $(STAMP)
 	@if [ -z "$$KUBECONFIG" ]; then \
 	  export KUBECONFIG=$$($(CLUSTER) up); KUBECTL=$(BIN)/kubectl; \
@@ -104,7 +109,7 @@ bench: $(STAMP) deps
 	$(call wait_established,$(BIN)/kubectl,crd/agentruns.stockade.io crd/agentpolicies.stockade.io) && \
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-.PHONY: help venv deps cluster cluster-down crds run lint unit e2e test bench
+.PHONY: help venv deps cluster cluster-down crds docs run lint unit e2e test bench
 
 # The chart's RBAC rules (from operator/stockade/rbac.py), the CRD chart's AgentRun CRD and the plain
 # manifests/ are all rendered from the code and the charts; tests/unit/test_chart.py fails on drift.

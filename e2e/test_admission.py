@@ -172,7 +172,9 @@ def fenced(team: str) -> str:
            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
             "metadata": {"name": "e2e-by-hand", "namespace": namespace},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "e2e-by-hand"},
-            "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": namespace}]}], as_user=BREAK_GLASS)
+            "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": namespace}]},
+           {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "other", "namespace": namespace}}],
+          as_user=BREAK_GLASS)
     return namespace
 
 
@@ -210,7 +212,10 @@ BEYOND_THE_GRANT = [
     ("a runtime class", {"runtimeClassName": "nvidia"}, ["runtime class 'nvidia' is not granted",
                                                          "spec.grant.runtimeClassNames"]),
     ("a device annotation", {"annotations": {"cdi.k8s.io/gpu": "nvidia.com/gpu=all"}}, ["device annotation"]),
-    ("another service account", {"serviceAccountName": "default"}, ["serviceAccountName", "'agent'"]),
+    # ("default" is what the API server fills in for none: the mutating webhook makes it the agent's,
+    # e2e/test_grant_allows.py; "other" exists, made by break-glass in the fixture.)
+    ("another service account", {"serviceAccountName": "other"},
+     ["serviceAccountName", "'other' is not the agent's ServiceAccount", "'agent'"]),
 ]
 
 
@@ -313,10 +318,9 @@ def test_new_ways_in_and_out_are_refused(fenced: str, generous: str, who: str) -
     for kind in ("LoadBalancer", "NodePort"):
         refused(sh("create", "-f", "-", who=identity, stdin=service(generous, kind)), GRANT_POLICY,
                 "only ClusterIP Services", kind)
-    # ClusterIP too: the NetworkPolicies admit nothing to the run's pods, so a Service is only a way in
-    # waiting for a hole, and RBAC for services does not make it part of the grant.
-    refused(sh("create", "-f", "-", who=identity, stdin=service(generous)), WEBHOOK, "a Service is a way in",
-            "spec.grant.egress")
+    # ClusterIP too where the grant does not name services (e2e/test_grant_allows.py: where it does).
+    refused(sh("create", "-f", "-", who=ADMIN, stdin=service(fenced)), WEBHOOK, "a Service is a way in",
+            "does not name services")
     # The fence itself: policies, quota, limits, roles, the agent's identity.
     identity = agent(fenced) if who == "agent" else ADMIN
     open_egress = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",

@@ -229,9 +229,11 @@ def test_api_violations_in_audit_mode_are_recorded_not_acted_on(
     ns = run_namespace(team_namespace, "watched")
     pod_uid = get("pod", "watched", ns)["metadata"]["uid"]
 
-    # The agent opens a way in with the API access it was granted...
+    # The agent opens a way in with the API access it was granted (with external IPs: a plain ClusterIP
+    # Service is the agent's to make when the grant names services; the quota holds NodePorts at zero)...
     create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "backdoor", "namespace": ns},
-            "spec": {"selector": {"stockade.io/agentrun": "watched"}, "ports": [{"port": 2222}]}},
+            "spec": {"externalIPs": ["192.0.2.50"], "selector": {"stockade.io/agentrun": "watched"},
+                     "ports": [{"port": 2222}]}},
            as_user=f"system:serviceaccount:{ns}:agent")
     # ...and its running pod is left beyond a grant narrowed under it.
     narrowed = with_response(simple_spec(cpu="500m", kubernetesAPI=spec["grant"]["kubernetesAPI"]), "isolate",

@@ -1,10 +1,15 @@
 -- Argo CD health check for stockade.io/AgentRun (resource.customizations.health.stockade.io_AgentRun).
 -- Tested by tests/unit/test_argo_health.py against the statuses the operator writes.
 --
---   Healthy      phase Succeeded, or Ready=True for the current generation
+--   Healthy      phase Succeeded, or Ready=True for the current generation and no EgressResolved=False
 --   Degraded     phase Failed, Quarantined or Expired, or Stalled=True (the spec cannot be used as is)
 --   Progressing  anything else: no status yet, an older generation, the fence or the agent starting,
---               or Queued (waiting for a budget or team quota; it starts by itself when capacity frees)
+--               Queued (waiting for a budget or team quota; it starts by itself when capacity frees),
+--               or EgressResolved=False (a granted host resolves to nothing, named in the message)
+--
+-- An unresolved host is Progressing, not Degraded: the fence is complete and the run heals by itself
+-- once the name resolves (it is looked up again every few seconds), as when its DNS record is created
+-- in the same sync; and not Healthy, which would hide a misspelt or private host for good.
 --
 -- Expired is Degraded, not Suspended: the run was stopped by its time limit before it finished, as a
 -- Job past its activeDeadlineSeconds fails. Suspended would read as "paused, will resume"; it will not.
@@ -64,6 +69,13 @@ end
 if stalled ~= nil and stalled.status == "True" then
   hs.status = "Degraded"
   hs.message = describe(stalled, "Stalled")
+  return hs
+end
+
+local egress = condition("EgressResolved")
+if ready ~= nil and ready.status == "True" and egress ~= nil and egress.status == "False" then
+  hs.status = "Progressing"
+  hs.message = describe(egress, "EgressResolved=False")
   return hs
 end
 

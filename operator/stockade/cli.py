@@ -241,14 +241,23 @@ def status(
 @app.command()
 def explain(
     field: str | None = typer.Argument(
-        None, help="A field path: grant (default), grant.egress, spec, status.quarantine, ..."),
+        None, help="A field path: grant (default), grant.egress, spec, status.quarantine, ...; or reasons: "
+        "every condition and Event reason, what it means and what to do."),
     output: Output = OUTPUT,
 ) -> None:
-    """Explain the AgentRun fields (types, defaults, bounds), from the API's own models."""
+    """Explain the AgentRun fields (types, defaults, bounds), from the API's own models, or every reason."""
     from stockade import cli_render
     from stockade.explain import UnknownField
     from stockade.explain import explain as explain_field
 
+    if field == "reasons":
+        from stockade import reasons
+
+        if output is Output.json:
+            _print_json(reasons.as_json())
+        else:
+            sys.stdout.write(reasons.render_text())
+        return
     try:
         doc = explain_field(field)
     except UnknownField as err:

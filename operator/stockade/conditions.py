@@ -2,7 +2,8 @@
 
 Conditions follow the Kubernetes conventions (and kstatus, so Flux and Argo CD read health):
 ``Ready``, ``GuardrailsReady``, ``Reconciling``, ``Stalled`` and ``Quarantined``, each with the
-generation it was computed for. A condition keeps its ``lastTransitionTime`` until its status flips.
+generation it was computed for; ``Admitted``, ``PolicyCompliant``, ``EgressResolved`` and ``AdmissionReady``
+once known. A condition keeps its ``lastTransitionTime`` until its status flips.
 
 ``AdmissionReady`` says whether the operator's webhook configurations and admission policies are whole
 (:mod:`stockade.admission.health`). While they are not, a running run is ``Ready=False`` with the same
@@ -39,6 +40,7 @@ class Observed:
     admission: tuple[bool, str, str] | None = None  # Admitted (ok, reason, message); not admitted: Queued
     compliance: tuple[bool, str, str] | None = None  # PolicyCompliant (ok, reason, message)
     stopped: tuple[str, str] | None = None  # (reason, message): ended by the operator (a narrowed policy)
+    egress: tuple[bool, str, str] | None = None  # EgressResolved (ok, reason, message); see egress_status.py
     admission_ready: tuple[bool, str, str] | None = None  # AdmissionReady (ok, reason, message); None: not known
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -82,7 +84,9 @@ def _policy_conditions(obs: Observed) -> list[dict[str, Any]]:
 
 
 def compute_conditions(obs: Observed) -> list[dict[str, Any]]:
-    return [*_run_conditions(obs), *_policy_conditions(obs)]
+    # EgressResolved never changes Ready: an unresolved host allows nothing, so the fence still holds.
+    egress = [_cond("EgressResolved", *obs.egress, obs.generation)] if obs.egress is not None else []
+    return [*_run_conditions(obs), *_policy_conditions(obs), *egress]
 
 
 def _run_conditions(obs: Observed) -> list[dict[str, Any]]:

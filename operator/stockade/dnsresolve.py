@@ -27,6 +27,7 @@ log = logging.getLogger("stockade.dns")
 class _Entry:
     addresses: list[str]
     expires: float
+    failed: bool = False  # the last lookup failed (not an answer): its addresses are an earlier answer's
 
 
 class HostResolver:
@@ -56,6 +57,10 @@ class HostResolver:
         refresh = min(self._cache[h].expires for h in hosts) - time.monotonic()
         return result, max(refresh, 0.0)
 
+    def stale(self, hosts: list[str]) -> list[str]:
+        """The hosts whose last lookup failed and that are enforced as the addresses of an earlier one."""
+        return [h for h in hosts if (e := self._cache.get(h)) is not None and e.failed and e.addresses]
+
     async def _lookup(self, host: str) -> None:
         addresses: list[str] = []
         ttl: float | None = None
@@ -76,7 +81,7 @@ class HostResolver:
         if failed and previous is not None:
             addresses = list(set(addresses) | set(previous.addresses))
         wait = self.min_refresh if failed or ttl is None else min(max(ttl, self.min_refresh), self.max_refresh)
-        self._cache[host] = _Entry(sorted(set(addresses), key=address_order), time.monotonic() + wait)
+        self._cache[host] = _Entry(sorted(set(addresses), key=address_order), time.monotonic() + wait, failed)
 
 
 def _split(server: str) -> tuple[str, int]:

@@ -19,21 +19,12 @@ from stockade.api.models import AgentRunSpec, AgentRunStatus
 from stockade.api.policy import AgentPolicySpec, AgentPolicyStatus
 
 ROOTS: dict[str, type[BaseModel]] = {"spec": AgentRunSpec, "status": AgentRunStatus}
-ROOT_DESCRIPTIONS = {
-    "spec": "What the team asks for: the agent's pod template, its grant, and how violations are answered.",
-    "status": "What the operator reports: phase, conditions, violations and quarantine. Written by Stockade only.",
-}
 # Prefixes a user may type before the field path, as with `kubectl explain agentrun.spec.grant`.
 _KIND_PREFIXES = ("agentrun", "agentruns", "ar")
 # The AgentPolicy (cluster-scoped, written by a platform admin): its paths are shown with this prefix.
 POLICY_PREFIX = "agentpolicy"
 _POLICY_PREFIXES = ("agentpolicy", "agentpolicies", "ap")
 POLICY_ROOTS: dict[str, type[BaseModel]] = {"spec": AgentPolicySpec, "status": AgentPolicyStatus}
-POLICY_DESCRIPTIONS = {
-    "spec": "What a platform admin allows the AgentRuns of the selected namespaces: per-run ceilings, egress, "
-            "API rules, defaults and budgets across runs.",
-    "status": "What the operator reports: whether the policy can be evaluated, and the use of its budgets.",
-}
 _CONSTRAINTS = ("minimum", "maximum", "minItems", "maxItems", "minLength", "maxLength", "pattern")
 
 
@@ -177,12 +168,12 @@ def explain(path: str | None = None) -> dict[str, Any]:
 
     Raises UnknownField for a path that names nothing."""
     policy, parts = _normalise(path)
-    roots, descriptions = (POLICY_ROOTS, POLICY_DESCRIPTIONS) if policy else (ROOTS, ROOT_DESCRIPTIONS)
+    roots = POLICY_ROOTS if policy else ROOTS
     root = parts[0]
     model: type[BaseModel] = roots[root]
     shown = f"{POLICY_PREFIX}.{root}" if policy else root
     doc: dict[str, Any] = {"name": root, "path": shown, "type": model.__name__, "required": root == "spec",
-                           "default": None, "description": descriptions[root], "constraints": {}, "rules": []}
+                           "default": None, "description": _doc(model), "constraints": {}, "rules": []}
     current: type[BaseModel] | None = model
     walked = shown
     for part in parts[1:]:

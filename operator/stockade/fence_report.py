@@ -83,9 +83,10 @@ def _grant(spec: AgentRunSpec | None, raw: Mapping[str, Any], resolved: Mapping[
     grant = spec.grant.model_dump(exclude_none=True)
     for rule in grant["egress"]:
         if "host" in rule:
-            # Which addresses the host stands for right now; an unresolved host allows nothing.
+            # Which addresses the host stands for right now; an unresolved host allows nothing. A host
+            # looked up without an answer is listed in resolvedEgress with no address: not resolved.
             rule["addresses"] = list(resolved.get(rule["host"], []))
-            rule["resolved"] = rule["host"] in resolved
+            rule["resolved"] = bool(rule["addresses"])
     return grant
 
 

@@ -260,7 +260,8 @@ def _check_identity(spec: Mapping[str, Any], grant: Grant, path: str) -> list[Fi
     account = spec.get("serviceAccountName") or spec.get("serviceAccount")
     if account not in (None, "", labels.SERVICE_ACCOUNT):
         out.append(Finding("ServiceAccountNotAllowed", f"{path}.serviceAccountName",
-                           f"{account!r} is not the agent's ServiceAccount", repr(labels.SERVICE_ACCOUNT)))
+                           f"{account!r} is not the agent's ServiceAccount", repr(labels.SERVICE_ACCOUNT),
+                           "leave it unset: pods in a run namespace get the agent's"))
     if spec.get("automountServiceAccountToken") and not grant.kubernetesAPI:
         out.append(Finding("APIAccessNotGranted", f"{path}.automountServiceAccountToken",
                            "mounts an API token but no Kubernetes API access is granted", "false",

@@ -249,6 +249,19 @@ def dns_policy(run: RunRef, settings: PlanSettings) -> dict[str, Any]:
     }
 
 
+def pod_to_pod_policy(run: RunRef) -> dict[str, Any]:
+    """grant.podToPod: the run's non-quarantined pods reach each other (any port), both ways. A peer
+    without a namespaceSelector is a pod of this namespace, and only the run's pods live there."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(run, labels.POLICY_POD_TO_POD, "network"),
+        "spec": {"podSelector": _not_quarantined(), "policyTypes": ["Ingress", "Egress"],
+                 "ingress": [{"from": [{"podSelector": _not_quarantined()}]}],
+                 "egress": [{"to": [{"podSelector": _not_quarantined()}]}]},
+    }
+
+
 def _fill_limits(spec: dict[str, Any]) -> None:
     """A container with a request but no limit gets limit = request, so the LimitRange default limit
     can never fall below its request (which the API server would refuse)."""
@@ -311,6 +324,8 @@ def build(
     ]
     if grant.dns:
         guardrails.append(dns_policy(run, settings))
+    if grant.podToPod:
+        guardrails.append(pod_to_pod_policy(run))
     not_grantable = api_rule_findings(grant)
     if grant.kubernetesAPI and not frozen and not not_grantable:
         guardrails += [role(run, grant), role_binding(run)]

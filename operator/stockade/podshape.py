@@ -9,8 +9,12 @@ template stored before it), so a wrong type is a finding, never an exception.
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Mapping
 from typing import Any
+
+from stockade import template_docs
 
 MAX_INT32 = 2**31 - 1
 _OPEN = {"x-kubernetes-preserve-unknown-fields": True}
@@ -24,10 +28,8 @@ QUANTITY_MAP: dict[str, Any] = {"type": "object", "additionalProperties": INT_OR
 
 
 def obj(**properties: dict[str, Any]) -> dict[str, Any]:
-    """An object with these typed fields; other fields are kept as they are."""
-    described = {key: {**prop, "description": prop.get("description") or f"{key}, as in a Kubernetes Pod."}
-                 for key, prop in properties.items()}
-    return {"type": "object", **_OPEN, "properties": described}
+    """An object with these typed fields; other fields are kept as they are (template_docs describes them)."""
+    return {"type": "object", **_OPEN, "properties": properties}
 
 
 def array(items: dict[str, Any], max_items: int | None = None) -> dict[str, Any]:
@@ -83,12 +85,17 @@ POD_METADATA = obj(labels=STRING_MAP, annotations=STRING_MAP)
 
 def template_schema() -> dict[str, Any]:
     """The CRD's OpenAPI schema for ``spec.template`` (a structural schema: every object typed)."""
+    return copy.deepcopy(_template())
+
+
+@functools.cache
+def _template() -> dict[str, Any]:
     properties = POD_SPEC["properties"]
-    spec = {**POD_SPEC, "required": ["containers"], "description": "The agent's PodSpec.",
+    spec = {**POD_SPEC, "required": ["containers"],
             "properties": {**properties, "containers": {**properties["containers"], "minItems": 1, "maxItems": 32},
                            "initContainers": {**properties["initContainers"], "maxItems": 32}}}
-    metadata = {**POD_METADATA, "description": "Labels and annotations for the agent's pod."}
-    return {"type": "object", **_OPEN, "required": ["spec"], "properties": {"metadata": metadata, "spec": spec}}
+    return template_docs.describe({"type": "object", **_OPEN, "required": ["spec"],
+                                   "properties": {"metadata": POD_METADATA, "spec": spec}})
 
 
 # Mapping, not dict: the webhook gets kopf's read-only views of the request's objects.
@@ -139,7 +146,7 @@ def shape_findings(value: Any, schema: Mapping[str, Any], path: str) -> list[tup
 
 
 def template_findings(template: Any, path: str = "spec.template") -> list[tuple[str, str]]:
-    return shape_findings(template, template_schema(), path)
+    return shape_findings(template, _template(), path)
 
 
 def pod_findings(pod: Any, path: str = "") -> list[tuple[str, str]]:

@@ -108,14 +108,14 @@ PERMISSIONS: tuple[Permission, ...] = (
     # quarantined pod is labelled, a Job suspended so it does not replace an evicted pod.
     Permission("", "pods", ("list", "watch"), ("stockade.watch:KindWatch.run", "stockade.watch:WatchLayer.prime")),
     Permission("", "pods", ("get",), ("stockade.detect.server:SignalServer._owner",)),
-    Permission("", "pods", ("create",), ("stockade.reconcile:Reconciler._ensure_workload",)),
+    Permission("", "pods", ("create",), ("stockade.workload:ensure_workload",)),
     Permission("", "pods", ("patch",), ("stockade.rungs:RungsMixin._label", "stockade.release:ReleaseMixin._unlabel")),
     Permission("", "pods", ("delete",),
-               ("stockade.reconcile:Reconciler._stop_workload", "stockade.rungs:RungsMixin._evict")),
+               ("stockade.workload:stop_workload", "stockade.rungs:RungsMixin._evict")),
     Permission("batch", "jobs", ("list", "watch"), WATCH_CHILD),
-    Permission("batch", "jobs", ("create",), ("stockade.reconcile:Reconciler._ensure_workload",)),
+    Permission("batch", "jobs", ("create",), ("stockade.workload:ensure_workload",)),
     Permission("batch", "jobs", ("patch",), ("stockade.rungs:RungsMixin._suspend",)),
-    Permission("batch", "jobs", ("delete",), ("stockade.reconcile:Reconciler._stop_workload",)),
+    Permission("batch", "jobs", ("delete",), ("stockade.workload:stop_workload",)),
     # Other kinds detection watches in run namespaces (what the agent makes, if its grant lets it).
     Permission("", "services", ("list", "watch"), WATCH_DETECT),
     Permission("apps", "deployments", ("list", "watch"), WATCH_DETECT),

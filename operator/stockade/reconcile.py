@@ -13,7 +13,6 @@ import dataclasses
 import datetime
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -27,14 +26,17 @@ from stockade.coalesce import Coalescer
 from stockade.conditions import Observed, compute_conditions, compute_phase, merge_conditions, status_changed
 from stockade.dnsresolve import HostResolver
 from stockade.drift import needs_apply
+from stockade.egress_status import EgressEvents, egress_resolution
 from stockade.inputcheck import spec_problem
 from stockade.kube import Kube, KubeError, object_path
 from stockade.lifecycle import NamespaceTaken, RunGone, RunLifecycle
 from stockade.observe import QUOTA_PENDING, await_quota, guardrails_ready, quarantine_of, workload_phase
+from stockade.phase_count import PhaseCount
 from stockade.plan import Plan, PlanSettings, RunRef, parse_duration
 from stockade.plan_cache import PlanCache
 from stockade.refusals import Refusals
 from stockade.store import RunKey, Store, uid_of
+from stockade.workload import ensure_workload, stop_workload
 
 log = logging.getLogger("stockade.reconcile")
 
@@ -42,7 +44,6 @@ __all__ = ["Coalescer", "EmitEvent", "Reconciler", "parse_stamp", "stamp", "utcn
 
 EmitEvent = Callable[[Mapping[str, Any], str, str, str], None]
 PRUNABLE_COMPONENTS = {"network", "identity", "quota", "limits"}
-WORKLOAD_KINDS = {"Pod": "v1", "Job": "batch/v1"}
 
 
 class Reconciler:
@@ -55,11 +56,13 @@ class Reconciler:
         self.emit = emit
         self._coalescer = Coalescer()
         self._timers: dict[RunKey, asyncio.TimerHandle] = {}
-        self._phases: dict[RunKey, str] = {}
+        self._phases = PhaseCount()
+        self._egress = EgressEvents(lambda *args: self.emit(*args))  # noqa: PLW0108
         self._warned: dict[RunKey, str] = {}
         self._cache = PlanCache(plan_settings)
         self._refusals = Refusals()
         self._fence_up: set[RunKey] = set()  # runs whose fence this process has seen complete
+        self._planned: dict[RunKey, dict[tuple[str, str], Any]] = {}  # the guardrails last applied in full
         self._gone: dict[RunKey, str] = {}  # uid of an AgentRun whose DELETED event came, until looked at
         # emit is looked up at each call: detection replaces it after the Reconciler is built.
         self.lifecycle = RunLifecycle(kube, store, lambda *args: self.emit(*args))  # noqa: PLW0108
@@ -187,6 +190,8 @@ class Reconciler:
 
         hosts = sorted({rule.host for rule in spec.grant.egress if rule.host})
         resolved, refresh_in = await self.resolver.resolve(hosts)
+        egress = egress_resolution(hosts, resolved, self.resolver.stale(hosts))
+        self._egress.note(key, body, egress)
         quarantine = status.get("quarantine") or {}
         frozen = bool(quarantine.get("active")) and "freeze" in (quarantine.get("steps") or [])
         plan = self._cache.plan(key, generation, run, spec, resolved, frozen=frozen)
@@ -201,16 +206,16 @@ class Reconciler:
         terminal = status.get("phase") if status.get("phase") in ("Succeeded", "Failed", "Expired") else None
         quarantined = quarantine_of(status)
         if expired or terminal == "Expired":
-            await self._stop_workload(run)
+            await stop_workload(self.kube, self.store, run)
             expired = True
         elif admission.stop:  # a narrowed policy says Stop: ended, as Failed with its reason
-            await self._stop_workload(run)
+            await stop_workload(self.kube, self.store, run)
         refusal = "; ".join(f.text() for f in plan.refusals)
         if plan.refusals and not expired and self._warn_once(key, body, "TemplateExceedsGrant", refusal):
             metrics.REFUSALS.inc()  # once per refused generation, not once per reconcile
         started = False
         if not (expired or plan.refusals or admission.stop) and ready and terminal is None and quarantined is None:
-            started = await self._ensure_workload(plan)
+            started = await ensure_workload(self.kube, self.store, plan)
 
         phase, message = workload_phase(self.store, run, spec)
         for extension in self.extensions:
@@ -229,6 +234,7 @@ class Reconciler:
             admission=(True, admission.decision.reason, admission.decision.message),
             compliance=admission.compliance,
             stopped=admission.stop,
+            egress=egress,
         )
         extra = {
             "startTime": stamp(start),
@@ -246,12 +252,15 @@ class Reconciler:
         self._arm_timer(key, min(delays) if delays else None)
 
     # Steps ---------------------------------------------------------------------------------------
-    async def _apply(self, desired: Mapping[str, Any], body: Mapping[str, Any], fence_was_up: bool) -> None:
+    async def _apply(self, desired: Mapping[str, Any], body: Mapping[str, Any], fence_was_up: bool,
+                     planned: Mapping[tuple[str, str], Any] | None = None) -> None:
         meta = desired["metadata"]
         live = self.store.get(desired["kind"], meta.get("namespace") or "", meta["name"])
         if not needs_apply(desired, live):
             return
-        if live is not None or fence_was_up:
+        # What the last plan applied did not want like this (a grant edit, a host's new addresses) is no drift.
+        replanned = planned is not None and planned.get((desired["kind"], meta["name"])) != desired
+        if (live is not None or fence_was_up) and not replanned:
             self._report_drift(body, desired["kind"], meta, "changed" if live is not None else "missing")
         metrics.APPLIES.labels(kind=desired["kind"]).inc()
         applied = await self.kube.apply(desired)
@@ -273,8 +282,10 @@ class Reconciler:
             if fence_was_up:
                 self._report_drift(body, "Namespace", plan.namespace["metadata"], "missing")
             await self.lifecycle.create_namespace(plan.namespace, body)
-        await self._apply(plan.namespace, body, fence_was_up)
-        await asyncio.gather(*(self._apply(obj, body, fence_was_up) for obj in plan.guardrails[1:]))
+        planned = self._planned.get(key)  # unknown after a restart: any difference is drift, as it may be
+        await self._apply(plan.namespace, body, fence_was_up, planned)
+        await asyncio.gather(*(self._apply(obj, body, fence_was_up, planned) for obj in plan.guardrails[1:]))
+        self._planned[key] = {(obj["kind"], obj["metadata"]["name"]): obj for obj in plan.guardrails}
 
     async def _prune(self, run: RunRef, plan: Plan) -> None:
         wanted = {(obj["kind"], obj["metadata"]["name"]) for obj in plan.guardrails}
@@ -288,32 +299,6 @@ class Reconciler:
             log.info("removing %s %s/%s: no longer granted", obj["kind"], run.run_namespace, obj["metadata"]["name"])
             await self.kube.delete(obj["apiVersion"], obj["kind"], run.run_namespace, obj["metadata"]["name"])
             self.store.remove(obj)
-
-    async def _ensure_workload(self, plan: Plan) -> bool:
-        """Create the workload if it does not exist; True if this call created it."""
-        desired = plan.workload
-        if desired is None:
-            return False
-        meta = desired["metadata"]
-        if self.store.get(desired["kind"], meta["namespace"], meta["name"]) is not None:
-            return False
-        try:
-            created = await self.kube.create(desired)
-        except KubeError as err:
-            if err.conflict:
-                return False  # created by an earlier round whose watch event has not arrived yet
-            raise
-        self.store.put(created)
-        log.info("started the agent's %s %s/%s", desired["kind"], meta["namespace"], meta["name"])
-        return True
-
-    async def _stop_workload(self, run: RunRef) -> None:
-        for kind in ("Job", "Pod"):
-            for obj in list(self.store.in_namespace(run.run_namespace, kind)):
-                if obj["metadata"].get("deletionTimestamp"):
-                    continue
-                await self.kube.delete(WORKLOAD_KINDS[kind], kind, run.run_namespace, obj["metadata"]["name"],
-                                       grace=0 if kind == "Pod" else None)
 
     def _warn_once(self, key: RunKey, body: Mapping[str, Any], reason: str, message: str) -> bool:
         """Emit the Warning unless this generation already got the same one; True if it was emitted."""
@@ -341,7 +326,7 @@ class Reconciler:
         }
         if observed.invalid:
             self._warn_once(key, body, *observed.invalid.partition(": ")[::2])
-        self._count_phase(key, phase)
+        self._phases.note(key, phase)
         if not status_changed(old, new):
             return
         if old.get("phase") != phase:
@@ -354,15 +339,6 @@ class Reconciler:
                 return
             raise
         self.store.put_agentrun(updated)
-
-    def _count_phase(self, key: RunKey, phase: str | None) -> None:
-        if phase is None:
-            self._phases.pop(key, None)
-        else:
-            self._phases[key] = phase
-        counts = Counter(self._phases.values())
-        for name in ("Pending", "Queued", "Running", "Quarantined", "Succeeded", "Failed", "Expired"):
-            metrics.RUNS.labels(phase=name).set(counts.get(name, 0))
 
     async def _on_refusal(self, key: RunKey, err: KubeError) -> bool:
         """An object refused for what it is stalls the run until the spec changes; one a platform webhook or
@@ -393,8 +369,10 @@ class Reconciler:
     def _forget(self, key: RunKey) -> None:
         self._arm_timer(key, None)
         self._fence_up.discard(key)
+        self._planned.pop(key, None)
         self._cache.forget(key)
         self._refusals.forget(key)
         self._warned.pop(key, None)
-        self._count_phase(key, None)
+        self._egress.forget(key)
+        self._phases.note(key, None)
         self.budget.forget(key)

@@ -11,6 +11,7 @@ import yaml
 from lupa import LuaRuntime
 
 from stockade.conditions import Observed, compute_conditions, compute_phase, merge_conditions
+from stockade.egress_status import egress_resolution
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = (ROOT / "docs/gitops/argocd-health.lua").read_text()
@@ -76,6 +77,18 @@ CASES = [
         CALM, cond("Admitted", "False", "BudgetExhausted", "runs: used 5 + asked 1 > limit 5")]}),
      "Progressing", "used 5 + asked 1 > limit 5"),
     ("queued without conditions", run({"phase": "Queued", "observedGeneration": 2}), "Progressing", "Queued"),
+    # A granted host that resolves to nothing: the fence holds (Ready), the agent cannot reach the host. It
+    # heals by itself once the name resolves: Progressing, naming the hosts, neither Healthy nor Degraded.
+    ("running, a host unresolved", run({"phase": "Running", "observedGeneration": 2, "conditions": [
+        READY, CALM, cond("EgressResolved", "False", "HostUnresolved", "no address found for api.example.com")]}),
+     "Progressing", "api.example.com"),
+    ("running, hosts resolved", run({"phase": "Running", "observedGeneration": 2, "conditions": [
+        READY, CALM, cond("EgressResolved", "True", "AllHostsResolved", "every granted host resolved")]}),
+     "Healthy", "inside its fence"),
+    ("succeeded, a host unresolved", run({"phase": "Succeeded", "observedGeneration": 2, "conditions": [
+        cond("Ready", "True", "Succeeded", "the agent's workload completed"),
+        cond("EgressResolved", "False", "HostUnresolved", "no address found for api.example.com")]}),
+     "Healthy", "completed"),
 ]
 
 
@@ -107,6 +120,14 @@ OBSERVED = [
               compliance=(False, "NarrowedBelowGrant", "spec.grant.cpu: 2 asked")), "Healthy"),
     (Observed(3, "t-r", guardrails_ready=True, workload_phase="Running", admission=(True, "Admitted", "within"),
               stopped=("NarrowedBelowGrant", "spec.grant.cpu: 2 asked (onNarrowed: Stop)")), "Degraded"),
+    (Observed(3, "t-r", guardrails_ready=True, workload_phase="Running",
+              egress=egress_resolution(["api.example.com"], {"api.example.com": []})), "Progressing"),
+    (Observed(3, "t-r", guardrails_ready=True, workload_phase="Running",
+              egress=egress_resolution(["a.test"], {"a.test": ["192.0.2.1"]}, stale=["a.test"])), "Healthy"),
+    (Observed(3, "t-r", guardrails_ready=True, workload_phase="Running", egress=egress_resolution([], {})),
+     "Healthy"),
+    (Observed(3, "t-r", guardrails_ready=True, workload_phase="Running", quarantined=("Violation", "miner"),
+              egress=egress_resolution(["api.example.com"], {})), "Degraded"),
 ]
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import re
 from typing import Any
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from stockade import cli, labels
 from stockade.cli_render import duration
+from stockade.cli_render import status as render_status
 from stockade.explain import UnknownField, all_paths, explain
 from stockade.fence_report import Fence, build_report
 from stockade.kube import KubeError
@@ -105,6 +108,23 @@ def test_unresolved_host_is_reported_as_such() -> None:
     report = build_report(agentrun(resolvedEgress=None), live_fence(), NOW)
     host = report["grant"]["egress"][1]
     assert host["addresses"] == [] and host["resolved"] is False
+
+
+def test_a_host_looked_up_to_no_address_is_unresolved_and_the_header_says_so() -> None:
+    unresolved = {"type": "EgressResolved", "status": "False", "reason": "HostUnresolved",
+                  "message": "no address found for api.example.com: the agent cannot reach it"}
+    raw = agentrun(resolvedEgress={"api.example.com": []})
+    raw["status"]["conditions"].append(unresolved)
+    report = build_report(raw, live_fence(), NOW)
+    host = report["grant"]["egress"][1]
+    assert host["addresses"] == [] and host["resolved"] is False
+    assert unresolved.items() <= next(c for c in report["conditions"] if c["type"] == "EgressResolved").items()
+    console = Console(width=200, record=True)
+    render_status(report, console)
+    text = console.export_text()
+    assert re.search(r"EgressResolved +False +HostUnresolved: no address found for api.example.com", text)
+    assert "unresolved: allows nothing" in text
+    assert re.search(r"Ready +True +Running", text), "the fence holds: Ready is not what an unresolved host changes"
 
 
 def test_deleted_guardrail_is_missing_and_the_fence_incomplete() -> None:

@@ -44,7 +44,12 @@ def test_contract_names_and_columns():
     assert crd["spec"]["names"]["shortNames"] == ["ar"]
     version = crd["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]][:3] == ["Phase", "Ready", "GPUs"]
+    columns = version["additionalPrinterColumns"]
+    assert [c["name"] for c in columns if not c.get("priority")] == ["Phase", "Ready", "Reason", "GPUs", "Egress",
+                                                                     "Age"]
+    # -o wide: kubectl adds its own NAMESPACE column with -A, so no column of ours may be called that.
+    assert [c["name"] for c in columns if c.get("priority")] == ["Run-Namespace", "Enforcement"]
+    assert all(c["name"].upper() != "NAMESPACE" for c in columns)
     grant = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["grant"]["properties"]
     for field in ("cpu", "memory", "gpu", "gpuResource", "ephemeralStorage", "pods", "egress", "dns",
                   "kubernetesAPI", "duration"):
@@ -161,6 +166,5 @@ def test_the_template_schema_types_what_the_operator_reads():
     assert pod["securityContext"]["type"] == "object"
     env = pod["containers"]["items"]["properties"]["env"]
     assert env["type"] == "array" and env["items"]["type"] == "object"
-    assert template["properties"]["metadata"]["properties"]["annotations"]["additionalProperties"] == {
-        "type": "string"}
+    assert template["properties"]["metadata"]["properties"]["annotations"]["additionalProperties"]["type"] == "string"
     assert pod["containers"]["minItems"] == 1

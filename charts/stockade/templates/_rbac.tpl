@@ -125,7 +125,7 @@
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get"]
-# stockade.reconcile:Reconciler._ensure_workload
+# stockade.workload:ensure_workload
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["create"]
@@ -133,7 +133,7 @@
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["patch"]
-# stockade.reconcile:Reconciler._stop_workload, stockade.rungs:RungsMixin._evict
+# stockade.workload:stop_workload, stockade.rungs:RungsMixin._evict
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["delete"]
@@ -141,7 +141,7 @@
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "watch"]
-# stockade.reconcile:Reconciler._ensure_workload
+# stockade.workload:ensure_workload
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create"]
@@ -149,7 +149,7 @@
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["patch"]
-# stockade.reconcile:Reconciler._stop_workload
+# stockade.workload:stop_workload
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["delete"]

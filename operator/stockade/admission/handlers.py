@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 
 import stockade.admission.grant_policy  # noqa: F401  (registers the AgentRun policy webhook and its watches)
-from stockade.admission import agentrun_mutate, certs, guard, health, policy, vap, webhook
+from stockade.admission import agentrun_mutate, certs, guard, health, podidentity, policy, vap, webhook
 from stockade.admission.config import AdmissionSettings
 from stockade.admission.metrics import REQUESTS, SECONDS
 from stockade.admission.pending import Pending
@@ -223,11 +223,14 @@ async def allowlist(**kwargs: Any) -> None:
 
 @kopf.on.mutate("", "v1", "pods", id=webhook.MUTATE_ID, operations=["CREATE"])
 async def gpu_visibility(**kwargs: Any) -> None:
-    """Hide GPUs from every container without a GPU request (images may default to all of them)."""
+    """Hide GPUs from every container without a GPU request (images may default to all of them), and give
+    a pod that names no ServiceAccount the agent's (stockade.admission.podidentity)."""
     started = time.perf_counter()
     req = _request(kwargs)
     run = _run(req, usage=False)
     ops = policy.gpu_patch(req.obj or {}, run.spec.grant if run is not None else None)
+    if run is not None:  # no run: the validating webhook refuses the pod (UnknownRun)
+        ops += podidentity.identity_patch(req.obj or {}, run.spec.grant)
     if ops and not _exempt(req):
         # kopf would build the patch by deep-copying and diffing the whole pod (most of a request's
         # time); the operations are known exactly, so they are the answer.

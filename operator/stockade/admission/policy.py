@@ -6,9 +6,9 @@ The rule is an allowlist. A run namespace holds what the AgentRun's grant names 
   volumes, up to ``grant.pods`` of them) and the run's own workload, which only the operator
   creates. No other controller kind (Deployments, StatefulSets, DaemonSets, ReplicaSets,
   ReplicationControllers, CronJobs, Jobs of anyone else's) exists in a run namespace.
-* ways in and out: none. No Services (the NetworkPolicies admit nothing to the run's pods, so a
-  Service is only a way in waiting for a hole); LoadBalancer and NodePort ones are refused by the
-  ValidatingAdmissionPolicy as well, while the operator is down too.
+* ways in and out: ClusterIP and headless Services when ``grant.kubernetesAPI`` lets the agent
+  create services (stockade.services), none otherwise; LoadBalancer, NodePort, ExternalName and
+  external IPs never, refused by the ValidatingAdmissionPolicy as well, while the operator is down too.
 * the fence itself (ServiceAccounts, quota, limits, NetworkPolicies, Roles, RoleBindings, the
   namespace, the quarantine label): changed by the operator only.
 * inert data (ConfigMaps, Secrets, Leases, Endpoints, ...) and any other kind the grant's
@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from stockade import apirules, labels
+from stockade import apirules, labels, services
 from stockade.admission.podusage import (
     TERMINAL_PHASES,
     Amounts,
@@ -38,6 +38,7 @@ from stockade.admission.podusage import (
 )
 from stockade.api.models import AgentRunSpec, Grant
 from stockade.grantcheck import Finding, Usage, check_pod
+from stockade.services import allows_create as grant_allows_create
 
 # The usage names are re-exported: the webhook's handlers and older import sites use them from here.
 __all__ = [
@@ -216,7 +217,7 @@ def _findings(req: Request, run: Run) -> list[Finding]:
     if target in WORKLOADS:
         return _workload(req)
     if target == SERVICE:
-        return _service(req)
+        return _service(req, run.spec.grant)
     if req.operation != "CREATE":
         return []
     return _other_kind(req, run.spec.grant)
@@ -323,26 +324,18 @@ def _workload(req: Request) -> list[Finding]:
 
 
 # Ways in and out -------------------------------------------------------------------------------------
-def _service(req: Request) -> list[Finding]:
+def _service(req: Request, grant: Grant) -> list[Finding]:
     if req.operation not in ("CREATE", "UPDATE"):
         return []
-    spec = (req.obj or {}).get("spec") or {}
-    out = []
-    if req.operation == "CREATE":
-        # The run's NetworkPolicies admit no traffic to its pods, so a Service can only be a way in
-        # waiting for a hole: no grant gives one (RBAC in spec.grant.kubernetesAPI does not either;
-        # detection reports any Service in a run namespace as ServiceNotGranted too).
-        out.append(Finding("ServiceNotGranted", "kind", "a Service is a way in, and the run's NetworkPolicies "
-                           "admit no traffic to its pods", "no Services in a run namespace",
-                           "reach the agent through the egress it is granted (spec.grant.egress) instead"))
-    kind = spec.get("type") or "ClusterIP"
-    if kind != "ClusterIP":
-        out.append(Finding("ServiceNotGranted", "spec.type", f"a {kind} Service is a way in or out of the fence",
-                           "no LoadBalancer, NodePort or ExternalName Services",
-                           "a grant cannot open the run to outside traffic"))
-    if spec.get("externalIPs"):
-        out.append(Finding("ServiceNotGranted", "spec.externalIPs", "external IPs take over traffic to those "
-                           "addresses", "none", "a grant cannot open the run to outside traffic"))
+    hint = "a grant cannot open the run to outside traffic"
+    out = [Finding("ServiceNotGranted", field, why, "ClusterIP and headless Services only", hint)
+           for field, why in services.exposure((req.obj or {}).get("spec") or {})]
+    if req.operation == "CREATE" and not services.granted(grant):
+        # Without the grant a Service is only a way in waiting for a hole (detection reports any
+        # Service in a run namespace as ServiceNotGranted too).
+        out.insert(0, Finding("ServiceNotGranted", "kind", "a Service is a way in, and the grant does not name "
+                              "services", "no Services in a run namespace", "add a rule for services with verb "
+                              "create to spec.grant.kubernetesAPI (ClusterIP and headless Services only)"))
     return out
 
 
@@ -360,16 +353,6 @@ def _other_kind(req: Request, grant: Grant) -> list[Finding]:
                     "allows the agent to create",
                     f"add a rule for {req.resource} in group {req.group!r} with verb create to "
                     "spec.grant.kubernetesAPI")]
-
-
-def grant_allows_create(grant: Grant, group: str, resource: str) -> bool:
-    for rule in grant.kubernetesAPI:
-        if apirules.never_grantable(rule.model_dump(exclude_none=True)):
-            continue  # (the CRD refuses such a rule; one stored before that grants nothing either)
-        if ("create" in rule.verbs and (group in rule.apiGroups or "*" in rule.apiGroups)
-                and (resource in rule.resources or "*" in rule.resources)):
-            return True
-    return False
 
 
 def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from typing import Any
 
@@ -18,6 +19,11 @@ from stockade.api.policy import POLICY_KIND, POLICY_PLURAL, AgentPolicySpec, Age
 
 # Keys pydantic emits that a Kubernetes structural schema does not take.
 _DROP = {"title", "$defs", "additionalProperties_", "examples"}
+
+
+def _reflow(text: str) -> str:
+    """A docstring's paragraphs, each on one line: kubectl explain wraps them itself."""
+    return "\n\n".join(" ".join(part.split()) for part in re.split(r"\n\s*\n", text.strip()))
 
 
 def _structural(node: Any, defs: dict[str, Any]) -> Any:
@@ -45,7 +51,9 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             continue
         if key == "default" and value is None:
             continue
-        if key == "properties":
+        if key == "description" and isinstance(value, str):
+            out[key] = _reflow(value)
+        elif key == "properties":
             out[key] = {name: _structural(prop, defs) for name, prop in value.items()}
         elif (key == "additionalProperties" and isinstance(value, dict)) or key in {"items", "anyOf", "allOf", "oneOf"}:
             out[key] = _structural(value, defs)
@@ -67,15 +75,35 @@ def _schema_of(model: type[Any]) -> dict[str, Any]:
     return result
 
 
-def openapi_schema(spec_model: type[Any] = AgentRunSpec, status_model: type[Any] = AgentRunStatus) -> dict[str, Any]:
+# What `kubectl explain agentrun` and `kubectl explain agentpolicy` say about the object itself.
+DESCRIPTIONS = {
+    KIND: "An AI agent's run inside a fence: Stockade makes a run namespace whose NetworkPolicies, quota, RBAC and "
+          "admission allow only spec.grant, starts spec.template there, and quarantines the run when a detector "
+          "reports a violation. `stockade status NAME` shows it; `stockade explain` documents each field.",
+    POLICY_KIND: "What a platform admin allows the AgentRuns of the namespaces it selects: per-run ceilings, "
+                 "egress destinations, API rules, defaults and budgets across runs. Cluster-scoped; several "
+                 "policies selecting one namespace all apply.",
+}
+# The same text Kubernetes' own types carry (k8s.io/apimachinery TypeMeta).
+_META = {
+    "apiVersion": "APIVersion defines the versioned schema of this representation of an object: stockade.io/v1alpha1.",
+    "kind": "Kind is a string value representing the REST resource this object represents, in CamelCase.",
+}
+
+
+def openapi_schema(spec_model: type[Any] = AgentRunSpec, status_model: type[Any] = AgentRunStatus,
+                   kind: str = KIND) -> dict[str, Any]:
     spec = _schema_of(spec_model)
     status = _schema_of(status_model)
     return {
         "type": "object",
+        "description": DESCRIPTIONS[kind],
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
+            "apiVersion": {"type": "string", "description": _META["apiVersion"]},
+            "kind": {"type": "string", "description": _META["kind"]},
+            # Nothing but the type: the API server refuses a CRD that says more about metadata, and serves
+            # ObjectMeta's own schema (and descriptions) in its place.
             "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
@@ -87,8 +115,12 @@ def _printer_columns() -> list[dict[str, Any]]:
     return [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+        {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
         {"name": "GPUs", "type": "integer", "jsonPath": ".spec.grant.gpu"},
-        {"name": "Namespace", "type": "string", "jsonPath": ".status.runNamespace", "priority": 1},
+        # The EgressResolved reason: HostUnresolved says a granted host allows nothing (Ready stays True).
+        {"name": "Egress", "type": "string", "jsonPath": '.status.conditions[?(@.type=="EgressResolved")].reason'},
+        # Not "Namespace": `kubectl get -A -o wide` has a NAMESPACE column of its own (the AgentRun's).
+        {"name": "Run-Namespace", "type": "string", "jsonPath": ".status.runNamespace", "priority": 1},
         {"name": "Enforcement", "type": "string", "jsonPath": ".spec.enforcement", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
@@ -165,7 +197,7 @@ def agentpolicy_crd() -> dict[str, Any]:
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": _policy_printer_columns(),
-                    "schema": {"openAPIV3Schema": openapi_schema(AgentPolicySpec, AgentPolicyStatus)},
+                    "schema": {"openAPIV3Schema": openapi_schema(AgentPolicySpec, AgentPolicyStatus, POLICY_KIND)},
                 }
             ],
         },

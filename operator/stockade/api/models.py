@@ -72,6 +72,7 @@ def _quantity_rule(field: str) -> list[Any]:
 
 
 Quantity = Annotated[str, Field(json_schema_extra=_quantity_schema)]
+APIGroup = Annotated[str, Field(max_length=253, description='An API group: "" (core), apps, batch, ...')]
 
 
 class _Model(BaseModel):
@@ -105,8 +106,8 @@ class EgressRule(_Model):
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
         description="A DNS name, resolved to IPv4 and IPv6 addresses and kept fresh as its records change.",
     )
-    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
-        min_length=1, max_length=64, description="Destination ports, 1-65535."
+    ports: list[Annotated[int, Field(ge=1, le=65535, description="A destination port, 1-65535.")]] = Field(
+        min_length=1, max_length=64, description="Destination ports, 1-65535 (1 to 64 of them)."
     )
     protocol: Literal["TCP", "UDP", "SCTP"] = Field(default="TCP", description="Transport protocol.")
 
@@ -120,18 +121,23 @@ class PolicyRule(_Model):
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": apirules.cel_rules()}, extra="forbid")
 
-    apiGroups: list[Annotated[str, Field(max_length=253)]] = Field(
+    apiGroups: list[APIGroup] = Field(
         default_factory=lambda: [""], min_length=1, max_length=32,
         json_schema_extra={"default": [""]},
         description='API groups of the resources ("" is the core group, the default).',
     )
-    resources: list[Annotated[str, Field(max_length=253)]] = Field(
+    resources: list[Annotated[str, Field(max_length=253, description="A resource's plural name, such as configmaps, "
+                                         "pods or pods/log.")]] = Field(
         min_length=1, max_length=64, description="Resources (plural names) in those groups; pods/log is the only "
-        "subresource a grant may name.")
-    verbs: list[
-        Literal["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
-    ] = Field(min_length=1, max_length=8, description="What the agent may do with them.")
-    resourceNames: list[Annotated[str, Field(max_length=253)]] | None = Field(
+        "subresource a grant may name. Ways out of the fence are refused by the API server: other subresources "
+        "(pods/exec, pods/portforward, serviceaccounts/token, ...), pods/binding, wildcards, cluster-scoped "
+        "resources, and writes to the fence (serviceaccounts, resourcequotas, limitranges, networkpolicies, roles, "
+        "rolebindings).")
+    verbs: list[Annotated[
+        Literal["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"],
+        Field(description="One verb: get, list, watch, create, update, patch, delete or deletecollection."),
+    ]] = Field(min_length=1, max_length=8, description="What the agent may do with them.")
+    resourceNames: list[Annotated[str, Field(max_length=253, description="The name of one object.")]] | None = Field(
         default=None, max_length=64, description="Only objects of these names (all of them if unset).")
 
 
@@ -178,6 +184,12 @@ class Grant(_Model):
         default_factory=list, max_length=256, description="The only destinations a pod may reach."
     )
     dns: bool = Field(default=False, description="Allow DNS to the cluster resolver (and nowhere else).")
+    podToPod: bool = Field(
+        default=False,
+        description="Allow traffic among the run's own pods (ingress and egress, any port), quarantined pods "
+        "excepted; the NetworkPolicies and every detection rule follow it. Off: the run's pods cannot reach "
+        "each other.",
+    )
     kubernetesAPI: list[PolicyRule] = Field(
         default_factory=list,
         max_length=64,
@@ -189,10 +201,11 @@ class Grant(_Model):
         pattern=DURATION_PATTERN,
         description="After this the run is Expired and its pods are gone (Go duration: 4h, 90m).",
     )
-    runtimeClassNames: list[Annotated[str, Field(max_length=253)]] = Field(
+    runtimeClassNames: list[Annotated[str, Field(max_length=253, description="The name of a RuntimeClass.")]] = Field(
         default_factory=list,
         max_length=16,
-        description="RuntimeClasses a pod may name (for example nvidia). None are allowed unless granted.",
+        description="RuntimeClasses a pod may name in spec.template.spec.runtimeClassName (for example nvidia or "
+        "gvisor). None are allowed unless granted.",
     )
     delegation: bool = Field(
         default=False,
@@ -224,44 +237,69 @@ def _template_schema(schema: dict[str, Any]) -> None:
     # every field Stockade reads is typed (stockade.podshape), so the API server refuses a template
     # without containers, or with ``volumes: 5``, before the operator sees it.
     schema.clear()
-    schema.update({**podshape.template_schema(),
-                   "description": "A PodTemplateSpec: the agent's pod. Checked against the grant before it runs."})
+    schema.update(podshape.template_schema())
 
 
 class AgentRunSpec(_Model):
+    """What the team asks for: the agent's pod template, its grant, and how violations are answered.
+
+    Stockade builds a run namespace with a fence from the grant (NetworkPolicies, ResourceQuota, RBAC, a
+    ServiceAccount), then starts the template inside it; anything not granted is refused or detected."""
+
     template: dict[str, Any] = Field(json_schema_extra=_template_schema)
     grant: Grant
     enforcement: Enforcement = Field(
         default="enforce", description="enforce: refuse and quarantine; audit: detect and report only."
     )
-    response: list[ResponseStep] = Field(
+    response: list[Annotated[ResponseStep, Field(description="A rung: isolate (cut the pod's network), freeze "
+                                                    "(stop its processes) or evict (delete the pod).")]] = Field(
         default_factory=lambda: list[ResponseStep](["isolate", "evict"]),
         max_length=3,
         json_schema_extra={"default": ["isolate", "evict"]},
-        description="The quarantine ladder applied to a violation, in order.",
+        description="The quarantine ladder applied to a violation in enforce mode, in order; "
+        "`stockade release` lifts it.",
     )
     workload: WorkloadKind = Field(default="Pod", description="Run the template as a Pod or as a Job.")
 
 
 class Condition(_Model):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str = ""
-    observedGeneration: int | None = None
-    lastTransitionTime: str | None = None
+    """One condition of the run, as in every Kubernetes status (kstatus: Flux and Argo CD read it).
+
+    Types: Ready, GuardrailsReady, Reconciling, Stalled, Quarantined, Admitted, PolicyCompliant,
+    EgressResolved, AdmissionReady. Every reason, what it means and what to do: `stockade explain reasons`
+    or docs/reasons.md."""
+
+    type: str = Field(description="Ready, GuardrailsReady, Reconciling, Stalled, Quarantined, Admitted, "
+                      "PolicyCompliant, EgressResolved or AdmissionReady.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="Why, in one CamelCase word (such as TemplateExceedsGrant); "
+                        "`stockade explain reasons` says what each means and what to do.")
+    message: str = Field(default="", description="What happened, for a person: the field, the grant or the object.")
+    observedGeneration: int | None = Field(
+        default=None, description="The spec generation the condition was computed for; older than "
+        "metadata.generation means the operator has not caught up yet.")
+    lastTransitionTime: str | None = Field(default=None, description="When status last changed (RFC 3339).")
 
 
 class Violation(_Model):
-    time: str
-    kind: str
-    severity: Literal["low", "medium", "high", "critical"] = "high"
-    pod: str | None = None
-    detail: str
-    source: Literal["admission", "api", "runtime", "metrics", "signal"]
-    action: str = "none"
+    """Something the agent did that its grant does not allow, as a detector reported it."""
+
+    time: str = Field(description="When it was seen (RFC 3339).")
+    kind: str = Field(description="What it was, CamelCase: UngrantedEgress, PodExceedsGrant, RBACNotGranted, "
+                      "CryptoMiner, ... (docs/detection.md lists them).")
+    severity: Literal["low", "medium", "high", "critical"] = Field(
+        default="high", description="low, medium, high or critical.")
+    pod: str | None = Field(default=None, description="The agent pod it came from, when a pod is known.")
+    detail: str = Field(description="What happened, for a person.")
+    source: Literal["admission", "api", "runtime", "metrics", "signal"] = Field(
+        description="Who saw it: admission (the webhook refused a request), api (an object in the run "
+        "namespace), runtime (Falco), metrics (Prometheus) or signal (a detector posting to /signal).")
+    action: str = Field(default="none", description="What Stockade did about it: the rungs applied (isolate, "
+                        "freeze, evict), or none and why (audit mode, already quarantined).")
     evidence: dict[str, Any] | None = Field(
-        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="The detector's own data (a flow, a Falco event, the object), kept bounded; its fields "
+        "depend on the source.",
     )
     count: int | None = Field(
         default=None, ge=1, description="How many identical signals this entry stands for (duplicates fold in)."
@@ -272,32 +310,45 @@ class Violation(_Model):
 class Quarantine(_Model):
     """The quarantine the run is under (or was, until released)."""
 
-    active: bool = False
-    reason: str | None = None
-    message: str | None = None
-    since: str | None = None
-    pods: list[str] = Field(default_factory=list, description="Pods the ladder was applied to.")
-    steps: list[ResponseStep] = Field(default_factory=list, description="Rungs of the ladder applied.")
-    releasedAt: str | None = None
-    releasedBy: str | None = None
+    active: bool = Field(default=False, description="true while the run is quarantined; `stockade release` ends "
+                         "it.")
+    reason: str | None = Field(default=None, description="The kind of the violation that started it.")
+    message: str | None = Field(default=None, description="That violation's detail.")
+    since: str | None = Field(default=None, description="When it started (RFC 3339).")
+    pods: list[Annotated[str, Field(description="A pod's name.")]] = Field(
+        default_factory=list, description="Pods the ladder was applied to.")
+    steps: list[Annotated[ResponseStep, Field(description="isolate, freeze or evict.")]] = Field(
+        default_factory=list, description="Rungs of the ladder applied.")
+    releasedAt: str | None = Field(default=None, description="When it was released (RFC 3339).")
+    releasedBy: str | None = Field(default=None, description="Who released it (the user `stockade release` ran "
+                                   "as).")
 
 
 class AgentRunStatus(_Model):
+    """What the operator reports: phase, conditions, violations and quarantine. Written by Stockade only."""
+
     model_config = ConfigDict(extra="ignore")
 
-    phase: Phase | None = None
-    runNamespace: str | None = None
-    observedGeneration: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    violations: list[Violation] = Field(default_factory=list)
+    phase: Phase | None = Field(default=None, description="Pending, Queued (waiting for a budget), Running, "
+                                "Quarantined, Succeeded, Failed or Expired (grant.duration passed).")
+    runNamespace: str | None = Field(default=None, description="The namespace Stockade made for the run, where "
+                                     "the agent's pod and its fence live.")
+    observedGeneration: int | None = Field(default=None, description="The spec generation this status describes.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="The run's conditions, one per type.")
+    violations: list[Violation] = Field(default_factory=list, description="What detectors reported, newest last "
+                                        "(bounded; identical ones fold into count).")
     quarantine: Quarantine | None = None
-    startTime: str | None = None
-    expiresAt: str | None = None
-    workload: str | None = None
-    resolvedEgress: dict[str, list[str]] | None = Field(
-        default=None, description="Addresses that each granted host resolved to, as enforced now."
+    startTime: str | None = Field(default=None, description="When the run was first admitted (RFC 3339).")
+    expiresAt: str | None = Field(default=None, description="startTime + grant.duration: when the run is Expired.")
+    workload: str | None = Field(default=None, description="The agent's workload, pod/<name> or job/<name>, in "
+                                 "runNamespace.")
+    resolvedEgress: dict[str, Annotated[list[Annotated[str, Field(description="An IPv4 or IPv6 address.")]], Field(
+        description="The addresses one host resolved to.")]] | None = Field(
+        default=None, description="Addresses that each granted host resolved to, as enforced now; an empty list: "
+        "the host resolved to nothing and allows nothing (condition EgressResolved=False, reason HostUnresolved)."
     )
-    policies: list[str] | None = Field(
+    policies: list[Annotated[str, Field(description="An AgentPolicy's name.")]] | None = Field(
         default=None, description="The AgentPolicies that bound the run (its grant and its budgets), by name."
     )
 

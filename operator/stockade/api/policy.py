@@ -31,6 +31,9 @@ HOST_PATTERN_PATTERN = (
     r"^(\*|(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)$"
 )
 _QUANTITY_FIELDS = ("cpu", "memory", "ephemeralStorage")
+RuntimeClassName = Annotated[str, Field(max_length=253, description="The name of a RuntimeClass.")]
+LabelValue = Annotated[str, Field(max_length=63, description="The value the label must have.")]
+GPUTotal = Annotated[int, Field(ge=0, description="The most GPUs of this resource in use at once.")]
 
 
 class _Model(BaseModel):
@@ -72,7 +75,7 @@ class LabelSelectorRequirement(_Model):
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
         description="How the key's value relates to values: In, NotIn, Exists or DoesNotExist."
     )
-    values: list[Annotated[str, Field(max_length=63)]] | None = Field(
+    values: list[Annotated[str, Field(max_length=63, description="A label value.")]] | None = Field(
         default=None, max_length=64, description="The values for In and NotIn; empty for Exists and DoesNotExist."
     )
 
@@ -80,7 +83,7 @@ class LabelSelectorRequirement(_Model):
 class LabelSelector(_Model):
     """A Kubernetes label selector: every matchLabels pair and every matchExpressions entry must hold."""
 
-    matchLabels: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(
+    matchLabels: dict[str, LabelValue] | None = Field(
         default=None, description="Labels the namespace must carry with exactly these values."
     )
     matchExpressions: list[LabelSelectorRequirement] | None = Field(
@@ -91,18 +94,20 @@ class LabelSelector(_Model):
 class APIRule(_Model):
     """An RBAC rule a grant's kubernetesAPI may contain (or be a part of). "*" matches any value."""
 
-    apiGroups: list[Annotated[str, Field(max_length=253)]] = Field(
+    apiGroups: list[Annotated[str, Field(max_length=253, description='An API group, "" (core) or "*".')]] = Field(
         min_length=1, max_length=32, description='API groups ("" is the core group, "*" any group).'
     )
-    resources: list[Annotated[str, Field(max_length=253)]] = Field(
+    resources: list[Annotated[str, Field(max_length=253, description='A resource, such as configmaps, pods/log or '
+                                         '"*".')]] = Field(
         min_length=1,
         max_length=64,
         description='Resources, with subresources as "pods/log"; "*" any resource, "*/scale" any scale subresource.',
     )
-    verbs: list[
-        Literal["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "*"]
-    ] = Field(min_length=1, max_length=9, description='Verbs; "*" any verb.')
-    resourceNames: list[Annotated[str, Field(max_length=253)]] | None = Field(
+    verbs: list[Annotated[
+        Literal["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "*"],
+        Field(description='One verb, or "*" for any.'),
+    ]] = Field(min_length=1, max_length=9, description='Verbs; "*" any verb.')
+    resourceNames: list[Annotated[str, Field(max_length=253, description="The name of one object.")]] | None = Field(
         default=None,
         max_length=64,
         description="If set, a grant's rule must name only these objects (a rule without names is refused).",
@@ -137,7 +142,8 @@ class Ceilings(_Model):
         default=None, description="Most ephemeral storage one run may be granted (grant.ephemeralStorage)."
     )
     pods: int | None = Field(default=None, ge=1, le=1000, description="Most pods one run may be granted (grant.pods).")
-    gpus: dict[str, Annotated[int, Field(ge=0, le=64)]] | None = Field(
+    gpus: dict[str, Annotated[int, Field(ge=0, le=64, description="The most GPUs of this resource one run may "
+                                         "be granted (0-64).")]] | None = Field(
         default=None,
         max_length=32,
         json_schema_extra=_resource_keys,
@@ -150,7 +156,7 @@ class Ceilings(_Model):
         pattern=DURATION_PATTERN,
         description="Longest grant.duration (Go duration: 4h, 90m); a grant without a duration is refused.",
     )
-    runtimeClassNames: list[Annotated[str, Field(max_length=253)]] | None = Field(
+    runtimeClassNames: list[RuntimeClassName] | None = Field(
         default=None, max_length=16, description="The only RuntimeClasses a grant may name (grant.runtimeClassNames)."
     )
     requiredRuntimeClassName: str | None = Field(
@@ -160,7 +166,10 @@ class Ceilings(_Model):
         "AgentRun's template asks for it.",
     )
     allowAudit: bool = Field(default=False, description="Whether spec.enforcement: audit may be used.")
-    requiredResponse: list[ResponseStep] | None = Field(
+    allowPodToPod: bool = Field(
+        default=False, description="Whether grant.podToPod may be true (traffic among a run's own pods)."
+    )
+    requiredResponse: list[Annotated[ResponseStep, Field(description="isolate, freeze or evict.")]] | None = Field(
         default=None, max_length=3, description="Rungs spec.response must contain (isolate, freeze, evict)."
     )
 
@@ -178,7 +187,7 @@ class Ceilings(_Model):
 class EgressCeiling(_Model):
     """The destinations a grant's egress may name. Omitted or empty lists allow none of that kind."""
 
-    cidrs: list[Annotated[str, Field(max_length=64)]] = Field(
+    cidrs: list[Annotated[str, Field(max_length=64, description="An IPv4 or IPv6 CIDR, such as 10.0.0.0/8.")]] = Field(
         default_factory=list,
         max_length=256,
         json_schema_extra={"x-kubernetes-validations": [
@@ -186,15 +195,16 @@ class EgressCeiling(_Model):
         ]},
         description="A granted cidr must lie inside one of these (IPv4 or IPv6).",
     )
-    hosts: list[Annotated[str, Field(max_length=253, pattern=HOST_PATTERN_PATTERN)]] = Field(
+    hosts: list[Annotated[str, Field(max_length=253, pattern=HOST_PATTERN_PATTERN,
+                                     description='A host name, "*.example.com" or "*".')]] = Field(
         default_factory=list,
         max_length=256,
         description='Host names a grant may name: exact, "*.example.com" for any name below it, or "*" for any.',
     )
-    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+    ports: list[Annotated[int, Field(ge=1, le=65535, description="A port, 1-65535.")]] = Field(
         default_factory=list, max_length=64, description="Ports a grant's egress may use; empty: any port."
     )
-    protocols: list[Literal["TCP", "UDP", "SCTP"]] = Field(
+    protocols: list[Annotated[Literal["TCP", "UDP", "SCTP"], Field(description="TCP, UDP or SCTP.")]] = Field(
         default_factory=list, max_length=3, description="Protocols a grant's egress may use; empty: TCP only."
     )
     dns: bool = Field(default=False, description="Whether grant.dns may be true.")
@@ -205,7 +215,7 @@ class Budget(_Model):
 
     cpu: Quantity | None = Field(default=None, description="Total grant.cpu of the active runs.")
     memory: Quantity | None = Field(default=None, description="Total grant.memory of the active runs.")
-    gpus: dict[str, Annotated[int, Field(ge=0)]] | None = Field(
+    gpus: dict[str, GPUTotal] | None = Field(
         default=None,
         max_length=32,
         json_schema_extra=_resource_keys,
@@ -241,7 +251,7 @@ class Defaults(_Model):
     duration: str | None = Field(
         default=None, max_length=32, pattern=DURATION_PATTERN, description="grant.duration when it is omitted."
     )
-    runtimeClassNames: list[Annotated[str, Field(max_length=253)]] | None = Field(
+    runtimeClassNames: list[RuntimeClassName] | None = Field(
         default=None, max_length=16, description="grant.runtimeClassNames when it is omitted."
     )
     gpuResource: str | None = Field(
@@ -278,6 +288,9 @@ def _policy_spec_schema(schema: dict[str, Any]) -> None:
 
 
 class AgentPolicySpec(_Model):
+    """What a platform admin allows the AgentRuns of the selected namespaces: per-run ceilings, egress, API
+    rules, defaults and budgets across runs."""
+
     model_config = ConfigDict(json_schema_extra=_policy_spec_schema, extra="forbid")
 
     namespaceSelector: LabelSelector = Field(
@@ -313,7 +326,8 @@ class PolicyUsage(_Model):
     model_config = ConfigDict(extra="ignore")
 
     runs: str | None = Field(default=None, description="Active runs against budgets.total.runs, e.g. 2/5.")
-    gpus: dict[str, str] | None = Field(default=None, description="GPUs in use per resource against the budget.")
+    gpus: dict[str, Annotated[str, Field(description="used/limit for one GPU resource, e.g. 2/4.")]] | None = Field(
+        default=None, description="GPUs in use per resource against the budget.")
     gpusTotal: str | None = Field(default=None, description="All GPU resources summed, e.g. 3/8 (printer column).")
     cpu: str | None = Field(default=None, description="CPU granted to active runs against the budget.")
     memory: str | None = Field(default=None, description="Memory granted to active runs against the budget.")
@@ -333,6 +347,8 @@ class PolicyCondition(_Model):
 
 
 class AgentPolicyStatus(_Model):
+    """What the operator reports: whether the policy can be evaluated, and the use of its budgets."""
+
     model_config = ConfigDict(extra="ignore")
 
     observedGeneration: int | None = Field(default=None, description="The generation this status describes.")

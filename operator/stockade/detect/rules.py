@@ -7,12 +7,12 @@ and the time to stamp. The response (what to do about a violation) lives in ``st
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
-from stockade import labels
+from stockade import labels, services
 from stockade.api.models import AgentRunSpec, Grant, Violation
 from stockade.detect.falco import Endpoint, RuntimeEvent, normalise_ip
 from stockade.detect.schema import CONNECTION_KINDS, Signal
@@ -97,14 +97,18 @@ def _private(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 
 def judge_egress(grant: Grant, resolved: Mapping[str, Sequence[str]], address: str, port: int | None,
-                 protocol: str | None, *, dns_addresses: Iterable[str] = ()) -> EgressVerdict:
-    """Whether the grant allows a connection to address:port/protocol (port None: any port)."""
+                 protocol: str | None, *, dns_addresses: Iterable[str] = (),
+                 peers: Collection[str] = ()) -> EgressVerdict:
+    """Whether the grant allows a connection to address:port/protocol (port None: any port); ``peers``:
+    the run's pods the source may reach (stockade.detect.peers, empty without grant.podToPod)."""
     normalised = normalise_ip(address)
     if normalised is None:
         return EgressVerdict(False, f"{address!r} is not an IP address")
     ip = ipaddress.ip_address(normalised)
     if ip.is_loopback:
         return EgressVerdict(True, "loopback stays inside the pod")
+    if grant.podToPod and normalised in peers:
+        return EgressVerdict(True, "another of the run's pods (grant.podToPod)")
     if grant.dns and port == 53 and protocol in (None, "UDP", "TCP"):
         servers = {normalise_ip(a) for a in dns_addresses}
         # Without configured resolver addresses, port 53 to a cluster-internal address is taken for
@@ -141,7 +145,8 @@ def _endpoint_text(end: Endpoint | None) -> str:
 
 
 def judge_runtime(event: RuntimeEvent, grant: Grant, resolved: Mapping[str, Sequence[str]], pod_ips: Iterable[str],
-                  at: str, *, dns_addresses: Iterable[str] = (), source: Source = "runtime") -> Violation | None:
+                  at: str, *, dns_addresses: Iterable[str] = (), source: Source = "runtime",
+                  peers: Collection[str] = ()) -> Violation | None:
     """A runtime event for a run's pod: the rule's meaning, and any outbound connection the grant lacks."""
     own = {normalise_ip(ip) for ip in pod_ips}
     destination = event.destination
@@ -153,7 +158,7 @@ def judge_runtime(event: RuntimeEvent, grant: Grant, resolved: Mapping[str, Sequ
     verdict = None
     if outbound and destination is not None:
         verdict = judge_egress(grant, resolved, destination.ip, destination.port, event.protocol,
-                               dns_addresses=dns_addresses)
+                               dns_addresses=dns_addresses, peers=peers)
     ungranted = verdict is not None and not verdict.granted
     kind = _CATEGORY_KINDS.get(event.category)
     if kind is None:
@@ -184,7 +189,7 @@ def judge_runtime(event: RuntimeEvent, grant: Grant, resolved: Mapping[str, Sequ
 
 # The generic signal ------------------------------------------------------------------------------
 def judge_signal(signal: Signal, grant: Grant, resolved: Mapping[str, Sequence[str]], at: str, *,
-                 dns_addresses: Iterable[str] = ()) -> Violation | None:
+                 dns_addresses: Iterable[str] = (), peers: Collection[str] = ()) -> Violation | None:
     """Another detector's report; a destination in it is judged against the egress grant here."""
     evidence: dict[str, Any] = {"detector": signal.detector}
     if signal.time:
@@ -193,7 +198,8 @@ def judge_signal(signal: Signal, grant: Grant, resolved: Mapping[str, Sequence[s
     severity: Severity = signal.severity
     if signal.destination is not None:
         dest = signal.destination
-        verdict = judge_egress(grant, resolved, dest.ip, dest.port, dest.protocol, dns_addresses=dns_addresses)
+        verdict = judge_egress(grant, resolved, dest.ip, dest.port, dest.protocol, dns_addresses=dns_addresses,
+                               peers=peers)
         evidence["destination"] = {**dest.model_dump(exclude_none=True), "granted": verdict.granted}
         if signal.kind in CONNECTION_KINDS:
             if verdict.granted:
@@ -292,6 +298,8 @@ def judge_object(obj: Mapping[str, Any], spec: AgentRunSpec, run_name: str, at: 
     evidence: dict[str, Any] = {"object": {"kind": kind, "name": name, "uid": meta.get("uid")}}
     if kind == "Service":
         body = obj.get("spec") or {}
+        if not services.exposure(body) and services.granted(spec.grant):
+            return None  # grant.kubernetesAPI names services: a ClusterIP or headless one is the agent's
         exposed = body.get("type") in ("NodePort", "LoadBalancer") or bool(body.get("externalIPs"))
         ports = [f"{p.get('port')}/{p.get('protocol', 'TCP')}" for p in body.get("ports") or []]
         evidence["service"] = {"type": body.get("type", "ClusterIP"), "ports": ports,

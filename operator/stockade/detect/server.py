@@ -40,7 +40,7 @@ from pydantic import ValidationError
 from stockade import confine, k8snames, metrics, respond
 from stockade.admission import certs
 from stockade.api.models import AgentRunSpec, Violation
-from stockade.detect import evidence, falco, rules
+from stockade.detect import evidence, falco, peers, rules
 from stockade.detect.config import DetectSettings
 from stockade.detect.schema import JSONTooDeep, Signal, json_schema, loads_bounded
 from stockade.kube import Kube, KubeError
@@ -69,10 +69,7 @@ def _json(status: int, **body: Any) -> web.Response:
     return web.json_response(body, status=status)
 
 
-def pod_ips(pod: Mapping[str, Any]) -> list[str]:
-    status = pod.get("status") or {}
-    found = [str(ip.get("ip")) for ip in status.get("podIPs") or [] if ip.get("ip")]
-    return found or ([str(status["podIP"])] if status.get("podIP") else [])
+pod_ips = peers.addresses
 
 
 class SignalServer:
@@ -248,7 +245,7 @@ class SignalServer:
         key, body, spec, pod = owner
         status = body.get("status") or {}
         found = rules.judge_runtime(event, spec.grant, status.get("resolvedEgress") or {}, pod_ips(pod), self.now(),
-                                    dns_addresses=self.settings.cluster_dns_addresses)
+                                    dns_addresses=self.settings.cluster_dns_addresses, peers=self._peers(spec, pod))
         return _Judged(key, found, evidence.kept_signal(payload), received, pod)
 
     async def _signal(self, request: web.Request) -> web.Response | _Judged:
@@ -267,10 +264,16 @@ class SignalServer:
         key, body, spec, pod = owner
         status = body.get("status") or {}
         found = rules.judge_signal(signal, spec.grant, status.get("resolvedEgress") or {}, self.now(),
-                                   dns_addresses=self.settings.cluster_dns_addresses)
+                                   dns_addresses=self.settings.cluster_dns_addresses, peers=self._peers(spec, pod))
         return _Judged(key, found, evidence.kept_signal(payload), received, pod)
 
     # Helpers ------------------------------------------------------------------------------------------
+    def _peers(self, spec: AgentRunSpec, pod: Mapping[str, Any]) -> frozenset[str]:
+        namespace = str((pod.get("metadata") or {}).get("namespace") or "")
+        if not spec.grant.podToPod or not namespace:
+            return frozenset()
+        return peers.peer_addresses(spec.grant, pod, self.store.in_namespace(namespace, "Pod"))
+
     async def _body(self, request: web.Request) -> Any:
         """The JSON body, bounded before it is parsed: its size (client_max_size) and its nesting."""
         source = SOURCES.get(request.path, "other")

@@ -121,6 +121,9 @@ def _fence(child: AgentRunSpec, parent: Parent) -> list[PolicyFinding]:
                                      "only destinations within its own egress"))
     if child.grant.dns and not have.dns:
         out.append(PolicyFinding("DelegationExceeded", f"{GRANT}.dns", "DNS asked", label, "no DNS"))
+    if child.grant.podToPod and not have.podToPod:
+        out.append(PolicyFinding("DelegationExceeded", f"{GRANT}.podToPod", "traffic among its pods asked", label,
+                                 "no pod-to-pod traffic"))
     for index, api_rule in enumerate(child.grant.kubernetesAPI):
         missing = rules.uncovered(api_rule, have.kubernetesAPI)
         if missing:

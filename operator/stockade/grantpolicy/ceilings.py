@@ -132,6 +132,9 @@ def _mode(run: AgentRunSpec, spec: AgentPolicySpec, bound: Bound) -> list[Policy
     if run.enforcement == "audit" and not spec.ceilings.allowAudit:
         out.append(_finding("AuditNotAllowed", "spec.enforcement", "audit asked", bound,
                             "enforce only (ceilings.allowAudit is false)"))
+    if run.grant.podToPod and not spec.ceilings.allowPodToPod:
+        out.append(_finding("PodToPodNotAllowed", f"{GRANT}.podToPod", "traffic among the run's pods asked", bound,
+                            "none (ceilings.allowPodToPod is false)"))
     for rung in spec.ceilings.requiredResponse or []:
         if rung not in run.response:
             out.append(_finding("ResponseTooWeak", "spec.response", f"{rung} is missing from {run.response}", bound,
