@@ -195,7 +195,8 @@ def main() -> None:
         log = Path(os.environ.get("TMPDIR", "/tmp")) / f"stockade-bench-{os.getpid()}.log"
         operator = subprocess.Popen(
             [sys.executable, "-m", "stockade.cli", "run", "--liveness", f"http://127.0.0.1:{health}/healthz"],
-            env={**os.environ, "STOCKADE_METRICS_PORT": str(metrics_port), "PYTHONPATH": str(ROOT / "operator")},
+            env={**os.environ, "STOCKADE_METRICS_PORT": str(metrics_port), "PYTHONPATH": str(ROOT / "operator"),
+                 "STOCKADE_WEBHOOK_CONFIGURATION": CONFIGURATION, "STOCKADE_ADMISSION_RECREATE_WEBHOOKS": "false"},
             stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
         wait(lambda: urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1).status == 200,
              60, "the operator")
@@ -230,6 +231,7 @@ def main() -> None:
 
 
 NAMES = {"allowlist.stockade.io", "gpu-visibility.stockade.io"}
+CONFIGURATION = os.environ.get("STOCKADE_WEBHOOK_CONFIGURATION", "stockade-local")  # the local operator's
 HANDLERS = {"allowlist", "gpu-visibility"}
 
 
@@ -249,28 +251,35 @@ def measure(kube: Kube, namespace: str, args: argparse.Namespace, metrics_port: 
                    diff(buckets(mine_after, metric, HANDLERS), buckets(mine_before, metric, HANDLERS)))
 
 
+def _plain(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    meta = {"name": name, "labels": obj["metadata"].get("labels") or {}}
+    return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": meta, "webhooks": obj["webhooks"]}
+
+
 @contextlib.contextmanager
 def floor_webhook() -> Iterator[None]:
-    """Point both Stockade webhooks at a trivial server for a while, then put them back."""
+    """Stockade's webhooks replaced by the same webhooks pointing at a trivial server for a while, then put back.
+    The operator started here does not re-create its deleted configurations (STOCKADE_ADMISSION_RECREATE_WEBHOOKS
+    =false; it would restore a changed one at once, which is why they are replaced, not edited)."""
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="stockade-floor-"))
     server = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, str(port), str(workdir), str(ROOT / "operator")])
-    saved = {kind: json.loads(kubectl("get", kind, "stockade", "-o", "json"))
+    saved = {kind: json.loads(kubectl("get", kind, CONFIGURATION, "-o", "json"))
              for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration")}
     try:
         wait(lambda: (workdir / "ca.crt").exists() and _listening(port), 30, "the floor webhook")
         bundle = base64.b64encode((workdir / "ca.crt").read_bytes()).decode()
         for kind, obj in saved.items():
-            ops = [{"op": "replace", "path": f"/webhooks/{i}/clientConfig",
-                    "value": {"url": f"https://127.0.0.1:{port}/floor", "caBundle": bundle}}
-                   for i in range(len(obj["webhooks"]))]
-            kubectl("patch", kind, "stockade", "--type=json", "-p", json.dumps(ops))
+            floor = _plain(obj, f"{CONFIGURATION}-floor")
+            for hook in floor["webhooks"]:
+                hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}/floor", "caBundle": bundle}
+            kubectl("delete", kind, CONFIGURATION)
+            kubectl("create", "-f", "-", stdin=json.dumps(floor))
         yield
     finally:
         for kind, obj in saved.items():
-            ops = [{"op": "replace", "path": f"/webhooks/{i}/clientConfig", "value": hook["clientConfig"]}
-                   for i, hook in enumerate(obj["webhooks"])]
-            kubectl("patch", kind, "stockade", "--type=json", "-p", json.dumps(ops))
+            kubectl("delete", kind, f"{CONFIGURATION}-floor", "--ignore-not-found")
+            kubectl("create", "-f", "-", stdin=json.dumps(_plain(obj, CONFIGURATION)))
         server.terminate()
         server.wait(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -89,11 +89,8 @@ FULLNAME = "__STOCKADE_FULLNAME__"
 def admission_policies() -> str:
     """vap.manifests() for the chart: names prefixed by the release's full name instead of "stockade"."""
     # The placeholder stands for the chart's ServiceAccount: it is the identity held to run namespaces.
-    objects = vap.manifests([OPERATOR_USER], [OPERATOR_NAMESPACE], [EXEMPT_GROUP], confined=[OPERATOR_USER])
-    for obj in objects:
-        obj["metadata"]["name"] = obj["metadata"]["name"].replace("stockade-", f"{FULLNAME}-", 1)
-        if obj["kind"] == "ValidatingAdmissionPolicyBinding":
-            obj["spec"]["policyName"] = obj["spec"]["policyName"].replace("stockade-", f"{FULLNAME}-", 1)
+    objects = vap.manifests([OPERATOR_USER], [OPERATOR_NAMESPACE], [EXEMPT_GROUP], confined=[OPERATOR_USER],
+                            prefix=FULLNAME)
     return json.dumps({"_comment": "Generated from operator/stockade/admission/vap.py by `make manifests`. "
                        "Do not edit by hand.", "objects": objects}, indent=1) + "\n"
 

@@ -19,7 +19,10 @@ from stockade.cli_common import OUTPUT, Output, console, fail, print_json
 CRDS = ("agentruns.stockade.io", "agentpolicies.stockade.io")
 WEBHOOK_KINDS = ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration")
 POLICY_SELECTOR = "app.kubernetes.io/name=stockade"
+REQUIRED_POLICIES = ("baseline", "run-namespace", "grant")  # operator-confinement: only for a ServiceAccount
 TIMEOUT = 2.0
+STOCKADE_WEBHOOKS = {"allowlist.stockade.io", "gpu-visibility.stockade.io"}
+DEFAULT_NAME = "stockade-local"  # the local operator's (AdmissionSettings.webhook_configuration)
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,8 @@ def webhook_checks(name: str, found: Mapping[str, Mapping[str, Any] | None],
         config = found.get(kind)
         label = f"{kind} {name}"
         if config is None:
-            checks.append(Check(label, False, "missing: admission is not enforced (restart the operator)"))
+            checks.append(Check(label, False, "missing: admission is not enforced (a running local operator "
+                                  "restores it within seconds; under the chart: helm upgrade)"))
             continue
         hooks = config.get("webhooks") or []
         if not hooks:
@@ -66,14 +70,42 @@ def webhook_checks(name: str, found: Mapping[str, Mapping[str, Any] | None],
     return checks
 
 
-def policy_checks(policies: Sequence[Mapping[str, Any]], bindings: Sequence[Mapping[str, Any]]) -> list[Check]:
+def policy_checks(policies: Sequence[Mapping[str, Any]], bindings: Sequence[Mapping[str, Any]],
+                  prefixes: Sequence[str] = ()) -> list[Check]:
+    """Every policy found bound, and each installation's own (``prefixes``: the configurations' names, which
+    start their policies' names) present."""
     if not policies:
         return [Check("ValidatingAdmissionPolicies", False, "none found (label " + POLICY_SELECTOR + "): nothing "
                       "holds the fence while the operator is down")]
+    names = {str(p["metadata"]["name"]) for p in policies}
+    missing = sorted(f"{prefix}-{suffix}" for prefix in prefixes for suffix in REQUIRED_POLICIES
+                     if f"{prefix}-{suffix}" not in names)
     bound = {str((b.get("spec") or {}).get("policyName")) for b in bindings}
-    unbound = sorted(str(p["metadata"]["name"]) for p in policies if p["metadata"]["name"] not in bound)
-    return [Check("ValidatingAdmissionPolicies", not unbound,
-                  f"not bound: {', '.join(unbound)}" if unbound else f"{len(policies)} present and bound")]
+    unbound = sorted(name for name in names if name not in bound)
+    problems = ([f"missing: {', '.join(missing)}"] if missing else []) + \
+        ([f"not bound: {', '.join(unbound)}"] if unbound else [])
+    return [Check("ValidatingAdmissionPolicies", not problems,
+                  "; ".join(problems) if problems else f"{len(policies)} present and bound")]
+
+
+def admission_ready_check(agentruns: Sequence[Mapping[str, Any]]) -> Check:
+    """What the operator itself says on the AgentRuns (AdmissionReady): it watches its admission objects."""
+    broken = [run for run in agentruns if any(
+        c.get("type") == "AdmissionReady" and c.get("status") == "False"
+        for c in (run.get("status") or {}).get("conditions") or [])]
+    if not broken:
+        return Check("AdmissionReady on AgentRuns", True, f"{len(agentruns)} AgentRuns, none says admission is "
+                     "missing" if agentruns else "no AgentRuns")
+    first = broken[0]
+    message = next(c.get("message") for c in first["status"]["conditions"] if c.get("type") == "AdmissionReady")
+    return Check("AdmissionReady on AgentRuns", False, f"{len(broken)} AgentRuns say: {message}")
+
+
+def discovered(configurations: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Names of the webhook configurations (validating or mutating: one of the pair may be gone) that hold
+    Stockade's webhooks: the local operator's, a chart's."""
+    return sorted({str(c["metadata"]["name"]) for c in configurations
+                   if any(str(h.get("name")) in STOCKADE_WEBHOOKS for h in c.get("webhooks") or [])})
 
 
 def _connect(host: str, port: int) -> str | None:
@@ -148,18 +180,29 @@ class _Cluster:
         return None if ready else f"Service {namespace}/{name} has no ready endpoints"
 
 
-def run_checks(liveness: str, configuration: str, dns_servers: Sequence[str]) -> list[Check]:
+def run_checks(liveness: str, configuration: str | None, dns_servers: Sequence[str]) -> list[Check]:
+    """``configuration`` None: every installation found (the local operator's and a chart's may both be there)."""
+    from stockade.kube import KubeError
+
     cluster = _Cluster()
     base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
     checks = crd_checks({name: cluster.get(base + name) for name in CRDS})
     checks.append(liveness_check(liveness))
     admission = "/apis/admissionregistration.k8s.io/v1/"
-    configs = {kind: cluster.get(f"{admission}{kind.lower()}s/{configuration}") for kind in WEBHOOK_KINDS}
-    checks += webhook_checks(configuration, configs, cluster.reach)
+    found = [c for kind in WEBHOOK_KINDS for c in (cluster.get(f"{admission}{kind.lower()}s") or {}).get("items") or []]
+    names = [configuration] if configuration else discovered(found) or [DEFAULT_NAME]
+    for name in names:
+        configs = {kind: cluster.get(f"{admission}{kind.lower()}s/{name}") for kind in WEBHOOK_KINDS}
+        checks += webhook_checks(name, configs, cluster.reach)
     selector = [("labelSelector", POLICY_SELECTOR)]
     policies = (cluster.get(admission + "validatingadmissionpolicies", selector) or {}).get("items") or []
     bindings = (cluster.get(admission + "validatingadmissionpolicybindings", selector) or {}).get("items") or []
-    checks += policy_checks(policies, bindings)
+    checks += policy_checks(policies, bindings, names)
+    try:
+        runs = (cluster.get("/apis/stockade.io/v1alpha1/agentruns") or {}).get("items") or []
+        checks.append(admission_ready_check(runs))
+    except KubeError as err:  # a user who may not list every namespace's AgentRuns
+        checks.append(Check("AdmissionReady on AgentRuns", False, f"could not list AgentRuns: {err}"))
     checks.append(dns_check(dns_servers))
     return checks
 
@@ -168,21 +211,26 @@ def doctor(
     liveness: str = typer.Option("http://127.0.0.1:8081/healthz", help="The operator's liveness URL (in a "
                                  "cluster: kubectl port-forward to the operator's port 8081 first)."),
     webhook_configuration: str | None = typer.Option(
-        None, help="Name of the webhook configurations (default: STOCKADE_WEBHOOK_CONFIGURATION, else stockade)."),
+        None, help="Name of the webhook configurations (default: STOCKADE_WEBHOOK_CONFIGURATION, else every "
+        "installation found: the local operator's stockade-local, a chart's release name)."),
     dns_server: list[str] = typer.Option(  # noqa: B008
         [], "--dns-server", help="host:port of a resolver for host grants (repeatable; default: "
         "STOCKADE_DNS_SERVERS, else the system resolver)."),
     output: Output = OUTPUT,
 ) -> None:
     """Check the fence machinery: CRDs Established, the operator live, its webhook configurations present with
-    live endpoints, the admission policies present and bound, the DNS resolver answering. Exit 1 on a failure."""
+    live endpoints, the admission policies present and bound, no AgentRun saying AdmissionReady=False, the DNS
+    resolver answering. Exit 1 on a failure."""
+    import os
+
     from kubernetes.config import ConfigException
 
     from stockade.admission.config import AdmissionSettings
     from stockade.kube import KubeError
     from stockade.settings import Settings
 
-    name = webhook_configuration or AdmissionSettings().webhook_configuration
+    name = webhook_configuration or (AdmissionSettings().webhook_configuration
+                                     if os.environ.get("STOCKADE_WEBHOOK_CONFIGURATION") else None)
     try:
         checks = run_checks(liveness, name, dns_server or Settings().dns_servers)
     except (KubeError, ConfigException) as err:

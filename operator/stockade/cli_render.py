@@ -23,7 +23,7 @@ STATE_STYLE = {"present": ("✓", "green"), "missing": ("✗", "bold red"), "rev
 SEVERITY_STYLE = {"low": "dim", "medium": "yellow", "high": "red", "critical": "bold red"}
 # Conditions shown in the header, and the status that is bad news for each.
 HEADER_CONDITIONS = (("Ready", "False"), ("Stalled", "True"), ("Quarantined", "True"), ("Admitted", "False"),
-                     ("PolicyCompliant", "False"), ("EgressResolved", "False"))
+                     ("PolicyCompliant", "False"), ("EgressResolved", "False"), ("AdmissionReady", "False"))
 
 
 def duration(seconds: int | None) -> str:

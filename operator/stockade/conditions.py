@@ -2,8 +2,13 @@
 
 Conditions follow the Kubernetes conventions (and kstatus, so Flux and Argo CD read health):
 ``Ready``, ``GuardrailsReady``, ``Reconciling``, ``Stalled`` and ``Quarantined``, each with the
-generation it was computed for; ``Admitted``, ``PolicyCompliant`` and ``EgressResolved`` once known.
-A condition keeps its ``lastTransitionTime`` until its status flips.
+generation it was computed for; ``Admitted``, ``PolicyCompliant``, ``EgressResolved`` and ``AdmissionReady``
+once known. A condition keeps its ``lastTransitionTime`` until its status flips.
+
+``AdmissionReady`` says whether the operator's webhook configurations and admission policies are whole
+(:mod:`stockade.admission.health`). While they are not, a running run is ``Ready=False`` with the same
+reason (``AdmissionMissing`` or ``AdmissionChanged``): its fence holds, but what admission refuses in its
+run namespace (a Role, a privileged pod) gets in until they are back. The phase stays ``Running``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class Observed:
     compliance: tuple[bool, str, str] | None = None  # PolicyCompliant (ok, reason, message)
     stopped: tuple[str, str] | None = None  # (reason, message): ended by the operator (a narrowed policy)
     egress: tuple[bool, str, str] | None = None  # EgressResolved (ok, reason, message); see egress_status.py
+    admission_ready: tuple[bool, str, str] | None = None  # AdmissionReady (ok, reason, message); None: not known
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -72,6 +78,8 @@ def _policy_conditions(obs: Observed) -> list[dict[str, Any]]:
         found.append(_cond("Admitted", *obs.admission, obs.generation))
     if obs.compliance is not None:
         found.append(_cond("PolicyCompliant", *obs.compliance, obs.generation))
+    if obs.admission_ready is not None:
+        found.append(_cond("AdmissionReady", *obs.admission_ready, obs.generation))
     return found
 
 
@@ -140,6 +148,8 @@ def _run_conditions(obs: Observed) -> list[dict[str, Any]]:
         ready = _cond("Ready", True, "Succeeded", "the agent's workload completed", gen)
     elif not obs.guardrails_ready:
         ready = _cond("Ready", False, "GuardrailsPending", obs.guardrails_message or "building the fence", gen)
+    elif phase == "Running" and obs.admission_ready is not None and not obs.admission_ready[0]:
+        ready = _cond("Ready", False, obs.admission_ready[1], obs.admission_ready[2], gen)
     elif phase == "Running":
         ready = _cond("Ready", True, "Running", "the agent is running inside its fence", gen)
     else:

@@ -231,6 +231,11 @@ def _conditions(status: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{k: c.get(k) for k in keep} for c in status.get("conditions") or []]
 
 
+def _admission_ready(status: Mapping[str, Any]) -> bool | None:
+    found = next((c for c in status.get("conditions") or [] if c.get("type") == "AdmissionReady"), None)
+    return None if found is None or found.get("status") == "Unknown" else found.get("status") == "True"
+
+
 def _violations(status: Mapping[str, Any], last: int) -> list[dict[str, Any]]:
     keep = ("time", "lastTime", "count", "kind", "severity", "source", "pod", "action", "detail")
     recorded = status.get("violations") or []  # the responder appends: oldest first
@@ -271,6 +276,8 @@ def build_report(agentrun: Mapping[str, Any], fence: Fence, now: datetime.dateti
         "expiresInSeconds": _seconds(now, expires),
         "specError": spec_error,
         "conditions": _conditions(status),
+        # The operator's webhook configurations and admission policies whole (AdmissionReady; None: not said).
+        "admissionReady": _admission_ready(status),
         "grant": _grant(spec, agentrun, resolved),
         "refusals": _refusals(status.get("conditions") or []),
         "guardrails": guardrails,

@@ -26,6 +26,12 @@ REFUSALS = Counter("stockade_template_refusals_total", "Templates refused for as
 # namespace: the AgentRun's (the team's) namespace, bounded by the teams; never the run or pod name.
 VIOLATIONS = Counter("stockade_violations_total", "Violations recorded, by the AgentRun's namespace",
                      ["namespace", "kind", "source", "action"])
+# The operator's webhook configurations and admission policies (stockade.admission.guard).
+ADMISSION_READY = Gauge("stockade_admission_ready", "1 while a webhook configuration or admission policy is as the "
+                        "operator wants it, 0 while it is missing or changed", ["kind", "name"])
+ADMISSION_RESTORED = Counter("stockade_admission_restored_total",
+                             "Webhook configurations and admission policies found missing or changed and restored",
+                             ["kind"])
 BUILD_INFO = Gauge("stockade_build_info", "The operator's version (always 1)", ["version"])
 BUILD_INFO.labels(version=__version__).set(1)
 

@@ -14,7 +14,7 @@ Notes on the verbs:
   the Role's name, so they are limited to it (``labels.ROLE``).
 * The webhook configurations exist before the operator starts (the chart makes them empty), so applying
   them is a PATCH on a known name. The chart ships the ValidatingAdmissionPolicies itself and tells the
-  operator not to (STOCKADE_ADMISSION_MANAGE_POLICY=false): no permission on policies.
+  operator not to (STOCKADE_ADMISSION_MANAGE_POLICY=false): it only watches them (stockade.admission.guard).
 """
 
 from __future__ import annotations
@@ -128,6 +128,14 @@ PERMISSIONS: tuple[Permission, ...] = (
                ("stockade.handlers:emit_event", "kopf._cogs.clients.events:post_event",
                 "stockade.events:EventPoster.post", "stockade.admission.record:Recorder._post_event")),
     Permission("", "events", ("list",), ("stockade.respond:Responder._pod_events",)),
+    # Admission kept whole: the webhook configurations and admission policies are watched (by name, from a
+    # cluster-wide watch: RBAC cannot select a list by name), so one deleted or changed is reported on every
+    # AgentRun; the operator restores the configurations (patch, below) and never re-creates one the chart
+    # made: no create, so a fail-closed webhook cannot outlive `helm uninstall`.
+    *(Permission("admissionregistration.k8s.io", resource, ("list", "watch"),
+                 ("stockade.watch:KindWatch.run", "stockade.admission.guard:AdmissionGuard.start"))
+      for resource in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations",
+                       "validatingadmissionpolicies", "validatingadmissionpolicybindings")),
     # Admission: the operator fills in the webhook configurations the chart made empty.
     Permission("admissionregistration.k8s.io", "validatingwebhookconfigurations", ("patch",),
                ("stockade.admission.webhook:apply",), names=(RELEASE,), feature="webhook.enabled"),

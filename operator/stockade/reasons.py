@@ -153,13 +153,26 @@ REASONS: tuple[Reason, ...] = (
     Reason("NoHostsGranted", ("EgressResolved=True",), "grant.egress names no host (CIDRs need no lookup).",
            "Nothing."),
     # Stockade's own admission --------------------------------------------------------------------------------
-    Reason("AdmissionMissing", ("AdmissionReady=False", EVENT_WARNING),
-           "A webhook configuration or ValidatingAdmissionPolicy of the operator is missing or changed, so "
-           "requests in run namespaces may pass unchecked; the operator restores it.",
-           "If it stays, `stockade doctor` names the missing piece; find who removed it (an uninstall of "
-           "another Stockade release?)."),
-    Reason("AdmissionRestored", ("AdmissionReady=True", EVENT_WARNING),
-           "The operator restored its webhook configurations and admission policies.",
+    Reason("AdmissionInPlace", ("AdmissionReady=True",),
+           "Every webhook configuration and ValidatingAdmissionPolicy of the operator is present and as it applied "
+           "them (under the chart: as the chart ships them).", "Nothing."),
+    Reason("AdmissionMissing", ("AdmissionReady=False", "Ready=False", "Reconciling=True", EVENT_WARNING),
+           "A webhook configuration or ValidatingAdmissionPolicy (or binding) of the operator was deleted, so "
+           "requests in run namespaces may pass unchecked (a Role, a privileged pod); the message names each. The "
+           "local operator re-creates it at once; under the chart the operator never re-creates a configuration "
+           "(no fail-closed webhook may outlive helm uninstall) and only reports the policies the chart ships. "
+           "Ready=False only while the run is running; its phase stays Running.",
+           "Under the chart: `helm upgrade` makes them again. Then find who removed them (an uninstall of another "
+           "Stockade release?) and check the run namespaces for objects created meanwhile."),
+    Reason("AdmissionChanged", ("AdmissionReady=False", "Ready=False", "Reconciling=True", EVENT_WARNING),
+           "A field the operator set in one of its webhook configurations or admission policies was changed (a "
+           "failurePolicy turned to Ignore, a namespaceSelector widened); the message names the fields. The "
+           "operator applies it again at once, except the policies the chart ships (reported only).",
+           "Find who changed it (its managedFields, the audit log); under the chart `helm upgrade` restores a "
+           "shipped policy."),
+    Reason("AdmissionRestored", (EVENT_NORMAL,),
+           "The operator's webhook configurations and admission policies are whole again (the message names what "
+           "came back).",
            "Find who removed or changed them; check the run namespaces for objects created meanwhile."),
     # The AgentPolicy -----------------------------------------------------------------------------------------
     Reason("Evaluable", (POLICY + "Ready=True",), "The policy bounds the AgentRuns of the namespaces it selects.",

@@ -9,6 +9,7 @@ and a trigger that arrives meanwhile makes it run once more.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 import time
@@ -73,6 +74,7 @@ class Reconciler(FailureHandling):
         self.budget = BudgetGate(store, lambda *args: self.emit(*args), self.trigger_soon,  # noqa: PLW0108
                                  lambda key, body: run_namespaces.owned(store, key, body))
         self.extensions: list[Callable[[RunKey, dict[str, Any], AgentRunSpec], Awaitable[None]]] = []
+        self.admission_state: Callable[[], tuple[bool, str, str] | None] = lambda: None  # see admission.guard
 
     # Triggers ------------------------------------------------------------------------------------
     async def trigger(self, key: RunKey) -> None:
@@ -92,8 +94,7 @@ class Reconciler(FailureHandling):
         if old is not None:
             old.cancel()
         if delay is not None:
-            loop = asyncio.get_running_loop()
-            self._timers[key] = loop.call_later(max(delay, 0.05), self.trigger_soon, key)
+            self._timers[key] = asyncio.get_running_loop().call_later(max(delay, 0.05), self.trigger_soon, key)
 
     @audit.reconcile_pass  # the pass's id in every log line; FenceComplete once a generation's fence is up
     async def _reconcile_safely(self, key: RunKey) -> None:
@@ -314,6 +315,7 @@ class Reconciler(FailureHandling):
         self, key: RunKey, body: Mapping[str, Any], observed: Observed, extra: Mapping[str, Any] | None = None
     ) -> None:
         old = body.get("status") or {}
+        observed = dataclasses.replace(observed, admission_ready=self.admission_state())
         phase = compute_phase(observed)
         self.budget.note_phase(key, phase)  # a terminal run releases its budget share at once
         now = stamp(utcnow())
@@ -324,10 +326,8 @@ class Reconciler(FailureHandling):
             "conditions": merge_conditions(old.get("conditions") or [], compute_conditions(observed), now),
             **(extra or {}),
         }
-        if observed.invalid or observed.refusals:
-            reason = observed.invalid.partition(": ")[0] if observed.invalid else "TemplateExceedsGrant"
-            if observed.invalid:
-                self._warn_once(key, body, reason, observed.invalid.partition(": ")[2])
+        if observed.invalid:
+            self._warn_once(key, body, *observed.invalid.partition(": ")[::2])
         self._phases.note(key, phase)
         if not status_changed(old, new):
             return

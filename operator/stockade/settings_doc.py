@@ -41,13 +41,19 @@ DESCRIPTIONS: dict[str, str] = {
     "webhook_cert_dir": "Directory of tls.crt, tls.key and ca.crt for the webhook (missing ones are generated); "
                         "unset: a fresh directory each start.",
     "webhook_timeout_seconds": "timeoutSeconds of every webhook.",
-    "webhook_configuration": "Name of the validating and mutating webhook configurations.",
+    "webhook_configuration": "Name of the validating and mutating webhook configurations, and the prefix of every "
+                             "admission policy and binding (the chart: its full name).",
     "operator_usernames": "The operator's own identities (JSON list), exempt from admission; empty: asked from "
                           "the API server at start (SelfSubjectReview).",
     "admission_exempt_groups": "Break-glass groups (JSON list) whose members admission lets through like the "
                                "operator; the fence they change is still restored and recorded.",
-    "admission_manage_policy": "Apply the ValidatingAdmissionPolicies at start (false when the chart ships them).",
-    "admission_manage_webhooks": "Apply the webhook configurations at start.",
+    "admission_manage_policy": "Apply the ValidatingAdmissionPolicies at start and restore them when missing or "
+                               "changed (false when the chart ships them).",
+    "admission_manage_webhooks": "Apply the webhook configurations at start (and restore them when changed).",
+    "admission_watch_policy": "Watch the admission policies and report them on every AgentRun (AdmissionReady) "
+                              "when missing or changed; false when the chart ships none.",
+    "admission_recreate_webhooks": "Re-create a deleted webhook configuration (false under the chart, which owns "
+                                   "them: a deleted one is reported, not re-created).",
     "admission_violations_kept": "Admission violations kept in an AgentRun's status (older ones stay in Events "
                                  "and metrics).",
     "admission_switch_interval_seconds": "sys.setswitchinterval for the operator's process (webhook latency).",

@@ -122,6 +122,7 @@ def test_every_call_site_exists(site: str) -> None:
 def test_watches_match_the_kopf_handlers() -> None:
     import kopf
 
+    import stockade.admission.guard
     import stockade.handlers  # registers every handler, admission's and detection's too
     import stockade.watch
 
@@ -130,6 +131,7 @@ def test_watches_match_the_kopf_handlers() -> None:
     assert all(s is not None for s in selectors), "a handler watches every resource: rbac.py cannot cover that"
     watched = {(s.group or "", s.plural or s.any_name) for s in selectors if s is not None}
     watched |= {kind.resource for kind in stockade.watch.KINDS}  # the operator's own watch layer
+    watched |= {kind.resource for kind in stockade.admission.guard.KINDS}  # and its admission objects
     listable = {(p.group, p.resource) for p in PERMISSIONS if {"list", "watch"} <= set(p.verbs)}
     assert not watched - listable, f"handlers watch what rbac.py cannot list/watch: {sorted(watched - listable)}"
     unused = listable - watched - FRAMEWORK_WATCHES

@@ -185,6 +185,22 @@
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["list"]
+# stockade.watch:KindWatch.run, stockade.admission.guard:AdmissionGuard.start
+- apiGroups: ["admissionregistration.k8s.io"]
+  resources: ["validatingwebhookconfigurations"]
+  verbs: ["list", "watch"]
+# stockade.watch:KindWatch.run, stockade.admission.guard:AdmissionGuard.start
+- apiGroups: ["admissionregistration.k8s.io"]
+  resources: ["mutatingwebhookconfigurations"]
+  verbs: ["list", "watch"]
+# stockade.watch:KindWatch.run, stockade.admission.guard:AdmissionGuard.start
+- apiGroups: ["admissionregistration.k8s.io"]
+  resources: ["validatingadmissionpolicies"]
+  verbs: ["list", "watch"]
+# stockade.watch:KindWatch.run, stockade.admission.guard:AdmissionGuard.start
+- apiGroups: ["admissionregistration.k8s.io"]
+  resources: ["validatingadmissionpolicybindings"]
+  verbs: ["list", "watch"]
 {{- if .Values.webhook.enabled }}
 # stockade.admission.webhook:apply
 - apiGroups: ["admissionregistration.k8s.io"]

@@ -21,8 +21,10 @@ class AdmissionSettings(BaseSettings):
     # (a self-signed CA and a serving certificate); unset: a fresh directory for each start.
     webhook_cert_dir: str | None = None
     webhook_timeout_seconds: int = Field(default=5, ge=1, le=30)
-    # The name of both webhook configurations (a chart names them after its release and creates them empty).
-    webhook_configuration: str = "stockade"
+    # The name of both webhook configurations (a chart names them after its release and creates them empty),
+    # and the start of every admission policy's and binding's name (<name>-baseline, ...). The local
+    # operator's default is not a chart's name: `helm uninstall` never removes what `make run` applied.
+    webhook_configuration: str = "stockade-local"
     # The operator's own identities: never refused, never sent to the webhook. Empty: asked from
     # the API server at startup (SelfSubjectReview), which is right both in-cluster and locally.
     operator_usernames: list[str] = Field(default_factory=list)
@@ -33,6 +35,12 @@ class AdmissionSettings(BaseSettings):
     # ships the policies itself sets STOCKADE_ADMISSION_MANAGE_POLICY=false.
     admission_manage_policy: bool = True
     admission_manage_webhooks: bool = True
+    # Watch the admission policies and report them on every AgentRun when missing or changed (the chart sets
+    # admissionPolicy.enabled). Policies the operator applies are also restored; shipped ones only reported.
+    admission_watch_policy: bool = True
+    # Re-create a deleted webhook configuration. The chart sets false: it owns them (helm uninstall removes
+    # them with the operator, and no fail-closed webhook may outlive it), so one deleted is reported only.
+    admission_recreate_webhooks: bool = True
     # Violations kept in an AgentRun's status (the newest; older ones stay in Events and metrics).
     admission_violations_kept: int = Field(default=20, ge=1, le=200)
     # sys.setswitchinterval for the operator's process (see handlers.admission_startup).

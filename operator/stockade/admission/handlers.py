@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 
 import stockade.admission.grant_policy  # noqa: F401  (registers the AgentRun policy webhook and its watches)
-from stockade.admission import agentrun_mutate, certs, podidentity, policy, vap, webhook
+from stockade.admission import agentrun_mutate, certs, guard, health, podidentity, policy, vap, webhook
 from stockade.admission.config import AdmissionSettings
 from stockade.admission.metrics import REQUESTS, SECONDS
 from stockade.admission.pending import Pending
@@ -38,6 +38,7 @@ class _State:
     exempt_groups: frozenset[str] = frozenset()
     cert_dir: tempfile.TemporaryDirectory[str] | None = None
     recorder: Recorder | None = None
+    guard: guard.AdmissionGuard | None = None
     pending = Pending()
     # Read and written on the webhook's thread only.
     specs: dict[tuple[str, str], tuple[Any, AgentRunSpec]] = {}  # (ns, name) -> (generation, parsed spec)
@@ -85,6 +86,19 @@ async def admission_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
                            webhook.POLICY_DEFAULTS_ID)}
     users = sorted(STATE.usernames)
     groups = sorted(STATE.exempt_groups)
+    name = config.webhook_configuration
+    # Policies and bindings named after the configurations (<name>-baseline, ...): the chart's full name, or
+    # the local operator's own, so that neither's uninstall removes the other's.
+    policies = vap.manifests(users, excluded, groups, prefix=name)
+    webhooks = [webhook.validating(clients, users, excluded, timeout=config.webhook_timeout_seconds, name=name,
+                                   exempt_groups=groups),
+                webhook.mutating(clients, users, excluded, timeout=config.webhook_timeout_seconds, name=name,
+                                 exempt_groups=groups)] if config.admission_manage_webhooks else []
+    watched = [*(policies if config.admission_manage_policy or config.admission_watch_policy else []), *webhooks]
+    owners = {health.key_of(obj): health.OPERATOR if config.admission_manage_policy else health.SHIPPED
+              for obj in policies}
+    owners |= {health.key_of(obj): health.OPERATOR if config.admission_recreate_webhooks else health.FILLED
+               for obj in webhooks}
 
     async def own_admission(active: bool) -> None:
         """The active replica owns the configurations: it writes them when it starts or takes over, so a
@@ -92,16 +106,27 @@ async def admission_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         if not active:
             return
         if config.admission_manage_policy:
-            await webhook.apply(kube, vap.manifests(users, excluded, groups))
-        if config.admission_manage_webhooks:
-            timeout = config.webhook_timeout_seconds
-            name = config.webhook_configuration
-            await webhook.apply(kube, [
-                webhook.validating(clients, users, excluded, timeout=timeout, name=name, exempt_groups=groups),
-                webhook.mutating(clients, users, excluded, timeout=timeout, name=name, exempt_groups=groups)])
+            await webhook.apply(kube, policies)
+        if webhooks:
+            await webhook.apply(kube, webhooks)
+        if STATE.guard is not None:
+            STATE.guard.wake()
 
     await own_admission(RUNTIME.leadership.active)
     RUNTIME.leadership.on_change(own_admission)
+    # Watched from now on: what goes missing or changes is restored (what the operator may) and reported.
+    reconciler = RUNTIME.reconciler
+
+    def trigger_runs() -> None:
+        for key in list(RUNTIME.store.agentruns):
+            reconciler.trigger_soon(key)
+
+    STATE.guard = guard.AdmissionGuard(kube, RUNTIME.store, lambda *args: reconciler.emit(*args),  # noqa: PLW0108 (replaced later)
+                                       trigger_runs,
+                                       lambda: RUNTIME.leadership.active)
+    STATE.guard.want(watched, owners)
+    reconciler.admission_state = STATE.guard.condition
+    await STATE.guard.start()
     # The webhook's thread waits for the interpreter lock while the main loop handles watch
     # events; a shorter switch interval (default 5 ms) bounds each of those waits.
     sys.setswitchinterval(config.admission_switch_interval_seconds)
@@ -251,3 +276,9 @@ async def _may_release(req: policy.Request, uid: str, extra: Any) -> bool:
         log.warning("could not check whether %s may release %s/%s: %s", req.username, req.namespace, req.name, err)
         return False
     return bool((answer.get("status") or {}).get("allowed"))
+
+
+@kopf.on.cleanup()
+async def admission_cleanup(**_: Any) -> None:
+    if STATE.guard is not None:
+        await STATE.guard.stop()

@@ -273,11 +273,14 @@ def binding(name: str, policy: str, actions: list[str], selector: dict[str, Any]
 
 
 def manifests(usernames: Sequence[str], excluded: Sequence[str] = (),
-              exempt_groups: Sequence[str] = (), confined: Sequence[str] | None = None) -> list[dict[str, Any]]:
+              exempt_groups: Sequence[str] = (), confined: Sequence[str] | None = None,
+              prefix: str = "stockade") -> list[dict[str, Any]]:
     """Every policy and binding, policies first (a binding to a missing policy does nothing).
 
     ``confined``: the identities held to run namespaces; by default the operator's ServiceAccounts
-    (a person running the operator with their own credentials, as `make run` does, is not confined)."""
+    (a person running the operator with their own credentials, as `make run` does, is not confined).
+    ``prefix`` starts every name (``<prefix>-baseline``, ...): the chart's release full name, or the
+    local operator's own, so that two installations never share (and never delete) each other's policies."""
     if not usernames:
         raise ValueError("the operator's username is needed, or the policies would refuse the operator itself")
     if confined is None:
@@ -290,7 +293,7 @@ def manifests(usernames: Sequence[str], excluded: Sequence[str] = (),
                                      {"key": ENFORCEMENT, "operator": "NotIn", "values": ["audit"]}]}
     audited = {"matchExpressions": [*run["matchExpressions"],
                                     {"key": ENFORCEMENT, "operator": "In", "values": ["audit"]}]}
-    return [
+    objects = [
         baseline_policy(usernames, excluded, exempt_groups),
         run_namespace_policy(usernames, excluded, exempt_groups),
         grant_policy(usernames, excluded, exempt_groups),
@@ -301,6 +304,16 @@ def manifests(usernames: Sequence[str], excluded: Sequence[str] = (),
         binding("stockade-grant-audit", "stockade-grant", ["Warn", "Audit"], audited),
         *confinement[1:],
     ]
+    for obj in objects:
+        obj["metadata"]["name"] = obj["metadata"]["name"].replace("stockade-", f"{prefix}-", 1)
+        if obj["kind"] == "ValidatingAdmissionPolicyBinding":
+            obj["spec"]["policyName"] = obj["spec"]["policyName"].replace("stockade-", f"{prefix}-", 1)
+    return objects
+
+
+# The names of manifests() after the prefix: what the operator's RBAC names (operator/stockade/rbac.py).
+POLICY_SUFFIXES = ("baseline", "run-namespace", "grant", "operator-confinement")
+BINDING_SUFFIXES = (*POLICY_SUFFIXES, "grant-audit")
 
 
 class _NoAliases(yaml.SafeDumper):

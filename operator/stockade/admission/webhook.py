@@ -180,7 +180,7 @@ def policy_defaults_hook(clients: Mapping[str, dict[str, Any]], usernames: Seque
 
 
 # Applying -----------------------------------------------------------------------------------------------
-_PATHS = {
+PATHS = {
     "ValidatingWebhookConfiguration": "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
     "MutatingWebhookConfiguration": "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
     "ValidatingAdmissionPolicy": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies",
@@ -191,10 +191,16 @@ _PATHS = {
 async def apply(kube: Kube, objects: Sequence[Mapping[str, Any]]) -> None:
     """Server-side apply, in order (policies before their bindings)."""
     for obj in objects:
-        path = f"{_PATHS[obj['kind']]}/{obj['metadata']['name']}"
-        await kube.call("PATCH", path, dict(obj), query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-                        content_type="application/apply-patch+yaml")
+        await apply_one(kube, obj)
         log.info("applied %s %s", obj["kind"], obj["metadata"]["name"])
+
+
+async def apply_one(kube: Kube, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Server-side apply with force from the one field manager: every field the operator set is its own again
+    (a failurePolicy someone turned to Ignore, a webhook someone removed), whoever changed it."""
+    path = f"{PATHS[obj['kind']]}/{obj['metadata']['name']}"
+    return await kube.call("PATCH", path, dict(obj), query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+                           content_type="application/apply-patch+yaml")
 
 
 async def whoami(kube: Kube) -> str:
