@@ -226,6 +226,10 @@ def test_local_operator_names_are_its_own_and_it_restores_what_was_deleted_or_ch
     shipped = chart_admission()
     assert (VWC, chart.RELEASE) in shipped and (VAP, f"{chart.RELEASE}-baseline") in shipped
     with local_operator(operator, tmp_path) as local:
+        # `make run`'s identity (issue 11): a person's kubeconfig is said plainly at start; the chart's is not.
+        said = [line for line in local.logs() if "not as a ServiceAccount" in line]
+        assert said and "STOCKADE_IMPERSONATE" in said[0], local.log_tail(20)
+        assert not any("not as a ServiceAccount" in line for line in operator.logs())
         mine = local_admission()
         assert {(VWC, LOCAL), (MWC, LOCAL), (VAP, f"{LOCAL}-baseline"), (VAPB, f"{LOCAL}-grant-audit")} <= set(mine)
         # `helm uninstall stockade` deletes the names in its release: none of them is the local operator's.
