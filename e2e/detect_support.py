@@ -14,13 +14,13 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from .conftest import answers_ok, free_port, wait_for
+from .conftest import Operator, answers_ok, apply, free_port, kubectl, operator_instead, wait_for
 
 DCGM_LABELS = ["gpu", "UUID", "device", "modelName", "Hostname", "namespace", "pod", "container"]
 
@@ -171,3 +171,26 @@ def falco_event(rule: str, namespace: str, pod: str, priority: str = "Notice", *
             "hostname": "gpu-0", "tags": ["maturity_stable", "container"],
             "output": f"{now}: {priority} {rule} | " + " ".join(f"{k}={v}" for k, v in fields.items()),
             "output_fields": output_fields}
+
+
+@contextlib.contextmanager
+def signal_operator(operator: Operator, home: Path, token: str, **env: str) -> Iterator[tuple[Operator, Signals]]:
+    """The session operator replaced (operator_instead) by one serving signals on loopback with ``token``."""
+    port = free_port()
+    with operator_instead(operator, home, STOCKADE_SIGNAL_HOST="127.0.0.1", STOCKADE_SIGNAL_PORT=str(port),
+                          STOCKADE_SIGNAL_TOKEN=token, **env) as mine:
+        client = Signals(port, token)
+        wait_for(client.healthy, timeout=30, what="the signal endpoint")
+        yield mine, client
+
+
+@contextlib.contextmanager
+def releaser_bound(user: str, binding: str) -> Iterator[str]:
+    """``user`` bound to the chart's releaser ClusterRole: the only way to hold the verb 'release'."""
+    apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": binding},
+           "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "stockade-releaser"},
+           "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+    try:
+        yield user
+    finally:
+        kubectl("delete", "clusterrolebinding", binding, "--ignore-not-found")

@@ -28,7 +28,6 @@ from .conftest import (
     apply,
     condition,
     create,
-    free_port,
     get,
     gpu_spec,
     kubectl,
@@ -36,7 +35,7 @@ from .conftest import (
     simple_spec,
     wait_for,
 )
-from .detect_support import DcgmExporter, Prometheus, Signals, falco_event
+from .detect_support import DcgmExporter, Prometheus, Signals, falco_event, releaser_bound, signal_operator
 
 TOKEN = secrets.token_urlsafe(24)
 EGRESS = [{"cidr": "10.42.0.0/16", "ports": [443]}]
@@ -59,19 +58,9 @@ def prometheus(exporter: DcgmExporter, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="module")
 def signals(operator: Operator, prometheus: Prometheus, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[tuple[Operator, Signals]]:
-    port = free_port()
-    env = {**operator.env, "STOCKADE_SIGNAL_HOST": "127.0.0.1", "STOCKADE_SIGNAL_PORT": str(port),
-           "STOCKADE_SIGNAL_TOKEN": TOKEN, "STOCKADE_PROMETHEUS_URL": prometheus.url,
-           "STOCKADE_PROMETHEUS_INTERVAL": "1"}
-    operator.stop()
-    mine = Operator(tmp_path_factory.mktemp("detect-operator"), env, operator.args)
-    mine.start()
-    client = Signals(port, TOKEN)
-    wait_for(client.healthy, timeout=30, what="the signal endpoint")
-    yield mine, client
-    mine.stop()
-    operator.start()
-    mine.assert_never_refused_by_rbac()
+    with signal_operator(operator, tmp_path_factory.mktemp("detect-operator"), TOKEN,
+                         STOCKADE_PROMETHEUS_URL=prometheus.url, STOCKADE_PROMETHEUS_INTERVAL="1") as pair:
+        yield pair
 
 
 def run_namespace(team: str, name: str) -> str:
@@ -309,14 +298,8 @@ RELEASER = "e2e-reviewer"
 
 @pytest.fixture(scope="module")
 def releaser() -> Iterator[str]:
-    """A user bound to the chart's releaser ClusterRole: the only way to hold the verb 'release'."""
-    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-               "metadata": {"name": "e2e-releaser"},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "stockade-releaser"},
-               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": RELEASER}]}
-    apply(binding)
-    yield RELEASER
-    kubectl("delete", "clusterrolebinding", "e2e-releaser", "--ignore-not-found")
+    with releaser_bound(RELEASER, "e2e-releaser") as user:
+        yield user
 
 
 def _quarantine_parole(client: Signals, team_namespace: str, name: str) -> tuple[str, str]:

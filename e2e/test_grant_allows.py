@@ -25,9 +25,8 @@ import pytest
 import yaml
 
 from . import netpol
-from .chart import free_port
 from .conftest import BREAK_GLASS, KubectlError, Operator, agentrun, apply, create, get, kubectl, simple_spec, wait_for
-from .detect_support import Signals, falco_event
+from .detect_support import Signals, falco_event, signal_operator
 from .test_admission import ADMIN, GRANT_POLICY, WEBHOOK, agent, created, refused, sh
 from .test_admission import pod as agent_pod
 from .test_detect import quarantined, run_namespace, ssh_event, start, with_response
@@ -43,18 +42,8 @@ POLICY_LABEL = "e2e.stockade.io/policy"
 
 @pytest.fixture(scope="module")
 def allows_operator(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Operator, Signals]]:
-    port = free_port()
-    env = {**operator.env, "STOCKADE_SIGNAL_HOST": "127.0.0.1", "STOCKADE_SIGNAL_PORT": str(port),
-           "STOCKADE_SIGNAL_TOKEN": TOKEN}
-    operator.stop()
-    mine = Operator(tmp_path_factory.mktemp("allows-operator"), env, operator.args)
-    mine.start()
-    client = Signals(port, TOKEN)
-    wait_for(client.healthy, timeout=30, what="the signal endpoint")
-    yield mine, client
-    mine.stop()
-    operator.start()
-    mine.assert_never_refused_by_rbac()
+    with signal_operator(operator, tmp_path_factory.mktemp("allows-operator"), TOKEN) as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from .conftest import (
     simple_spec,
     wait_for,
 )
-from .detect_support import Signals, falco_event
+from .detect_support import Signals, falco_event, releaser_bound
 
 ID = re.compile(r"^[0-9a-f]{12}$")
 RELEASER = "e2e-log-reviewer"
@@ -48,13 +48,8 @@ def logged(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture(scope="module")
 def releaser() -> Iterator[str]:
-    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-               "metadata": {"name": "e2e-log-releaser"},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "stockade-releaser"},
-               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": RELEASER}]}
-    apply(binding)
-    yield RELEASER
-    kubectl("delete", "clusterrolebinding", "e2e-log-releaser", "--ignore-not-found")
+    with releaser_bound(RELEASER, "e2e-log-releaser") as user:
+        yield user
 
 
 def records(op: Operator) -> list[dict[str, Any]]:

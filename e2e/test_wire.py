@@ -19,10 +19,9 @@ from typing import Any
 
 import pytest
 
-from .chart import free_port
-from .conftest import BREAK_GLASS, Operator, apply, create, get, kubectl, simple_spec, wait_for
+from .conftest import BREAK_GLASS, Operator, create, get, kubectl, simple_spec, wait_for
 from .dataplane import Dataplane, Endpoint, cluster_sh, kube_router_log
-from .detect_support import Signals
+from .detect_support import Signals, releaser_bound, signal_operator
 from .test_admission import pod as agent_pod
 from .test_detect import RELEASER, quarantined, run_namespace, ssh_event, start, with_response
 
@@ -83,18 +82,8 @@ def wire() -> Iterator[Wire]:
 @pytest.fixture(scope="module")
 def wire_operator(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Operator, Signals]]:
     """The module's own operator, with the signal endpoint (as e2e/test_detect.py runs it)."""
-    port = free_port()
-    env = {**operator.env, "STOCKADE_SIGNAL_HOST": "127.0.0.1", "STOCKADE_SIGNAL_PORT": str(port),
-           "STOCKADE_SIGNAL_TOKEN": TOKEN}
-    operator.stop()
-    mine = Operator(tmp_path_factory.mktemp("wire-operator"), env, operator.args)
-    mine.start()
-    client = Signals(port, TOKEN)
-    wait_for(client.healthy, timeout=30, what="the signal endpoint")
-    yield mine, client
-    mine.stop()
-    operator.start()
-    mine.assert_never_refused_by_rbac()
+    with signal_operator(operator, tmp_path_factory.mktemp("wire-operator"), TOKEN) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")
@@ -104,13 +93,8 @@ def wire_signals(wire_operator: tuple[Operator, Signals]) -> Signals:
 
 @pytest.fixture(scope="module")
 def wire_releaser() -> Iterator[str]:
-    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-               "metadata": {"name": "e2e-wire-releaser"},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "stockade-releaser"},
-               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": RELEASER}]}
-    apply(binding)
-    yield RELEASER
-    kubectl("delete", "clusterrolebinding", "e2e-wire-releaser", "--ignore-not-found")
+    with releaser_bound(RELEASER, "e2e-wire-releaser") as user:
+        yield user
 
 
 def with_address(namespace: str, name: str) -> dict[str, Any]:
