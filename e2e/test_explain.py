@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from stockade.api.crd import schema_nodes
 
 from .conftest import Operator, agentrun, apply, condition, get, kubectl, ready, simple_spec, wait_for
 from .test_cli import stockade
@@ -29,19 +30,9 @@ def published(kind: str) -> dict[str, Any]:
     return schema
 
 
-def nodes(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    yield path, node
-    for name, prop in (node.get("properties") or {}).items():
-        yield from nodes(prop, f"{path}.{name}")
-    if isinstance(node.get("items"), dict):
-        yield from nodes(node["items"], f"{path}[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        yield from nodes(node["additionalProperties"], f"{path}{{}}")
-
-
 def undescribed(kind: str) -> list[str]:
     schema = published(kind)
-    return [path for path, node in nodes(schema, kind)
+    return [path for path, node in schema_nodes(schema, kind)
             if not node.get("description") and not node.get("allOf") and "$ref" not in node]  # ObjectMeta: k8s'
 
 

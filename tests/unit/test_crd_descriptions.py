@@ -1,24 +1,11 @@
 """Every node of both CRDs' schemas has a description: `kubectl explain` shows nothing else about it."""
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from stockade.api.crd import agentpolicy_crd, agentrun_crd
+from stockade.api.crd import agentpolicy_crd, agentrun_crd, schema_nodes
 from stockade.template_docs import NOTES, describe
-
-
-def nodes(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every schema node a user can reach with kubectl explain: properties, list items, map values."""
-    yield path, node
-    for name, prop in (node.get("properties") or {}).items():
-        yield from nodes(prop, f"{path}.{name}")
-    if isinstance(node.get("items"), dict):
-        yield from nodes(node["items"], f"{path}[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        yield from nodes(node["additionalProperties"], f"{path}{{}}")
-
 
 # The API server refuses a CRD whose metadata schema says anything but its type; it serves ObjectMeta's own.
 SERVED_BY_KUBERNETES = {"metadata"}
@@ -26,7 +13,7 @@ SERVED_BY_KUBERNETES = {"metadata"}
 
 def undescribed(schema: dict[str, Any], root: str) -> list[str]:
     exempt = {f"{root}.{name}" for name in SERVED_BY_KUBERNETES}
-    return [path for path, node in nodes(schema, root)
+    return [path for path, node in schema_nodes(schema, root)
             if path not in exempt and not str(node.get("description") or "").strip()]
 
 
@@ -65,7 +52,7 @@ def test_the_template_says_what_stockade_refuses_and_where_to_read_more() -> Non
 def test_every_note_names_a_field_of_the_template() -> None:
     from stockade.podshape import template_schema
 
-    paths = {path.removeprefix("T").removeprefix(".") for path, _ in nodes(template_schema(), "T")}
+    paths = {path.removeprefix("T").removeprefix(".") for path, _ in schema_nodes(template_schema(), "T")}
     assert set(NOTES) <= paths, f"notes for no field: {sorted(set(NOTES) - paths)}"
     assert describe({"type": "string"}, "spec.dnsConfig")["description"].startswith("As in a Pod")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import re
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -223,3 +224,15 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def schema_nodes(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every schema node a user can reach with kubectl explain (properties, list items, map values), with its
+    path: what the tests walk to find a field without a description, in the CRD and as the API server serves it."""
+    yield path, node
+    for name, prop in (node.get("properties") or {}).items():
+        yield from schema_nodes(prop, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from schema_nodes(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from schema_nodes(node["additionalProperties"], f"{path}{{}}")
