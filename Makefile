@@ -7,14 +7,6 @@ CLUSTER := e2e/cluster.sh
 BIN = $(shell $(CLUSTER) bindir)
 STAMP := $(VENV)/.installed
 
-# Wait for CRDs to be Established. Right after an apply a CRD may have no status yet, and `kubectl wait
-# --for=condition=Established` then fails at once (".status.conditions accessor error: <nil>"), about one
-# fresh cluster in four: retry (30 tries, about 90 s at most), and let the last attempt print its error.
-define wait_established
-{ for i in $$(seq 30); do $(1) wait --for=condition=Established $(2) --timeout=2s >/dev/null 2>&1 && break; \
-	sleep 1; done; $(1) wait --for=condition=Established $(2) --timeout=2s >/dev/null; }
-endef
-
 help:
 	@echo "make run     start the local cluster (unless KUBECONFIG is set), install the CRDs, run the operator"
 	@echo "make test    unit tests, lint and typing, then the e2e suite against the local cluster"
@@ -78,7 +70,7 @@ run: $(STAMP)
 	  echo "using the local kwok cluster: export KUBECONFIG=$$KUBECONFIG"; \
 	else KUBECTL=$$(command -v kubectl || echo $(BIN)/kubectl); echo "using KUBECONFIG=$$KUBECONFIG"; fi; \
 	$$KUBECTL apply --server-side --field-manager=stockade-install -f crds/ && \
-	$(call wait_established,$$KUBECTL,crd/agentruns.stockade.io crd/agentpolicies.stockade.io) && \
+	$(CLUSTER) established $$KUBECTL crd/agentruns.stockade.io crd/agentpolicies.stockade.io && \
 	echo "applying the chart's default AgentPolicy (closed by default: no policy, no AgentRun)" && \
 	$(BIN)/helm template stockade charts/stockade --namespace stockade-system --kube-version 1.30.0 \
 	  -s templates/agentpolicy.yaml | \
@@ -106,7 +98,7 @@ test: unit lint e2e
 bench: $(STAMP) deps
 	@export KUBECONFIG=$$($(CLUSTER) up) STOCKADE_BIN=$(BIN); \
 	$(BIN)/kubectl apply --server-side --field-manager=stockade-install -f crds >/dev/null && \
-	$(call wait_established,$(BIN)/kubectl,crd/agentruns.stockade.io crd/agentpolicies.stockade.io) && \
+	$(CLUSTER) established $(BIN)/kubectl crd/agentruns.stockade.io crd/agentpolicies.stockade.io && \
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 .PHONY: help venv deps cluster cluster-down crds docs run lint unit e2e test bench

@@ -9,6 +9,8 @@
 #   e2e/cluster.sh tool N   build e2e/tools/N (a small Go program of ours) if needed; print its path
 #   e2e/cluster.sh dataplane up|down   a real NetworkPolicy dataplane for the wire tests (e2e/dataplane.py):
 #                           the node's network namespace, kube-router firewall-only, the API relay
+#   e2e/cluster.sh established KUBECTL OBJECT...   wait until each CRD (or any object with conditions) has
+#                           condition Established, tolerating the empty status right after an apply
 #   e2e/cluster.sh component pause|restart|revive NAME   SIGSTOP one control-plane process (etcd,
 #                           kube-apiserver, ...), or SIGKILL it and start it again with the same command line;
 #                           revive starts whatever exited meanwhile (fault tests)
@@ -297,6 +299,21 @@ _component_revive() { # dir: start again every component that exited (and whose 
   done
 }
 
+# Right after an apply a CRD has `status.conditions: null` until the apiextensions controller names it, and
+# `kubectl wait --for=condition=Established` then fails at once (".status.conditions accessor error: <nil> is
+# of the type <nil>"), about one fresh cluster in four (issue 11). So ask again, about 90 s at most, and let
+# the last try print its error. KUBECTL is an argument: `make run` uses the user's kubectl with their cluster.
+cmd_established() { # kubectl object...
+  local kubectl=$1; shift
+  [ $# -gt 0 ] || die "usage: cluster.sh established KUBECTL OBJECT..."
+  local tries=${STOCKADE_ESTABLISHED_TRIES:-30} i
+  for ((i = 1; i < tries; i++)); do
+    "$kubectl" wait --for=condition=Established "$@" --timeout=2s >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  "$kubectl" wait --for=condition=Established "$@" --timeout=2s >/dev/null
+}
+
 cmd_component() {
   local usage="usage: cluster.sh component pause|restart|revive NAME"
   local action=${1:?$usage} name=${2:?$usage}
@@ -431,6 +448,7 @@ case "${1:-}" in
   kubeconfig) echo "$KUBECONFIG_FILE" ;;
   tool) shift; cmd_tool "$@" ;;
   component) shift; cmd_component "$@" ;;
+  established) shift; cmd_established "$@" ;;
   dataplane) shift; cmd_dataplane "$@" ;;
-  *) echo "usage: $0 build|up|down|status|env|bindir|kubeconfig|tool NAME|component pause|restart|revive NAME|dataplane up|down" >&2; exit 2 ;;
+  *) echo "usage: $0 build|up|down|status|env|bindir|kubeconfig|tool NAME|component pause|restart|revive NAME|dataplane up|down|established KUBECTL OBJECT..." >&2; exit 2 ;;
 esac

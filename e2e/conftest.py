@@ -134,11 +134,22 @@ def answers_ok(url: str, timeout: float = 1) -> bool:
         return False
 
 
+def wait_established(*objects: str, tries: int = 30) -> subprocess.CompletedProcess[str]:
+    """`make run`'s wait for CRDs (e2e/cluster.sh established): tolerates the empty status right after an apply."""
+    return subprocess.run([str(ROOT / "e2e/cluster.sh"), "established", str(BIN / "kubectl"), *objects],
+                          env={**os.environ, "KUBECONFIG": KUBECONFIG, "STOCKADE_ESTABLISHED_TRIES": str(tries)},
+                          capture_output=True, text=True, timeout=tries * 4 + 30, check=False)
+
+
+def established(*objects: str) -> None:
+    done = wait_established(*objects)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.fixture(scope="session")
 def crds() -> None:
     kubectl("apply", "--server-side", "--field-manager=stockade-install", "-f", str(ROOT / "crds"))
-    kubectl("wait", "--for=condition=Established", "crd/agentruns.stockade.io", "crd/agentpolicies.stockade.io",
-            "--timeout=60s")
+    established("crd/agentruns.stockade.io", "crd/agentpolicies.stockade.io")
 
 
 def helm(*args: str) -> str:
@@ -156,7 +167,7 @@ def installed_chart(crds: None) -> dict[str, Any]:
     chart's Deployment, whose pod the operator fixture runs on this machine."""
     helm("upgrade", "--install", chart.CRD_RELEASE, str(ROOT / "charts/stockade-crds"), "--namespace",
          chart.NAMESPACE, "--create-namespace", "--take-ownership")
-    kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
+    established("crd/clusterkopfpeerings.kopf.dev")
     # --take-ownership: `make run` on this cluster leaves the same webhook configurations and policies.
     # e2e/values-policy.yaml: the chart's default AgentPolicy made permissive for the fence tests.
     helm("upgrade", "--install", chart.RELEASE, str(ROOT / "charts/stockade"), "--namespace", chart.NAMESPACE,

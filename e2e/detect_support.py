@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -58,16 +59,23 @@ class DcgmExporter:
 
 
 class Prometheus:
-    """Debian's prometheus on 127.0.0.1, scraping the exporter every second, its TSDB in a temp dir."""
+    """Debian's prometheus on 127.0.0.1, scraping every second, its TSDB in a temp dir: the DCGM exporter, or
+    the scrape configs and rule groups given (e2e/test_monitoring.py: the operator, with the chart's alerts)."""
 
-    def __init__(self, workdir: Path, exporter: DcgmExporter) -> None:
+    def __init__(self, workdir: Path, exporter: DcgmExporter | None = None, *,
+                 scrape: list[dict[str, Any]] | None = None, rules: dict[str, Any] | None = None) -> None:
         binary = shutil.which("prometheus") or "/usr/bin/prometheus"
         self.port = free_port()
         config = workdir / "prometheus.yml"
-        config.write_text(json.dumps({  # YAML is a superset of JSON
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "dcgm", "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}]}],
-        }))
+        jobs = list(scrape or [])
+        if exporter is not None:
+            jobs.append({"job_name": "dcgm", "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}]})
+        settings: dict[str, Any] = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                                    "scrape_configs": jobs}
+        if rules is not None:
+            (workdir / "rules.yml").write_text(json.dumps(rules))
+            settings["rule_files"] = [str(workdir / "rules.yml")]
+        config.write_text(json.dumps(settings))  # YAML is a superset of JSON
         self.log = (workdir / "prometheus.log").open("wb")
         self.proc = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
@@ -76,7 +84,23 @@ class Prometheus:
         )
         self.url = f"http://127.0.0.1:{self.port}"
         wait_for(self._ready, timeout=30, what="Prometheus to be ready")
-        wait_for(lambda: self.query("up{job='dcgm'} == 1"), timeout=30, what="Prometheus to scrape the exporter")
+        for name in [job["job_name"] for job in jobs]:
+            wait_for(lambda name=name: self.query(f"up{{job='{name}'}} == 1"), timeout=30,
+                     what=f"Prometheus to scrape {name}")
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Active alerts (pending or firing), as Prometheus's API lists them."""
+        with urllib.request.urlopen(f"{self.url}/api/v1/alerts", timeout=5) as resp:
+            return list(json.load(resp)["data"]["alerts"])
+
+    def check(self, promql: str) -> dict[str, Any]:
+        """The whole answer to an instant query (status, and errorType/error when it is not valid)."""
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return dict(json.load(resp))
+        except urllib.error.HTTPError as err:
+            return dict(json.load(err))
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +26,14 @@ import yaml
 from . import chart
 from .conftest import (
     KUBECONFIG,
+    ROOT,
     Dnsmasq,
     KubectlError,
     Operator,
     agentrun,
     apply,
     condition,
+    free_port,
     get,
     helm,
     kubectl,
@@ -275,3 +280,25 @@ def test_local_operator_names_are_its_own_and_it_restores_what_was_deleted_or_ch
             kubectl("create", "--as=alice", "--as-group=system:masters", "--dry-run=server", "-f", "-",
                     stdin=json.dumps(role))
         kubectl("delete", "agentrun", "local", "-n", team_namespace, "--wait=true", "--timeout=60s")
+
+
+def test_make_run_beside_a_live_chart_operator_refuses_to_start(operator: Operator, tmp_path: Path) -> None:
+    """Issue 11: with the chart's operator running, `make run` (standalone: no peering) started a second
+    operator, and each refused the other's writes in run namespaces. Now it says why and exits 1 before
+    it writes anything; the chart's operator goes on."""
+    assert any(a.startswith("--peering=") for a in operator.args), "the session operator runs as the chart's"
+    env = {k: v for k, v in operator.env.items() if k not in CHART_SETTINGS}
+    env.update(KUBECONFIG=KUBECONFIG, STOCKADE_METRICS_PORT=str(free_port()), STOCKADE_WEBHOOK_PORT=str(free_port()),
+               STOCKADE_READY_PORT="0")
+    args = [a for a in operator.args if not a.startswith("--peering")]
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "stockade.cli", *args,
+                           f"--liveness=http://127.0.0.1:{free_port()}/healthz"], env={**os.environ, **env},
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    said = done.stdout + done.stderr
+    print(f"\nrefused in {time.monotonic() - started:.1f} s: {said.strip().splitlines()[-1]}")
+    assert done.returncode == 1, said
+    assert "another Stockade operator is active" in said and f"peering {chart.RELEASE!r}" in said, said
+    assert "--peering=stockade" in said, said
+    assert not local_admission(), "it wrote nothing"
+    assert operator.proc is not None and operator.proc.poll() is None

@@ -7,13 +7,17 @@ status, the API server must refuse, the controllers must delete.
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import KUBECONFIG, KubectlError, create, get, kubectl, wait_for
+from .conftest import BIN, KUBECONFIG, ROOT, KubectlError, create, established, get, kubectl, wait_established, wait_for
 
 
 @pytest.fixture
@@ -126,3 +130,51 @@ def test_the_control_plane_listens_on_loopback_only() -> None:
     assert {name for name, _ in seen} >= {"kube-apiserver", "etcd"}, seen
     exposed = [(name, addr) for name, addr in seen if not ipaddress.ip_address(addr).is_loopback]
     assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+# An object that looks like a CRD right after its apply: `status.conditions: null` (the apiextensions controller
+# has not named it yet). The kind is ours and throwaway, so nothing but the test ever sets the condition.
+LATE_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "lateconditions.wait.stockade.test"},
+    "spec": {"group": "wait.stockade.test", "scope": "Cluster",
+             "names": {"plural": "lateconditions", "singular": "latecondition", "kind": "LateCondition"},
+             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                 "type": "object", "properties": {"status": {"type": "object", "properties": {"conditions": {
+                     "type": "array", "nullable": True, "items": {"type": "object", "properties": {
+                         "type": {"type": "string"}, "status": {"type": "string"}}}}}}}}}}]},
+}
+
+
+@pytest.fixture
+def late_object() -> Iterator[str]:
+    create(LATE_CRD)
+    established("crd/" + LATE_CRD["metadata"]["name"])
+    name = f"late-{uuid.uuid4().hex[:6]}"
+    create({"apiVersion": "wait.stockade.test/v1", "kind": "LateCondition", "metadata": {"name": name},
+            "status": {"conditions": None}})
+    yield f"latecondition/{name}"
+    kubectl("delete", "crd", LATE_CRD["metadata"]["name"], "--wait=false", check=False)
+
+
+def test_make_runs_crd_wait_tolerates_the_empty_status(late_object: str) -> None:
+    """Issue 11: `kubectl wait --for=condition=Established` right after the CRD apply failed now and then with
+    ".status.conditions accessor error". `make run` and `make bench` wait through e2e/cluster.sh established."""
+    assert get(late_object)["status"] == {"conditions": None}  # what a fresh CRD looks like
+    once = subprocess.run([str(BIN / "kubectl"), "--kubeconfig", KUBECONFIG, "wait", "--for=condition=Established",
+                           late_object, "--timeout=5s"], capture_output=True, text=True, check=False)
+    assert once.returncode != 0 and "accessor error" in once.stderr, once.stderr  # the failure make run had
+    waiter = subprocess.Popen([str(ROOT / "e2e/cluster.sh"), "established", str(BIN / "kubectl"), late_object],
+                              env={**os.environ, "KUBECONFIG": KUBECONFIG}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    assert waiter.poll() is None, waiter.communicate()  # still waiting, not failed at once
+    kubectl("patch", late_object, "--type=merge", "-p",
+            json.dumps({"status": {"conditions": [{"type": "Established", "status": "True"}]}}))
+    _, err = waiter.communicate(timeout=30)
+    assert waiter.returncode == 0, err
+
+
+def test_the_crd_wait_gives_up_with_kubectls_error(late_object: str) -> None:
+    done = wait_established(late_object, tries=2)
+    assert done.returncode != 0 and "accessor error" in done.stderr, done.stderr

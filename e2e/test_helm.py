@@ -93,8 +93,9 @@ def crds(cluster: None) -> None:
     kubectl("apply", "--server-side", "--field-manager=stockade-install", "-f", str(ROOT / "crds"))
     helm("upgrade", "--install", CRD_RELEASE, str(ROOT / "charts/stockade-crds"), "--namespace", NAMESPACE,
          "--create-namespace", "--take-ownership", "--wait")
-    kubectl("wait", "--for=condition=Established", "crd/agentruns.stockade.io", "crd/clusterkopfpeerings.kopf.dev",
-            "--timeout=60s")
+    # make run's wait (tolerates the empty status right after the apply).
+    sh(str(ROOT / "e2e/cluster.sh"), "established", str(BIN / "kubectl"), "crd/agentruns.stockade.io",
+       "crd/clusterkopfpeerings.kopf.dev", env={"KUBECONFIG": KUBECONFIG["path"]})
 
 
 def test_charts_lint() -> None:

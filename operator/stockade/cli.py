@@ -67,7 +67,7 @@ def run(
     from kopf._core.engines.peering import Identity
 
     from stockade import logconfig, ports
-    from stockade.cli_run import warn_if_personal_identity
+    from stockade.cli_run import other_operator, warn_if_personal_identity
     from stockade.leadership import peering_identity, start_priority
 
     try:  # before anything starts: a port in use is one clear line and exit code 1, not a retry loop
@@ -80,6 +80,10 @@ def run(
     import stockade.handlers  # noqa: F401  (registers the handlers)
 
     warn_if_personal_identity()
+    refused = other_operator(peering)
+    if refused:
+        logging.getLogger("stockade").critical(refused)
+        raise typer.Exit(1)
 
     if peering is not None and priority is None:
         # Newer replicas win (start time in ms): a rollout hands over to the new pod at once, and equal

@@ -1,4 +1,5 @@
-"""What ``stockade run`` checks before kopf starts: its ports are free, and whose identity it runs as."""
+"""What ``stockade run`` checks before kopf starts: its ports are free, whose identity it runs as, and that
+no other Stockade operator is active in the cluster under another peering (or none)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,37 @@ def warn_if_personal_identity() -> None:
     warning = identity_warning(username) if username else None
     if warning:
         log.warning(warning)
+
+
+def other_operator(own_peering: str | None) -> str | None:
+    """Why this operator must not start: another one is alive in a peering that is not ours (``make run``,
+    which has none, beside the chart's operator; or two installations). Two operators fence the same
+    AgentRuns, and each one's admission refuses the other's writes in run namespaces as a stranger's, so
+    neither converges. Replicas of one installation share its peering and take turns (kopf peering).
+    None when nothing else is alive or the peerings cannot be read (kopf's CRD absent, no permission)."""
+    import datetime
+
+    from stockade.kube import Kube
+    from stockade.leadership import live_peers
+    from stockade.settings import Settings
+
+    try:
+        kube = Kube.connect(workers=1, impersonate=Settings().impersonate)
+        try:
+            listed = kube.request("GET", "/apis/kopf.dev/v1/clusterkopfpeerings")
+        finally:
+            kube.executor.shutdown(wait=False)
+    except Exception as err:  # kopf reports an unreachable API server itself; no peering CRD: nobody else
+        log.debug("could not read the peerings: %s", err)
+        return None
+    now = datetime.datetime.now(datetime.UTC)
+    for peering in listed.get("items") or []:
+        name = str((peering.get("metadata") or {}).get("name") or "")
+        if name == own_peering:
+            continue
+        for identity, age in live_peers(peering.get("status") or {}, now).items():
+            return (f"another Stockade operator is active in this cluster: {identity!r} in peering {name!r}, "
+                    f"seen {age:.0f} s ago. Two operators fence the same AgentRuns and each refuses the "
+                    f"other's writes, so neither converges. Stop it first (the chart's: helm uninstall, or "
+                    f"kubectl scale deployment --replicas=0), or run with --peering={name} to take turns with it")
+    return None

@@ -59,6 +59,22 @@ def is_active(peers: Mapping[str, Any], identity: str, priority: int, now: datet
     return True
 
 
+def live_peers(peers: Mapping[str, Any], now: datetime.datetime) -> dict[str, float]:
+    """The peers of one peering object's status still within their lifetime: identity -> seconds since seen."""
+    found: dict[str, float] = {}
+    for identity, info in peers.items():
+        if not isinstance(info, Mapping):
+            continue
+        seen = _parse(str(info.get("lastseen") or ""))
+        try:
+            lifetime = int(info.get("lifetime") or 0)
+        except (TypeError, ValueError):
+            continue
+        if seen is not None and seen + datetime.timedelta(seconds=lifetime) > now:
+            found[identity] = max(0.0, (now - seen).total_seconds())
+    return found
+
+
 class Leadership:
     """``active`` for everyone to read; callbacks run on each change (both directions)."""
 

@@ -151,7 +151,8 @@ PERMISSIONS: tuple[Permission, ...] = (
                ("kopf._core.reactor.observation:resource_observer",)),
     # kopf peering (two replicas, rollouts): watch every peering, write keep-alives into ours only.
     Permission("kopf.dev", "clusterkopfpeerings", ("list", "watch"),
-               ("kopf._core.engines.peering:process_peering_event",), feature="peering.enabled"),
+               ("kopf._core.engines.peering:process_peering_event", "stockade.cli_run:other_operator"),
+               feature="peering.enabled"),
     # Which replica leads (the signal endpoint, readiness and the webhook configurations follow it).
     Permission("kopf.dev", "clusterkopfpeerings", ("get",), ("stockade.leadership:Leadership._poll_once",),
                names=(RELEASE,), feature="peering.enabled"),
