@@ -106,6 +106,11 @@ def test_template_beyond_the_grant_is_refused_without_a_workload(operator: Opera
     assert "nvidia.com/gpu" in message and "spec.grant.gpu" in message
     assert "limits.cpu" in message and "spec.grant.cpu" in message
     assert condition(run, "Stalled")["status"] == "True"
+    # The same findings, typed, in a status field of their own (what `stockade status` shows).
+    found = {r["field"]: r for r in run["status"]["refusals"]}
+    assert found["spec.template.spec.hostNetwork"]["kind"] and found["spec.template.spec.hostNetwork"]["message"]
+    assert any("nvidia.com/gpu" in f and "spec.grant.gpu" in r["hint"] for f, r in found.items()), found
+    assert any("limits.cpu" in f and "spec.grant.cpu" in r["hint"] for f, r in found.items()), found
     ns = run_namespace(team_namespace, "greedy")
     assert get("resourcequota", "stockade-grant", ns), "the fence is still built"
     assert get("pod", "greedy", ns) is None, "no workload for a refused template"
@@ -119,6 +124,10 @@ def test_template_beyond_the_grant_is_refused_without_a_workload(operator: Opera
     wait_for(lambda: (o := get("limitrange", "stockade-limits", ns)) and o["metadata"]["uid"] != uid,
              timeout=10, what="the LimitRange to come back")
     assert _counter(operator, "stockade_template_refusals_total") == refusals + 1
+    # Within the grant: the refusals go with the condition.
+    apply(agentrun("greedy", team_namespace, simple_spec(cpu="1")))
+    fixed = wait_for(lambda: ready(team_namespace, "greedy"), timeout=30, what="the fixed template to run")
+    assert "refusals" not in fixed["status"], fixed["status"]
 
 
 @pytest.mark.parametrize(("kind", "name"), [

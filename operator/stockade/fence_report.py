@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from stockade import labels
 from stockade.api.models import AgentRunSpec
+from stockade.findings import refusal_text
 from stockade.grantpolicy.budget import amount
 from stockade.naming import run_namespace_name
 from stockade.plan import PlanSettings, RunRef, build
@@ -37,8 +38,6 @@ FENCE_KINDS: tuple[tuple[str, str], ...] = (
     ("rbac.authorization.k8s.io/v1", "RoleBinding"),
     ("v1", "Pod"),
 )
-REFUSED = "TemplateExceedsGrant"  # the Ready reason for a template that asks for more than the grant
-REFUSED_PREFIX = "the template asks for what the grant does not give: "  # see conditions.compute_conditions
 # Components whose objects the operator manages in a run namespace; one not planned is "extra".
 _GUARDRAIL_COMPONENTS = {"identity", "quota", "limits", "network", "quarantine"}
 
@@ -102,15 +101,10 @@ def _expected(run: RunRef, spec: AgentRunSpec | None, resolved: Mapping[str, lis
     return expected
 
 
-def _refusals(conditions: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Why the template was refused, one item per finding, as the operator said it (its word, not a
-    re-check here: an operator of another version may judge differently, and it is the one that acts)."""
-    ready = next((c for c in conditions if c.get("type") == "Ready"), None)
-    if not ready or ready.get("reason") != REFUSED:
-        return []
-    message = str(ready.get("message") or "")
-    message = message.removeprefix(REFUSED_PREFIX)
-    return [item.strip() for item in message.split(" | ") if item.strip()]
+def _refusals(status: Mapping[str, Any]) -> list[str]:
+    """Why the template was refused, one item per finding, as the operator recorded it in status.refusals
+    (its word, not a re-check here: an operator of another version may judge differently, and it acts)."""
+    return [refusal_text(r) for r in status.get("refusals") or [] if isinstance(r, Mapping)]
 
 
 def _frozen(quarantine: Mapping[str, Any]) -> bool:
@@ -279,7 +273,7 @@ def build_report(agentrun: Mapping[str, Any], fence: Fence, now: datetime.dateti
         # The operator's webhook configurations and admission policies whole (AdmissionReady; None: not said).
         "admissionReady": _admission_ready(status),
         "grant": _grant(spec, agentrun, resolved),
-        "refusals": _refusals(status.get("conditions") or []),
+        "refusals": _refusals(status),
         "guardrails": guardrails,
         "fenceComplete": all(row["state"] in ("present", "revoked", "extra") for row in guardrails),
         "unreadable": dict(fence.unreadable),

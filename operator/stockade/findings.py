@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,19 @@ class Finding:
         if self.hint:
             parts.append(self.hint)
         return "; ".join(parts)
+
+
+def refusal_status(finding: Finding) -> dict[str, str]:
+    """The finding as status.refusals holds it (api.models.Refusal): empty fields left out."""
+    found = {"kind": finding.kind, "field": finding.field, "message": finding.message,
+             "allowed": finding.allowed, "hint": finding.hint}
+    return {key: value for key, value in found.items() if value}
+
+
+def refusal_text(refusal: Mapping[str, Any]) -> str:
+    """One item of status.refusals as the operator's condition message says it."""
+    return Finding(str(refusal.get("kind") or ""), str(refusal.get("field") or ""), str(refusal.get("message") or ""),
+                   str(refusal.get("allowed") or ""), str(refusal.get("hint") or "")).text()
 
 
 def grant_hint(field_name: str) -> str:

@@ -27,6 +27,7 @@ from stockade.conditions import Observed, compute_conditions, compute_phase, mer
 from stockade.dnsresolve import HostResolver
 from stockade.drift import needs_apply
 from stockade.egress_status import EgressEvents, egress_resolution
+from stockade.findings import refusal_status
 from stockade.inputcheck import spec_problem
 from stockade.kube import Kube, KubeError, object_path
 from stockade.lifecycle import NamespaceTaken, RunGone, RunLifecycle
@@ -239,6 +240,7 @@ class Reconciler(FailureHandling):
             "expiresAt": stamp(expires) if expires else None,
             "workload": f"{spec.workload.lower()}/{run.workload_name(spec.workload)}" if plan.workload else None,
             "resolvedEgress": {host: resolved.get(host, []) for host in hosts} or None,
+            "refusals": [refusal_status(f) for f in plan.refusals] or None,
             **policies,
         }
         if not started:

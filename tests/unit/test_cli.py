@@ -192,13 +192,21 @@ def test_quota_rows_flag_use_beyond_the_grant() -> None:
 
 
 def test_refusals_are_the_operators_own_findings() -> None:
-    message = ("the template asks for what the grant does not give: spec.template.spec.hostNetwork: no | "
-               "spec.template.spec.containers[*].resources.limits.cpu: asks for 4")
+    """Read from status.refusals as the operator recorded them, not parsed back out of the condition message."""
+    message = "the template asks for what the grant does not give: (the message is for people, not parsed)"
     conditions = [{"type": "Ready", "status": "False", "reason": "TemplateExceedsGrant", "message": message}]
-    report = build_report(agentrun(conditions=conditions, phase="Pending"), live_fence(pods=[]), NOW)
-    assert report["refusals"] == ["spec.template.spec.hostNetwork: no",
-                                  "spec.template.spec.containers[*].resources.limits.cpu: asks for 4"]
+    run = agentrun(conditions=conditions, phase="Pending")
+    run["status"]["refusals"] = [
+        {"kind": "PodExceedsGrant", "field": "spec.template.spec.hostNetwork", "message": "no | not even once"},
+        {"kind": "PodExceedsGrant", "field": "spec.template.spec.containers[0].resources.limits.cpu",
+         "message": "asks for 4", "allowed": "2", "hint": "to allow it, raise spec.grant.cpu on the AgentRun"}]
+    report = build_report(run, live_fence(pods=[]), NOW)
+    assert report["refusals"] == [
+        "spec.template.spec.hostNetwork: no | not even once",
+        "spec.template.spec.containers[0].resources.limits.cpu: asks for 4; the grant allows 2; to allow it, raise "
+        "spec.grant.cpu on the AgentRun"]
     assert report["pods"] == []
+    assert build_report(agentrun(conditions=conditions, phase="Pending"), live_fence(pods=[]), NOW)["refusals"] == []
 
 
 def test_last_violations_in_order_with_the_total() -> None:

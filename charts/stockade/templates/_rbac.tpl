@@ -224,7 +224,7 @@
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
 {{- if .Values.peering.enabled }}
-# kopf._core.engines.peering:process_peering_event
+# kopf._core.engines.peering:process_peering_event, stockade.cli_run:other_operator
 - apiGroups: ["kopf.dev"]
   resources: ["clusterkopfpeerings"]
   verbs: ["list", "watch"]

@@ -307,6 +307,16 @@ class Violation(_Model):
     lastTime: str | None = Field(default=None, description="When the latest of those duplicates arrived.")
 
 
+class Refusal(_Model):
+    """One thing the template asks for that the grant does not give (Ready=False, TemplateExceedsGrant)."""
+
+    kind: str = Field(description="What was found, CamelCase (such as PodExceedsGrant).")
+    field: str = Field(description="Where, as a path in the template (such as spec.containers[0].image).")
+    message: str = Field(description="What it asks for, for a person.")
+    allowed: str = Field(default="", description="What the grant allows there, if it names something.")
+    hint: str = Field(default="", description="How to allow it, if the grant can (such as raising spec.grant.cpu).")
+
+
 class Quarantine(_Model):
     """The quarantine the run is under (or was, until released)."""
 
@@ -339,6 +349,9 @@ class AgentRunStatus(_Model):
     violations: list[Violation] = Field(default_factory=list, description="What detectors reported, newest last "
                                         "(bounded; identical ones fold into count).")
     quarantine: Quarantine | None = None
+    refusals: list[Refusal] | None = Field(
+        default=None, description="Why the template was refused, one item per finding (while Ready is False with "
+        "reason TemplateExceedsGrant; absent otherwise). No pod is made until the template fits the grant.")
     startTime: str | None = Field(default=None, description="When the run was first admitted (RFC 3339).")
     expiresAt: str | None = Field(default=None, description="startTime + grant.duration: when the run is Expired.")
     workload: str | None = Field(default=None, description="The agent's workload, pod/<name> or job/<name>, in "
