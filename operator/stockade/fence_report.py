@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from stockade import labels
+from stockade import kinds, labels
 from stockade.api.models import AgentRunSpec
 from stockade.grantpolicy.budget import amount
 from stockade.naming import run_namespace_name
@@ -28,19 +28,11 @@ REPORT_VERSION = "stockade.io/v1alpha1"
 
 # What a fence is made of: the kinds read from the run namespace (apiVersion, kind). The Namespace
 # itself is read by name; Pods are not guardrails but show what the fence holds.
-FENCE_KINDS: tuple[tuple[str, str], ...] = (
-    ("v1", "ServiceAccount"),
-    ("v1", "ResourceQuota"),
-    ("v1", "LimitRange"),
-    ("networking.k8s.io/v1", "NetworkPolicy"),
-    ("rbac.authorization.k8s.io/v1", "Role"),
-    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
-    ("v1", "Pod"),
-)
+FENCE_KINDS: tuple[tuple[str, str], ...] = (*(kind.ref for kind in kinds.GUARDRAILS), kinds.named("Pod").ref)
 REFUSED = "TemplateExceedsGrant"  # the Ready reason for a template that asks for more than the grant
 REFUSED_PREFIX = "the template asks for what the grant does not give: "  # see conditions.compute_conditions
 # Components whose objects the operator manages in a run namespace; one not planned is "extra".
-_GUARDRAIL_COMPONENTS = {"identity", "quota", "limits", "network", "quarantine"}
+_GUARDRAIL_COMPONENTS = {*kinds.GUARDRAIL_COMPONENTS, "quarantine"}  # and the responder's quarantine policy
 
 
 @dataclass(frozen=True)
