@@ -105,6 +105,7 @@ KINDS: tuple[Kind, ...] = (
     _controller("apps", "statefulsets", "StatefulSet"),
     _controller("apps", "daemonsets", "DaemonSet"),
     _controller("apps", "replicasets", "ReplicaSet"),
+    # Detection does not watch it (the webhook and the policies refuse it all the same).
     _controller("", "replicationcontrollers", "ReplicationController", detected=False),
     Kind("batch", "v1", "jobs", "Job", watched="labelled", detected=True, makes_pods=True, run_workload=True),
     _controller("batch", "cronjobs", "CronJob"),
