@@ -29,6 +29,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from stockade import kinds
+
 CORE = ""
 RBAC = "rbac.authorization.k8s.io"
 WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
@@ -86,9 +88,8 @@ NEVER: tuple[Never, ...] = (
     Never("cluster-scoped resources", "a Role cannot grant them, and none belongs to one run",
           CLUSTER_GROUPS, CLUSTER_RESOURCES),
     Never("writes to the fence (ServiceAccounts, quotas, limits, NetworkPolicies, Roles, RoleBindings)",
-          "only the Stockade operator changes the fence", (CORE, "networking.k8s.io", RBAC),
-          ("serviceaccounts", "resourcequotas", "limitranges", "networkpolicies", "roles", "rolebindings"),
-          WRITE_VERBS),
+          "only the Stockade operator changes the fence", tuple(dict.fromkeys(k.group for k in kinds.GUARDRAILS)),
+          tuple(k.plural for k in kinds.GUARDRAILS), WRITE_VERBS),
 )
 
 

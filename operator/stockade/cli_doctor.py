@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import typer
 
+from stockade import kinds
 from stockade.cli_common import OUTPUT, Output, console, fail, print_json
 
 CRDS = ("agentruns.stockade.io", "agentpolicies.stockade.io")
@@ -188,15 +189,15 @@ def run_checks(liveness: str, configuration: str | None, dns_servers: Sequence[s
     base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
     checks = crd_checks({name: cluster.get(base + name) for name in CRDS})
     checks.append(liveness_check(liveness))
-    admission = "/apis/admissionregistration.k8s.io/v1/"
-    found = [c for kind in WEBHOOK_KINDS for c in (cluster.get(f"{admission}{kind.lower()}s") or {}).get("items") or []]
+    paths = {kind.kind: kind.collection for kind in kinds.ADMISSION}
+    found = [c for kind in WEBHOOK_KINDS for c in (cluster.get(paths[kind]) or {}).get("items") or []]
     names = [configuration] if configuration else discovered(found) or [DEFAULT_NAME]
     for name in names:
-        configs = {kind: cluster.get(f"{admission}{kind.lower()}s/{name}") for kind in WEBHOOK_KINDS}
+        configs = {kind: cluster.get(f"{paths[kind]}/{name}") for kind in WEBHOOK_KINDS}
         checks += webhook_checks(name, configs, cluster.reach)
     selector = [("labelSelector", POLICY_SELECTOR)]
-    policies = (cluster.get(admission + "validatingadmissionpolicies", selector) or {}).get("items") or []
-    bindings = (cluster.get(admission + "validatingadmissionpolicybindings", selector) or {}).get("items") or []
+    policies = (cluster.get(paths["ValidatingAdmissionPolicy"], selector) or {}).get("items") or []
+    bindings = (cluster.get(paths["ValidatingAdmissionPolicyBinding"], selector) or {}).get("items") or []
     checks += policy_checks(policies, bindings, names)
     try:
         runs = (cluster.get("/apis/stockade.io/v1alpha1/agentruns") or {}).get("items") or []

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from stockade import labels
+from stockade import kinds, labels
 from stockade.api.models import AgentRunSpec
 from stockade.findings import refusal_text
 from stockade.grantpolicy.budget import amount
@@ -29,17 +29,9 @@ REPORT_VERSION = "stockade.io/v1alpha1"
 
 # What a fence is made of: the kinds read from the run namespace (apiVersion, kind). The Namespace
 # itself is read by name; Pods are not guardrails but show what the fence holds.
-FENCE_KINDS: tuple[tuple[str, str], ...] = (
-    ("v1", "ServiceAccount"),
-    ("v1", "ResourceQuota"),
-    ("v1", "LimitRange"),
-    ("networking.k8s.io/v1", "NetworkPolicy"),
-    ("rbac.authorization.k8s.io/v1", "Role"),
-    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
-    ("v1", "Pod"),
-)
+FENCE_KINDS: tuple[tuple[str, str], ...] = (*(kind.ref for kind in kinds.GUARDRAILS), kinds.named("Pod").ref)
 # Components whose objects the operator manages in a run namespace; one not planned is "extra".
-_GUARDRAIL_COMPONENTS = {"identity", "quota", "limits", "network", "quarantine"}
+_GUARDRAIL_COMPONENTS = {*kinds.GUARDRAIL_COMPONENTS, "quarantine"}  # and the responder's quarantine policy
 
 
 @dataclass(frozen=True)

@@ -21,26 +21,14 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from stockade import k8snames, labels
+from stockade import k8snames, kinds, labels
 from stockade.inputcheck import terminating_namespace
 
 log = logging.getLogger(__name__)
 
-# Where each kind the operator touches lives in the REST API: (path prefix, plural, namespaced).
+# Where each kind lives in the REST API: (apiVersion, kind) -> (path prefix, plural, namespaced).
 _KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {
-    ("v1", "Namespace"): ("/api/v1", "namespaces", False),
-    ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts", True),
-    ("v1", "ResourceQuota"): ("/api/v1", "resourcequotas", True),
-    ("v1", "LimitRange"): ("/api/v1", "limitranges", True),
-    ("v1", "Pod"): ("/api/v1", "pods", True),
-    ("v1", "Service"): ("/api/v1", "services", True),
-    ("v1", "Event"): ("/api/v1", "events", True),
-    ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies", True),
-    ("rbac.authorization.k8s.io/v1", "Role"): ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
-    ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
-    ("batch/v1", "Job"): ("/apis/batch/v1", "jobs", True),
-    ("stockade.io/v1alpha1", "AgentRun"): ("/apis/stockade.io/v1alpha1", "agentruns", True),
-}
+    kind.ref: (kind.prefix, kind.plural, kind.namespaced) for kind in kinds.KINDS}
 
 
 class KubeError(Exception):

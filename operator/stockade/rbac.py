@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from stockade import labels
+from stockade import kinds, labels
 
 # Stands for the Helm release's full name (the ClusterKopfPeering object is named after it).
 RELEASE = "{release}"
@@ -50,6 +50,18 @@ def _child(group: str, resource: str, applied_by: tuple[str, ...] = (), deleted_
         Permission(group, resource, ("create", "patch"), ("stockade.reconcile:Reconciler._apply", *applied_by)),
         Permission(group, resource, ("delete",), ("stockade.reconcile:Reconciler._prune", *deleted_by)),
     )
+
+
+# Who else watches, applies or deletes a fence kind (the reconciler applies, prunes and watches them all).
+_FENCE_SITES: dict[str, dict[str, tuple[str, ...]]] = {
+    # Team namespaces' own ResourceQuotas count against their runs (budgets): watched and listed at start.
+    "ResourceQuota": {"watched_by": ("stockade.budget_watch:team_quota_event", "stockade.budget_watch:budget_startup")},
+    # The quarantine NetworkPolicy.
+    "NetworkPolicy": {"applied_by": ("stockade.rungs:RungsMixin._apply_policy",),
+                      "deleted_by": ("stockade.release:ReleaseMixin._release",)},
+    # Freezing deletes the agent's RoleBinding.
+    "RoleBinding": {"deleted_by": ("stockade.rungs:RungsMixin._act",)},
+}
 
 
 PERMISSIONS: tuple[Permission, ...] = (
@@ -92,16 +104,8 @@ PERMISSIONS: tuple[Permission, ...] = (
                                                "stockade.lifecycle:RunLifecycle.create_namespace",
                                                "stockade.lifecycle:RunLifecycle.remove_orphan",
                                                "stockade.lifecycle:RunLifecycle.sweep")),
-    # Guardrails (and the quarantine NetworkPolicy; freezing deletes the RoleBinding).
-    *_child("", "serviceaccounts"),
-    # Team namespaces' own ResourceQuotas count against their runs (budgets): watched and listed at start.
-    *_child("", "resourcequotas", watched_by=("stockade.budget_watch:team_quota_event",
-                                              "stockade.budget_watch:budget_startup")),
-    *_child("", "limitranges"),
-    *_child("networking.k8s.io", "networkpolicies", applied_by=("stockade.rungs:RungsMixin._apply_policy",),
-            deleted_by=("stockade.release:ReleaseMixin._release",)),
-    *_child("rbac.authorization.k8s.io", "roles"),
-    *_child("rbac.authorization.k8s.io", "rolebindings", deleted_by=("stockade.rungs:RungsMixin._act",)),
+    # Guardrails: every fence kind of stockade.kinds, with the call sites beyond the reconciler's.
+    *(perm for kind in kinds.GUARDRAILS for perm in _child(kind.group, kind.plural, **_FENCE_SITES.get(kind.kind, {}))),
     Permission("rbac.authorization.k8s.io", "roles", ("escalate", "bind"), ("stockade.reconcile:Reconciler._apply",),
                names=(labels.ROLE,)),
     # The agent's workload: created once, deleted when the run expires or a violation evicts it; a
@@ -117,12 +121,8 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("batch", "jobs", ("patch",), ("stockade.rungs:RungsMixin._suspend",)),
     Permission("batch", "jobs", ("delete",), ("stockade.workload:stop_workload",)),
     # Other kinds detection watches in run namespaces (what the agent makes, if its grant lets it).
-    Permission("", "services", ("list", "watch"), WATCH_DETECT),
-    Permission("apps", "deployments", ("list", "watch"), WATCH_DETECT),
-    Permission("apps", "statefulsets", ("list", "watch"), WATCH_DETECT),
-    Permission("apps", "daemonsets", ("list", "watch"), WATCH_DETECT),
-    Permission("apps", "replicasets", ("list", "watch"), WATCH_DETECT),
-    Permission("batch", "cronjobs", ("list", "watch"), WATCH_DETECT),
+    *(Permission(kind.group, kind.plural, ("list", "watch"), WATCH_DETECT)
+      for kind in kinds.DETECTED if kind.watched is None),
     # Events on the AgentRun (kopf and the responders POST them); a pod's events become evidence.
     Permission("", "events", ("create",),
                ("stockade.handlers:emit_event", "kopf._cogs.clients.events:post_event",

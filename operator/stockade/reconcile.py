@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from stockade import audit, labels, metrics, run_namespaces
+from stockade import audit, kinds, labels, metrics, run_namespaces
 from stockade.api.models import AgentRunSpec
 from stockade.budget_gate import BudgetGate
 from stockade.clock import parse_stamp, stamp, utcnow
@@ -45,7 +45,7 @@ log = logging.getLogger("stockade.reconcile")
 __all__ = ["Coalescer", "EmitEvent", "Reconciler", "parse_stamp", "stamp", "utcnow"]  # older import sites
 
 EmitEvent = Callable[[Mapping[str, Any], str, str, str], None]
-PRUNABLE_COMPONENTS = {"network", "identity", "quota", "limits"}
+PRUNABLE_COMPONENTS = kinds.GUARDRAIL_COMPONENTS  # the planned fence (not the quarantine policy)
 
 
 class Reconciler(FailureHandling):

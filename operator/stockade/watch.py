@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from stockade import labels
+from stockade import kinds, labels
 from stockade.kube import Kube, KubeError
 from stockade.store import ObjectKey, RunKey, Store, run_of
 
@@ -52,19 +52,11 @@ class WatchedKind:
         return ("" if parts[0] == "api" else parts[1]), parts[-1]
 
 
-# Everything the reconciler (and admission, through the store) reads besides the AgentRun.
-KINDS: tuple[WatchedKind, ...] = (
-    WatchedKind("v1", "Namespace", "/api/v1/namespaces"),
-    WatchedKind("v1", "ServiceAccount", "/api/v1/serviceaccounts"),
-    WatchedKind("v1", "ResourceQuota", "/api/v1/resourcequotas"),
-    WatchedKind("v1", "LimitRange", "/api/v1/limitranges"),
-    WatchedKind("networking.k8s.io/v1", "NetworkPolicy", "/apis/networking.k8s.io/v1/networkpolicies"),
-    WatchedKind("rbac.authorization.k8s.io/v1", "Role", "/apis/rbac.authorization.k8s.io/v1/roles"),
-    WatchedKind("rbac.authorization.k8s.io/v1", "RoleBinding", "/apis/rbac.authorization.k8s.io/v1/rolebindings"),
-    WatchedKind("batch/v1", "Job", "/apis/batch/v1/jobs"),
-    # Pods an agent makes need not carry the label: every pod, kept only inside run namespaces.
-    WatchedKind("v1", "Pod", "/api/v1/pods", selector=None),
-)
+# Everything the reconciler (and admission, through the store) reads besides the AgentRun: the table's
+# watched kinds, the Namespace first (WatchLayer.prime lists it before the rest).
+KINDS: tuple[WatchedKind, ...] = tuple(
+    WatchedKind(k.api_version, k.kind, k.collection, selector=labels.AGENTRUN if k.watched == "labelled" else None)
+    for k in kinds.WATCHED)
 
 
 class Gone(Exception):
@@ -119,8 +111,9 @@ class KindWatch:
                 return items, str(meta.get("resourceVersion") or "")
 
     def _keep(self, obj: Mapping[str, Any]) -> bool:
-        if self.kind.kind != "Pod":
-            return True
+        if self.kind.selector is not None:
+            return True  # the operator's own: labelled by it
+        # Listed whole (pods an agent makes need not carry the label): kept only inside run namespaces.
         return self.store.is_run_namespace(str((obj.get("metadata") or {}).get("namespace") or ""))
 
     # Watching -----------------------------------------------------------------------------------------

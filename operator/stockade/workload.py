@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 
+from stockade import kinds
 from stockade.kube import Kube, KubeError
 from stockade.plan import Plan, RunRef
 from stockade.store import Store
 
 log = logging.getLogger("stockade.reconcile")
 
-WORKLOAD_KINDS = {"Pod": "v1", "Job": "batch/v1"}
+WORKLOAD_KINDS = {kind.kind: kind.api_version for kind in kinds.RUN_WORKLOADS}  # kind -> apiVersion
 
 
 async def ensure_workload(kube: Kube, store: Store, plan: Plan) -> bool:

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from stockade import apirules, labels, services
+from stockade import apirules, kinds, labels, services
 from stockade.admission.podusage import (
     TERMINAL_PHASES,
     Amounts,
@@ -65,28 +65,11 @@ POD: Resource = ("", "pods")
 JOB: Resource = ("batch", "jobs")
 SERVICE: Resource = ("", "services")
 NAMESPACE: Resource = ("", "namespaces")
-WORKLOADS: dict[Resource, str] = {
-    ("apps", "deployments"): "Deployment",
-    ("apps", "statefulsets"): "StatefulSet",
-    ("apps", "daemonsets"): "DaemonSet",
-    ("apps", "replicasets"): "ReplicaSet",
-    ("", "replicationcontrollers"): "ReplicationController",
-    ("batch", "cronjobs"): "CronJob",
-}
-GUARDRAILS: dict[Resource, str] = {
-    ("", "serviceaccounts"): "ServiceAccount",
-    ("", "resourcequotas"): "ResourceQuota",
-    ("", "limitranges"): "LimitRange",
-    ("networking.k8s.io", "networkpolicies"): "NetworkPolicy",
-    ("rbac.authorization.k8s.io", "roles"): "Role",
-    ("rbac.authorization.k8s.io", "rolebindings"): "RoleBinding",
-}
+# Controllers no grant names, and the fence (stockade.kinds).
+WORKLOADS: dict[Resource, str] = {kind.resource: kind.kind for kind in kinds.NEVER_GRANTED}
+GUARDRAILS: dict[Resource, str] = {kind.resource: kind.kind for kind in kinds.GUARDRAILS}
 # Data that starts nothing and opens nothing; the control plane writes some of it in every namespace.
-INERT: set[Resource] = {
-    ("", "configmaps"), ("", "secrets"), ("", "endpoints"), ("", "events"), ("events.k8s.io", "events"),
-    ("discovery.k8s.io", "endpointslices"), ("coordination.k8s.io", "leases"),
-    ("authorization.k8s.io", "localsubjectaccessreviews"),
-}
+INERT: set[Resource] = {kind.resource for kind in kinds.INERT}
 # The control plane's own writes that the fence must let through.
 SERVICE_ACCOUNT_CONTROLLER = "system:serviceaccount:kube-system:service-account-controller"
 NAMESPACE_CONTROLLER = "system:serviceaccount:kube-system:namespace-controller"

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from stockade import labels
+from stockade import kinds, labels
 
 API_VERSION = "admissionregistration.k8s.io/v1"
 ENFORCEMENT = labels.ENFORCEMENT  # namespace label: "enforce" or "audit" (set by the reconciler)
@@ -39,30 +39,20 @@ SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 SERVICE_ACCOUNT_CONTROLLER = "system:serviceaccount:kube-system:service-account-controller"
 NAMESPACE_CONTROLLER = "system:serviceaccount:kube-system:namespace-controller"
 
-POD_KINDS = ("pods", "replicationcontrollers", "deployments", "statefulsets", "daemonsets", "replicasets",
-             "jobs", "cronjobs")
-WORKLOAD_KINDS = ("deployments", "statefulsets", "daemonsets", "replicasets", "replicationcontrollers", "cronjobs")
-GUARDRAIL_RULES = [
-    ("", ["serviceaccounts", "resourcequotas", "limitranges"]),
-    ("networking.k8s.io", ["networkpolicies"]),
-    ("rbac.authorization.k8s.io", ["roles", "rolebindings"]),
-]
+# From the table of kinds (stockade.kinds): what makes pods, the controllers no grant names, the fence.
+WORKLOAD_RULES = kinds.rules(kinds.MAKES_PODS)
+POD_KINDS = tuple(plural for _, plurals in WORKLOAD_RULES for plural in plurals)
+WORKLOAD_KINDS = tuple(kind.plural for kind in kinds.NEVER_GRANTED)
+GUARDRAIL_RULES = kinds.rules(kinds.GUARDRAILS)
 GUARDRAIL_KINDS = [plural for _, plurals in GUARDRAIL_RULES for plural in plurals]
-WORKLOAD_RULES = [
-    ("", ["pods", "replicationcontrollers"]),
-    ("apps", ["deployments", "statefulsets", "daemonsets", "replicasets"]),
-    ("batch", ["jobs", "cronjobs"]),
-]
+# What stockade-grant judges: those controllers, and Services by their type.
+GRANT_RULES = kinds.rules((*kinds.NEVER_GRANTED, *kinds.EXPOSING))
 COMMON_LABELS = {"app.kubernetes.io/name": "stockade", "app.kubernetes.io/component": "admission"}
 # What the operator writes in run namespaces, and nowhere else (operator/stockade/rbac.py): the workload,
 # a quarantined pod's label and its eviction, and the fence. Events (on AgentRuns, in team namespaces),
 # AgentRuns and cluster-scoped objects are written elsewhere and are not listed.
-CONFINED_RULES = [
-    ("", ["pods", "pods/*", "serviceaccounts", "resourcequotas", "limitranges"]),
-    ("batch", ["jobs", "jobs/*"]),
-    ("networking.k8s.io", ["networkpolicies"]),
-    ("rbac.authorization.k8s.io", ["roles", "rolebindings"]),
-]
+CONFINED_RULES = kinds.rules((kind for kind in kinds.KINDS if kind.run_workload or kind.guardrail),
+                             lambda kind: (kind.plural, f"{kind.plural}/*") if kind.run_workload else (kind.plural,))
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 
 
@@ -220,9 +210,7 @@ def grant_policy(usernames: Sequence[str], excluded: Sequence[str] = (),
             "failurePolicy": "Fail",
             "matchConstraints": {
                 "namespaceSelector": run_namespaces(excluded),
-                "resourceRules": _rules([("", ["replicationcontrollers", "services"]),
-                                         ("apps", ["deployments", "statefulsets", "daemonsets", "replicasets"]),
-                                         ("batch", ["cronjobs"])], ["CREATE", "UPDATE"]),
+                "resourceRules": _rules(GRANT_RULES, ["CREATE", "UPDATE"]),
             },
             "matchConditions": [not_operator(usernames, exempt_groups)],
             "validations": [

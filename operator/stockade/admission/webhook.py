@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from stockade import kinds
 from stockade.admission import vap
 from stockade.kube import Kube
 
@@ -26,14 +27,9 @@ AGENTRUN_MUTATE_ID = "agentrun-defaults"
 FIELD_MANAGER = "stockade-admission"
 
 # Updates and deletions the webhook judges; every kind is judged on creation.
-UPDATE_RULES: list[tuple[str, list[str]]] = [
-    ("", ["pods", "pods/ephemeralcontainers", "pods/resize", "services", "replicationcontrollers",
-          "serviceaccounts", "resourcequotas", "limitranges"]),
-    ("apps", ["deployments", "statefulsets", "daemonsets", "replicasets"]),
-    ("batch", ["jobs", "cronjobs"]),
-    ("networking.k8s.io", ["networkpolicies"]),
-    ("rbac.authorization.k8s.io", ["roles", "rolebindings"]),
-]
+UPDATE_RULES: list[tuple[str, list[str]]] = kinds.rules(
+    (kind for kind in kinds.KINDS if kind.judged_on_update),
+    lambda kind: (kind.plural, *(f"{kind.plural}/{sub}" for sub in kind.update_subresources)))
 NOT_EVENTS = {"name": "not-events",  # Events are written everywhere by the control plane and start nothing
               "expression": "request.resource.resource != 'events'"}
 
@@ -180,12 +176,7 @@ def policy_defaults_hook(clients: Mapping[str, dict[str, Any]], usernames: Seque
 
 
 # Applying -----------------------------------------------------------------------------------------------
-PATHS = {
-    "ValidatingWebhookConfiguration": "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
-    "MutatingWebhookConfiguration": "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
-    "ValidatingAdmissionPolicy": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies",
-    "ValidatingAdmissionPolicyBinding": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings",
-}
+PATHS = {kind.kind: kind.collection for kind in kinds.ADMISSION}
 
 
 async def apply(kube: Kube, objects: Sequence[Mapping[str, Any]]) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from stockade import labels
+from stockade import kinds, labels
 from stockade.api.models import GROUP, PLURAL, VERSION
 from stockade.detect.config import DetectSettings
 from stockade.detect.prom import Poller
@@ -26,22 +26,8 @@ from stockade.runtime import RUNTIME
 log = logging.getLogger("stockade.detect")
 
 # Objects in a run namespace that the grant does not cover (or guardrails someone edited).
-WATCHED: list[tuple[str, str, str, str]] = [
-    # (api group, version, plural, kind)
-    ("", "v1", "services", "Service"),
-    ("apps", "v1", "deployments", "Deployment"),
-    ("apps", "v1", "statefulsets", "StatefulSet"),
-    ("apps", "v1", "daemonsets", "DaemonSet"),
-    ("apps", "v1", "replicasets", "ReplicaSet"),
-    ("batch", "v1", "cronjobs", "CronJob"),
-    ("batch", "v1", "jobs", "Job"),
-    ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
-    ("rbac.authorization.k8s.io", "v1", "roles", "Role"),
-    ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
-    ("", "v1", "resourcequotas", "ResourceQuota"),
-    ("", "v1", "limitranges", "LimitRange"),
-    ("", "v1", "serviceaccounts", "ServiceAccount"),
-]
+WATCHED: list[tuple[str, str, str, str]] = [  # (api group, version, plural, kind)
+    (kind.group, kind.version, kind.plural, kind.kind) for kind in kinds.DETECTED]
 
 
 @dataclass

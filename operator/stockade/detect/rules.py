@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
-from stockade import labels, services
+from stockade import kinds, labels, services
 from stockade.api.models import AgentRunSpec, Grant, Violation
 from stockade.detect.falco import Endpoint, RuntimeEvent, normalise_ip
 from stockade.detect.schema import CONNECTION_KINDS, Signal
@@ -50,17 +50,16 @@ KINDS: dict[str, Severity] = {
 }
 _CATEGORY_KINDS = {"ssh": "SSHConnection", "miner": "CryptoMiner", "reverse-shell": "ReverseShell",
                    "c2": "C2Connection", "shell": "ShellInContainer"}
-WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "CronJob", "Job"}
+# From the table of kinds (stockade.kinds): what makes pods, the fence, and where each kind lives.
+WORKLOAD_KINDS = {kind.kind for kind in kinds.DETECTED if kind.makes_pods}
+GUARDRAIL_KINDS = {kind.kind for kind in kinds.GUARDRAILS}
 # Kinds whose children are flagged through the parent (a Deployment's ReplicaSets, a CronJob's Jobs).
 _PARENTS = {"ReplicaSet": {"Deployment"}, "Job": {"CronJob"}}
-_RESOURCES = {"NetworkPolicy": ("networking.k8s.io", "networkpolicies"),
-              "Role": ("rbac.authorization.k8s.io", "roles"),
-              "RoleBinding": ("rbac.authorization.k8s.io", "rolebindings"),
-              "ResourceQuota": ("", "resourcequotas"), "LimitRange": ("", "limitranges"),
-              "ServiceAccount": ("", "serviceaccounts"), "Service": ("", "services"),
-              "Deployment": ("apps", "deployments"), "StatefulSet": ("apps", "statefulsets"),
-              "DaemonSet": ("apps", "daemonsets"), "ReplicaSet": ("apps", "replicasets"),
-              "CronJob": ("batch", "cronjobs"), "Job": ("batch", "jobs"), "Pod": ("", "pods")}
+_RESOURCES = {kind.kind: kind.resource for kind in (*kinds.DETECTED, kinds.named("Pod"))}
+# Guardrails that, made by someone other than Stockade, widen the agent's reach (the violation and why).
+_FOREIGN_GUARDRAILS = {"NetworkPolicy": ("NetworkPolicyNotGranted", "could open a way out of the fence"),
+                       "Role": ("RBACNotGranted", "could widen the agent's access"),
+                       "RoleBinding": ("RBACNotGranted", "could widen the agent's access")}
 WRITE_VERBS = ("create", "update", "patch", "delete")
 
 
@@ -315,14 +314,12 @@ def judge_object(obj: Mapping[str, Any], spec: AgentRunSpec, run_name: str, at: 
             return None
         return violation("WorkloadNotGranted", f"{kind} {name} is a workload the grant does not give "
                          f"(the run's workload is its {spec.workload})", "api", at, evidence=evidence)
-    if kind in ("NetworkPolicy", "Role", "RoleBinding"):
-        if not _ours(obj, run_name):
-            what = "NetworkPolicyNotGranted" if kind == "NetworkPolicy" else "RBACNotGranted"
-            why = "could open a way out of the fence" if kind == "NetworkPolicy" else "could widen the agent's access"
+    if kind in GUARDRAIL_KINDS:
+        if _ours(obj, run_name):
+            return guardrail_edit(obj, at)
+        if kind in _FOREIGN_GUARDRAILS:
+            what, why = _FOREIGN_GUARDRAILS[kind]
             return violation(what, f"{kind} {name} was not made by Stockade and {why}", "api", at, evidence=evidence)
-        return guardrail_edit(obj, at)
-    if kind in ("ResourceQuota", "LimitRange", "ServiceAccount") and _ours(obj, run_name):
-        return guardrail_edit(obj, at)
     return None
 
 
