@@ -288,8 +288,9 @@ def test_make_run_beside_a_live_chart_operator_refuses_to_start(operator: Operat
     it writes anything; the chart's operator goes on."""
     assert any(a.startswith("--peering=") for a in operator.args), "the session operator runs as the chart's"
     env = {k: v for k, v in operator.env.items() if k not in CHART_SETTINGS}
-    env.update(KUBECONFIG=KUBECONFIG, STOCKADE_METRICS_PORT=str(free_port()), STOCKADE_WEBHOOK_PORT=str(free_port()),
-               STOCKADE_READY_PORT="0")
+    # Ports of its own (the session operator holds its ports): the refusal must be about the other operator.
+    env.update({k: str(free_port()) for k, v in env.items() if k.endswith("_PORT") and v not in ("", "0")})
+    env["KUBECONFIG"] = KUBECONFIG
     args = [a for a in operator.args if not a.startswith("--peering")]
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "stockade.cli", *args,
