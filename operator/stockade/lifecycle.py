@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from stockade import labels, metrics, run_namespaces
-from stockade.kube import Kube, KubeError, object_path
+from stockade.kube import KubeError, object_path
+from stockade.kubeapi import EmitEvent, KubeAPI
 from stockade.store import RunKey, Store, owner_uid, run_of, uid_of
 
 log = logging.getLogger("stockade.lifecycle")
@@ -30,12 +31,11 @@ class NamespaceTaken(Exception):
 class RunGone(Exception):
     """The AgentRun was deleted while its fence was being built: stop building."""
 
-Emit = Callable[[Mapping[str, Any], str, str, str], None]
 AGENTRUN_API = "stockade.io/v1alpha1"
 
 
 class RunLifecycle:
-    def __init__(self, kube: Kube, store: Store, emit: Emit) -> None:
+    def __init__(self, kube: KubeAPI, store: Store, emit: EmitEvent) -> None:
         self.kube = kube
         self.store = store
         self.emit = emit

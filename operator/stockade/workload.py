@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from stockade.kube import Kube, KubeError
+from stockade.kube import KubeError
+from stockade.kubeapi import KubeAPI
 from stockade.plan import Plan, RunRef
 from stockade.store import Store
 
@@ -13,7 +14,7 @@ log = logging.getLogger("stockade.reconcile")
 WORKLOAD_KINDS = {"Pod": "v1", "Job": "batch/v1"}
 
 
-async def ensure_workload(kube: Kube, store: Store, plan: Plan) -> bool:
+async def ensure_workload(kube: KubeAPI, store: Store, plan: Plan) -> bool:
     """Create the workload if it does not exist; True if this call created it."""
     desired = plan.workload
     if desired is None:
@@ -32,7 +33,7 @@ async def ensure_workload(kube: Kube, store: Store, plan: Plan) -> bool:
     return True
 
 
-async def stop_workload(kube: Kube, store: Store, run: RunRef) -> None:
+async def stop_workload(kube: KubeAPI, store: Store, run: RunRef) -> None:
     for kind in ("Job", "Pod"):
         for obj in list(store.in_namespace(run.run_namespace, kind)):
             if obj["metadata"].get("deletionTimestamp"):
