@@ -137,6 +137,12 @@ def delete_run_whose_namespace_is_gone(world: World) -> None:
     world.delete("v1", "Namespace", RUN_NS, namespace=None)  # its DELETED event came
 
 
+def label_run_unseen(world: World) -> None:
+    """kubectl label, just now: the API server holds a newer AgentRun than the watch has shown."""
+    live = world.kube.objects[AR_PATH]
+    world.kube.put(AR_PATH, merge(live, {"metadata": {"labels": {"owner": "alice"}}}))
+
+
 CASES = [
     Case("a fresh run gets its finalizer, then its namespace, then its guardrails, then its workload",
          run=agentrun(finalizer=False),
@@ -176,6 +182,9 @@ CASES = [
          want_conditions={"Ready": ("False", "InvalidSpec"), "Stalled": ("True", "InvalidSpec"),
                           "GuardrailsReady": ("False", "InvalidSpec"), "Reconciling": ("False", "InvalidSpec")},
          want_events=(("Warning", "InvalidSpec"), ("Normal", "PhasePending"))),
+    Case("an AgentRun changed since the watch showed it: the finalizer waits for the new version, no stall",
+         run=agentrun(finalizer=False), meanwhile=label_run_unseen,
+         want_writes=(("PATCH", "agentruns/rome"),), want_events=(), want_finalizers=()),
     Case("a workload the API server refuses (422) stalls the run with the API server's message",
          run=agentrun(), fail=(("CREATE", "pods/rome", invalid()),),
          want_writes=(("CREATE", "namespaces/team-rome"), *FENCE, ("CREATE", "pods/rome"),
