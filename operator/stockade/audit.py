@@ -30,6 +30,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar
 
+from stockade.kubeapi import EmitEvent
 from stockade.store import RunKey, Store, uid_of
 
 FENCE_COMPLETE = "FenceComplete"
@@ -41,7 +42,6 @@ _CONTEXT: contextvars.ContextVar[tuple[tuple[str, Any], ...]] = contextvars.Cont
                                                                                        default=())
 log = logging.getLogger("stockade.reconcile")
 
-EmitEvent = Callable[[Mapping[str, Any], str, str, str], None]
 
 
 def new_id() -> str:

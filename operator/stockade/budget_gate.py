@@ -26,11 +26,11 @@ from stockade.api.models import AgentRunSpec
 from stockade.grantpolicy import budget
 from stockade.grantpolicy.ceilings import Bound, check_policy
 from stockade.grantpolicy.index import INDEX, PolicyIndex
+from stockade.kubeapi import EmitEvent
 from stockade.store import RunKey, Store
 
 log = logging.getLogger("stockade.budget")
 
-EmitEvent = Callable[[Mapping[str, Any], str, str, str], None]
 OwnedNamespace = Callable[[RunKey, Mapping[str, Any]], "str | None"]  # the run's existing run namespace, if any
 TERMINAL = ("Succeeded", "Failed", "Expired")
 NARROWED = "NarrowedBelowGrant"

@@ -13,9 +13,10 @@ exist (NXDOMAIN) or has no address is authoritative and leaves the host unresolv
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from stockade.kubeapi import EmitEvent
 from stockade.store import RunKey
 
 Resolution = tuple[bool, str, str]  # (resolved, reason, message): the EgressResolved condition
@@ -48,7 +49,6 @@ def egress_resolution(hosts: Sequence[str], resolved: Mapping[str, Sequence[str]
     return True, ALL_RESOLVED, f"every granted host resolved: {_names(hosts)}"
 
 
-Emit = Callable[[Mapping[str, Any], str, str, str], None]
 
 
 class EgressEvents:
@@ -57,7 +57,7 @@ class EgressEvents:
     from the run's persisted condition, so neither a status write that comes a round later nor an
     operator restart repeats an Event."""
 
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, emit: EmitEvent) -> None:
         self.emit = emit
         self._said: dict[RunKey, str] = {}  # the last Warning's message, or "" once all resolved
 

@@ -11,11 +11,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from stockade.clock import stamp, utcnow
-from stockade.kube import Kube, KubeError
+from stockade.kube import KubeError
+from stockade.kubeapi import EmitEvent, KubeAPI
 
 log = logging.getLogger("stockade.events")
 
-EmitEvent = Callable[[Mapping[str, Any], str, str, str], None]
+__all__ = ["COMPONENT", "EmitEvent", "EventPoster", "FallbackEmit", "reporting_instance"]
 
 # Every Event the operator posts, kopf's included (stockade.handlers sets kopf's posting settings), names
 # this component: `kubectl describe`'s "From" (core/v1 source.component) and events.k8s.io/v1's
@@ -33,7 +34,7 @@ class EventPoster:
     """Events on the AgentRun, posted directly: kopf.event works only inside kopf's per-object handler
     tasks, and the responder runs in its own. Fire and forget: an Event never delays a response."""
 
-    def __init__(self, kube: Kube, now: Callable[[], str] | None = None) -> None:
+    def __init__(self, kube: KubeAPI, now: Callable[[], str] | None = None) -> None:
         self.kube = kube
         self.now = now or (lambda: stamp(utcnow()))
         self._tasks: set[asyncio.Task[None]] = set()

@@ -8,14 +8,16 @@ classes: manifests are plain dicts in and out, which keeps the planner pure and 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
+import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import urllib3
 from kubernetes import client, config
@@ -23,6 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from stockade import k8snames, kinds, labels
 from stockade.inputcheck import terminating_namespace
+from stockade.kubeapi import KubeAPI
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +35,14 @@ _KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {
 
 
 class KubeError(Exception):
-    def __init__(self, status: int, reason: str, message: str, causes: tuple[str, ...] = ()) -> None:
+    def __init__(self, status: int, reason: str, message: str, causes: tuple[str, ...] = (),
+                 retry_after: float | None = None) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
         self.causes = causes  # the reasons of the Status's details.causes
+        self.retry_after = retry_after  # seconds the API server still asked us to wait (429/503), if it did
 
     @property
     def terminating_namespace(self) -> str | None:
@@ -51,6 +56,11 @@ class KubeError(Exception):
     @property
     def conflict(self) -> bool:
         return self.status == 409
+
+    @property
+    def transient(self) -> bool:
+        """The API server is away, throttling or failing: the same request may pass later (a 4xx would not)."""
+        return self.status in (0, 429) or self.status >= 500
 
 
 # RBAC objects may have any name that stays one path segment; everything else here is a DNS-1123 subdomain.
@@ -177,14 +187,16 @@ class Kube:
                 return result
             wait = retry_after(response.status, response.getheaders())  # type: ignore[no-untyped-call]
             if wait is None or attempt == RETRY_AFTER_TRIES:
-                raise _kube_error(response.status, str(response.reason or ""), raw)
+                raise _kube_error(response.status, str(response.reason or ""), raw, wait)
             log.info("%s %s: %s, retrying after %.1fs as the API server asks", method, path, response.status, wait)
             self.backoff.push(wait)
         raise AssertionError("unreachable")
 
-    async def call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> dict[str, Any]:
+    async def call(self, method: str, path: str, body: Any = None, *, query: list[tuple[str, str]] | None = None,
+                   content_type: str = "application/json") -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, lambda: self.request(method, path, body, **kwargs))
+        return await loop.run_in_executor(
+            self.executor, lambda: self.request(method, path, body, query=query, content_type=content_type))
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply with the operator's single field manager, taking ownership on conflict."""
@@ -240,7 +252,7 @@ class Kube:
         return await self.call("PATCH", path, ops, content_type="application/json-patch+json")
 
 
-def _kube_error(status: int, reason: str, raw: bytes | None) -> KubeError:
+def _kube_error(status: int, reason: str, raw: bytes | None, wait: float | None = None) -> KubeError:
     message = (raw or b"").decode(errors="replace")
     causes: tuple[str, ...] = ()
     try:
@@ -251,4 +263,99 @@ def _kube_error(status: int, reason: str, raw: bytes | None) -> KubeError:
                        for c in ((parsed.get("details") or {}).get("causes") or []) if isinstance(c, dict))
     except (AttributeError, TypeError, ValueError):
         pass
-    return KubeError(status, reason, message, causes)
+    return KubeError(status, reason, message, causes, wait)
+
+
+# Status writes -----------------------------------------------------------------------------------------
+# Every status writer goes through write_status: read, let the writer decide, write with the resourceVersion
+# it decided on (a compare-and-swap: violations and the quarantine are read-modify-write, and admission,
+# detection and a release write them side by side), and on a conflict read again and decide again.
+STATUS_ATTEMPTS = 5
+CONFLICT_BACKOFF_SECONDS = 0.01  # the object changed: a fresh read is all it takes; jitter parts the writers
+TRANSIENT_BACKOFF_SECONDS = 0.1  # the API server is away or failing: give it a moment
+BACKOFF_MAX_SECONDS = 2.0
+
+# Given the object as last read, the status fields to merge in, or None to write nothing.
+Decide = Callable[[dict[str, Any]], "Mapping[str, Any] | Awaitable[Mapping[str, Any] | None] | None"]
+
+
+class StatusConflict(KubeError):
+    """Every attempt of a status write met a newer version: someone else keeps writing it."""
+
+
+@dataclass(frozen=True)
+class StatusWrite:
+    seen: dict[str, Any] | None  # the object the last decision was made on; None: it is gone
+    written: dict[str, Any] | None  # the API server's answer to the write; None: nothing was written
+
+
+def status_backoff(attempt: int, err: KubeError, jitter: Callable[[], float] = random.random) -> float:
+    """Seconds before try ``attempt + 2``: doubling from a base that depends on the error, jittered down to
+    half (writers that collided do not collide again), never less than a Retry-After the API server sent."""
+    base = CONFLICT_BACKOFF_SECONDS if err.conflict else TRANSIENT_BACKOFF_SECONDS
+    delay = min(base * 2.0 ** attempt, BACKOFF_MAX_SECONDS) * (0.5 + jitter() / 2)
+    return max(delay, err.retry_after or 0.0)
+
+
+async def read_object(kube: KubeAPI, path: str) -> dict[str, Any] | None:
+    try:
+        return await kube.call("GET", path)
+    except KubeError as err:
+        if err.not_found:
+            return None
+        raise
+
+
+async def write_status(
+    kube: KubeAPI, path: str, decide: Decide, *, current: Mapping[str, Any] | None,
+    read: Callable[[], Awaitable[dict[str, Any] | None]] | None = None, attempts: int = STATUS_ATTEMPTS,
+    precondition: bool = True, remember: Callable[[dict[str, Any]], object] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> StatusWrite:
+    """Write the status of the object at ``path`` (its REST path, without ``/status``) as ``decide`` says.
+
+    ``current``: the object as last seen (the store's copy; None: gone, nothing is written). ``decide`` gets
+    it and returns the status fields to merge in, or None for no write; on a conflict the object is read
+    again (``read``, a GET of ``path`` by default) and ``decide`` asked again. A transient error (the API
+    server away, throttling, failing) is tried again on the same decision after a back-off that honours
+    Retry-After; anything else (a 422, a 403) is raised at once. After ``attempts`` conflicts
+    ``StatusConflict`` is raised. ``precondition=False`` is for a writer that owns every field it writes
+    (last writer wins, nothing to re-read). ``remember`` gets every object read and the write's answer."""
+    seen = dict(current) if current is not None else None
+    for attempt in range(attempts):
+        if seen is None:
+            return StatusWrite(None, None)
+        decided = decide(seen)
+        status = await decided if inspect.isawaitable(decided) else decided
+        if status is None:
+            return StatusWrite(seen, None)
+        patch: dict[str, Any] = {"status": dict(status)}
+        if precondition:
+            patch["metadata"] = {"resourceVersion": seen["metadata"]["resourceVersion"]}
+        try:
+            written = await kube.merge_patch(path + "/status", patch)
+        except KubeError as err:
+            if err.not_found:
+                return StatusWrite(None, None)
+            if not (err.conflict or err.transient):
+                raise
+            if attempt == attempts - 1:
+                if err.conflict:
+                    raise StatusConflict(409, "Conflict", f"the status of {path} kept changing: gave up after "
+                                         f"{attempts} attempts ({err.message})") from err
+                raise
+            log.info("status of %s: %s; trying again (%d)", path, err, attempt + 1)
+            await sleep(status_backoff(attempt, err))
+            if err.conflict:  # someone else wrote it: decide again on what it says now
+                seen = await (read or (lambda: read_object(kube, path)))()
+                if seen is not None and remember is not None:
+                    remember(seen)
+            continue
+        if remember is not None:
+            remember(written)
+        return StatusWrite(seen, written)
+    raise AssertionError("unreachable")
+
+
+if TYPE_CHECKING:  # mypy checks that the REST client is what the logic is written against
+    _KUBE_IS_A_KUBE_API: type[KubeAPI] = Kube

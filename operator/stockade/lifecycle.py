@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from stockade import labels, metrics, run_namespaces
-from stockade.kube import Kube, KubeError, object_path
+from stockade.kube import KubeError, object_path
+from stockade.kubeapi import EmitEvent, KubeAPI
 from stockade.store import RunKey, Store, owner_uid, run_of, uid_of
 
 log = logging.getLogger("stockade.lifecycle")
@@ -30,12 +31,11 @@ class NamespaceTaken(Exception):
 class RunGone(Exception):
     """The AgentRun was deleted while its fence was being built: stop building."""
 
-Emit = Callable[[Mapping[str, Any], str, str, str], None]
 AGENTRUN_API = "stockade.io/v1alpha1"
 
 
 class RunLifecycle:
-    def __init__(self, kube: Kube, store: Store, emit: Emit) -> None:
+    def __init__(self, kube: KubeAPI, store: Store, emit: EmitEvent) -> None:
         self.kube = kube
         self.store = store
         self.emit = emit
@@ -79,7 +79,10 @@ class RunLifecycle:
             ops.append({"op": "add", "path": "/metadata/finalizers/-", "value": labels.FINALIZER})
         else:
             ops.append({"op": "add", "path": "/metadata/finalizers", "value": [labels.FINALIZER]})
-        updated = await self.kube.json_patch(path, ops)
+        try:
+            updated = await self.kube.json_patch(path, ops)
+        except KubeError as err:
+            raise _changed_since_read(err, meta) from None
         if labels.FINALIZER not in ((updated.get("metadata") or {}).get("finalizers") or []):
             # Nothing is created for a run whose finalizer the API server has not confirmed.
             raise KubeError(409, "Conflict", f"the finalizer on AgentRun {meta['namespace']}/{meta['name']} "
@@ -109,7 +112,7 @@ class RunLifecycle:
             ])
         except KubeError as err:
             if not err.not_found:
-                raise
+                raise _changed_since_read(err, body["metadata"]) from None
         return True
 
     # Orphans ----------------------------------------------------------------------------------------
@@ -152,3 +155,13 @@ class RunLifecycle:
             except (KubeError, OSError) as err:
                 log.warning("orphan sweep failed: %s; retrying in %.0fs", err, interval)
             await asyncio.sleep(interval)
+
+
+def _changed_since_read(err: KubeError, meta: Mapping[str, Any]) -> KubeError:
+    """A JSON patch's ``test`` op that fails is refused with 422, as an invalid object would be; here it only
+    means the AgentRun changed since it was read (a label added, say): a conflict, tried again once the watch
+    shows the new version, never a refusal that would stall the run until its spec changes."""
+    if err.status != 422:
+        return err
+    return KubeError(409, "Conflict", f"AgentRun {meta.get('namespace')}/{meta.get('name')} changed since it was "
+                     f"read: {err.message}")

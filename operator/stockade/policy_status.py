@@ -22,7 +22,8 @@ from stockade.conditions import merge_conditions, status_changed
 from stockade.grantpolicy.budget import usage_status
 from stockade.grantpolicy.ceilings import Bound
 from stockade.grantpolicy.index import INDEX, PolicyIndex
-from stockade.kube import Kube, KubeError
+from stockade.kube import KubeError, write_status
+from stockade.kubeapi import KubeAPI
 
 log = logging.getLogger("stockade.budget")
 FLUSH_DELAY = 0.2  # seconds: a burst of admissions and releases becomes one write per policy
@@ -40,7 +41,7 @@ def desired_status(bound: Bound, uses: Mapping[str, Any], *, generation: int | N
 
 
 class PolicyStatusWriter:
-    def __init__(self, kube: Kube, gate: BudgetGate, index: PolicyIndex = INDEX) -> None:
+    def __init__(self, kube: KubeAPI, gate: BudgetGate, index: PolicyIndex = INDEX) -> None:
         self.kube = kube
         self.gate = gate
         self.index = index
@@ -88,14 +89,15 @@ class PolicyStatusWriter:
                 await self._write(bound.name, new)
 
     async def _write(self, name: str, status: dict[str, Any]) -> None:
-        path = f"/apis/{GROUP}/{VERSION}/{POLICY_PLURAL}/{name}/status"
+        # The operator owns this status whole: no precondition; a failed write is tried at the next flush.
+        path = f"/apis/{GROUP}/{VERSION}/{POLICY_PLURAL}/{name}"
         try:
-            updated = await self.kube.merge_patch(path, {"status": status})
+            result = await write_status(self.kube, path, lambda _: status, current={}, precondition=False, attempts=1)
         except KubeError as err:
-            if not err.not_found:
-                log.warning("could not write the status of AgentPolicy %s: %s", name, err)
-                self.schedule()
+            log.warning("could not write the status of AgentPolicy %s: %s", name, err)
+            self.schedule()
             return
-        meta = updated.get("metadata") or {}
-        self._seen[name] = (meta.get("generation"), dict(updated.get("status") or {}))
+        if result.written is not None:
+            meta = result.written.get("metadata") or {}
+            self._seen[name] = (meta.get("generation"), dict(result.written.get("status") or {}))
 

@@ -69,16 +69,17 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("stockade.io", "agentruns", ("list", "watch"),
                ("stockade.handlers:agentrun_event", "stockade.handlers:_prime",
                 "stockade.detect.handlers:release_requested", "stockade.lifecycle:RunLifecycle.sweep")),
-    # Re-read after a conflicting status write.
+    # Re-read after a conflicting status write (write_status, for the responder, a release and admission).
     Permission("stockade.io", "agentruns", ("get",),
-               ("stockade.respond:Responder._handle", "stockade.release:ReleaseMixin.release",
-                "stockade.admission.record:Recorder._write")),
+               ("stockade.kube:write_status", "stockade.respond:Responder._record",
+                "stockade.release:ReleaseMixin.release", "stockade.admission.record:Recorder._write")),
     # Finalizer (JSON patch); the release annotation is removed once handled.
     Permission("stockade.io", "agentruns", ("patch",),
                ("stockade.lifecycle:RunLifecycle.add_finalizer", "stockade.lifecycle:RunLifecycle.finalize",
                 "stockade.release:ReleaseMixin._release")),
     Permission("stockade.io", "agentruns/status", ("patch",),
-               ("stockade.reconcile:Reconciler._write_status", "stockade.respond:Responder._write_status",
+               ("stockade.kube:write_status", "stockade.reconcile:Reconciler._write_status",
+                "stockade.respond:Responder._record", "stockade.release:ReleaseMixin.release",
                 "stockade.admission.record:Recorder._write")),
     # The run namespace: applied like a guardrail, deleted when the AgentRun goes.
     Permission("", "namespaces", ("list", "watch"), ("stockade.watch:KindWatch.run", "stockade.watch:WatchLayer.prime",
@@ -96,7 +97,7 @@ PERMISSIONS: tuple[Permission, ...] = (
                 "stockade.admission.grant_policy:policy_index_startup", "stockade.budget_watch:policy_event")),
     # The operator writes each AgentPolicy's status: use of its budgets.
     Permission("stockade.io", "agentpolicies/status", ("patch",),
-               ("stockade.policy_status:PolicyStatusWriter._write",)),
+               ("stockade.kube:write_status", "stockade.policy_status:PolicyStatusWriter._write")),
     Permission("", "namespaces", ("create", "patch"), ("stockade.reconcile:Reconciler._apply",
                                                     "stockade.lifecycle:RunLifecycle.create_namespace")),
     # Deleted when the AgentRun goes, and when it is found gone (orphans: see stockade.lifecycle).
@@ -126,7 +127,7 @@ PERMISSIONS: tuple[Permission, ...] = (
     # Events on the AgentRun (kopf and the responders POST them); a pod's events become evidence.
     Permission("", "events", ("create",),
                ("stockade.handlers:emit_event", "kopf._cogs.clients.events:post_event",
-                "stockade.events:EventPoster.post", "stockade.admission.record:Recorder._post_event")),
+                "stockade.events:EventPoster.post")),
     Permission("", "events", ("list",), ("stockade.respond:Responder._pod_events",)),
     # Admission kept whole: the webhook configurations and admission policies are watched (by name, from a
     # cluster-wide watch: RBAC cannot select a list by name), so one deleted or changed is reported on every

@@ -29,7 +29,8 @@ from stockade.drift import needs_apply
 from stockade.egress_status import EgressEvents, egress_resolution
 from stockade.findings import refusal_status
 from stockade.inputcheck import spec_problem
-from stockade.kube import Kube, KubeError, object_path
+from stockade.kube import KubeError, object_path, write_status
+from stockade.kubeapi import EmitEvent, KubeAPI
 from stockade.lifecycle import NamespaceTaken, RunGone, RunLifecycle
 from stockade.observe import QUOTA_PENDING, await_quota, guardrails_ready, quarantine_of, workload_phase
 from stockade.phase_count import PhaseCount
@@ -44,13 +45,12 @@ log = logging.getLogger("stockade.reconcile")
 
 __all__ = ["Coalescer", "EmitEvent", "Reconciler", "parse_stamp", "stamp", "utcnow"]  # older import sites
 
-EmitEvent = Callable[[Mapping[str, Any], str, str, str], None]
 PRUNABLE_COMPONENTS = kinds.GUARDRAIL_COMPONENTS  # the planned fence (not the quarantine policy)
 
 
 class Reconciler(FailureHandling):
     def __init__(
-        self, kube: Kube, store: Store, plan_settings: PlanSettings, resolver: HostResolver, emit: EmitEvent
+        self, kube: KubeAPI, store: Store, plan_settings: PlanSettings, resolver: HostResolver, emit: EmitEvent
     ) -> None:
         self.kube = kube
         self.store = store
@@ -335,14 +335,11 @@ class Reconciler(FailureHandling):
             return
         if old.get("phase") != phase:
             self.emit(body, "Normal", f"Phase{phase}", f"phase {old.get('phase') or 'None'} -> {phase}")
-        path = object_path("stockade.io/v1alpha1", "AgentRun", key[0], key[1]) + "/status"
-        try:
-            updated = await self.kube.merge_patch(path, {"status": new})
-        except KubeError as err:
-            if err.not_found:
-                return
-            raise
-        self.store.put_agentrun(updated)
+        # The reconciler owns every field it writes here (violations and the quarantine are not among them):
+        # no precondition, and any error is the pass's (stockade.reconcile_failures).
+        path = object_path("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
+        await write_status(self.kube, path, lambda _: new, current=body, precondition=False, attempts=1,
+                           remember=self.store.put_agentrun)
 
     def _forget(self, key: RunKey) -> None:
         self._arm_timer(key, None)

@@ -7,23 +7,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stockade import audit, labels, metrics
-from stockade.kube import Kube, KubeError, object_path
+from stockade.kube import KubeError, object_path, write_status
+from stockade.kubeapi import EmitEvent, KubeAPI
 from stockade.naming import job_name, run_namespace_name
 from stockade.store import RunKey, Store, uid_of
-
-if TYPE_CHECKING:
-    from stockade.events import EmitEvent
 
 log = logging.getLogger("stockade.respond")
 
 
 class ReleaseMixin:
-    """Mixed into ``Responder``: it shares the responder's per-run locks and status writes."""
+    """Mixed into ``Responder``: it shares the responder's per-run locks (status writes: ``kube.write_status``)."""
 
-    kube: Kube
+    kube: KubeAPI
     store: Store
     emit: EmitEvent
     trigger: Callable[[RunKey], None]
@@ -32,9 +30,6 @@ class ReleaseMixin:
     _tasks: set[asyncio.Task[None]]
 
     def _lock(self, key: RunKey) -> asyncio.Lock:
-        raise NotImplementedError
-
-    async def _write_status(self, key: RunKey, body: Mapping[str, Any], patch: Mapping[str, Any]) -> None:
         raise NotImplementedError
 
     async def _suspend(self, namespace: str, job: str, suspend: bool) -> None:
@@ -63,30 +58,26 @@ class ReleaseMixin:
         """Lift the quarantine after a human looked: status first (so nothing re-isolates the pods),
         then labels, the policy and a suspended Job; the reconciler restores RBAC and the workload."""
         async with self._lock(key):
-            for attempt in range(3):
-                body = self.store.agentruns.get(key)
-                annotations = (body or {}).get("metadata", {}).get("annotations") or {}
-                if body is None or labels.RELEASE_ANNOTATION not in annotations:
-                    return  # gone, or released already (a second event for the same request)
-                try:
-                    await self._release(key, body, by)
-                    return
-                except KubeError as err:
-                    if not err.conflict or attempt == 2:
-                        raise
-                    fresh = await self.kube.get("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
-                    if fresh is None:
-                        return
-                    self.store.put_agentrun(fresh)
+            body = self.store.agentruns.get(key)
+            if not _release_asked(body):
+                return  # gone, or released already (a second event for the same request)
+            at = self.now()
 
-    async def _release(self, key: RunKey, body: Mapping[str, Any], by: str) -> None:
+            def lift(current: dict[str, Any]) -> Mapping[str, Any] | None:
+                active = _release_asked(current) and ((current.get("status") or {}).get("quarantine") or {}).get(
+                    "active")
+                return {"quarantine": {"active": False, "releasedAt": at, "releasedBy": by}} if active else None
+
+            path = object_path("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
+            result = await write_status(self.kube, path, lift, current=body, remember=self.store.put_agentrun)
+            if result.seen is not None and _release_asked(result.seen):
+                await self._release(key, result.seen, by, was_active=result.written is not None)
+
+    async def _release(self, key: RunKey, body: Mapping[str, Any], by: str, *, was_active: bool) -> None:
+        """The rest, once the status says released: ``body`` is the AgentRun as it was decided on."""
         status = body.get("status") or {}
         quarantine = status.get("quarantine") or {}
         run_ns = status.get("runNamespace") or run_namespace_name(*key)
-        at = self.now()
-        was_active = bool(quarantine.get("active"))
-        if was_active:
-            await self._write_status(key, body, {"quarantine": {"active": False, "releasedAt": at, "releasedBy": by}})
         for pod in list(self.store.in_namespace(run_ns, "Pod")):
             if labels.QUARANTINED in (pod["metadata"].get("labels") or {}):
                 await self._unlabel(run_ns, pod["metadata"]["name"])
@@ -121,3 +112,7 @@ class ReleaseMixin:
                 return
             raise
         self.store.put({**patched, "kind": "Pod", "apiVersion": "v1"})
+
+
+def _release_asked(body: Mapping[str, Any] | None) -> bool:
+    return body is not None and labels.RELEASE_ANNOTATION in ((body.get("metadata") or {}).get("annotations") or {})

@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from stockade import audit, metrics
+from stockade import audit, metrics, violations
 from stockade.api.models import AgentRunSpec
 from stockade.clock import stamp, utcnow
 from stockade.confine import confined_pod, run_namespace
@@ -35,9 +35,10 @@ from stockade.detect.config import DetectSettings
 from stockade.detect.rules import at_least
 from stockade.events import EmitEvent, EventPoster, FallbackEmit
 from stockade.incident import DROPPED, FAILED, GONE, RECORDED, Ack, Incident, settle
-from stockade.kube import Kube, KubeError, object_path
+from stockade.kube import Decide, KubeError, object_path, write_status
+from stockade.kubeapi import KubeAPI
 from stockade.release import ReleaseMixin
-from stockade.rungs import RETRIES, ConfinementError, RungsMixin, quarantine_policy
+from stockade.rungs import ConfinementError, RungsMixin, quarantine_policy
 from stockade.store import RunKey, Store, uid_of
 
 log = logging.getLogger("stockade.respond")
@@ -60,6 +61,17 @@ class _Plan:
         return bool(self.targets) or self.freeze
 
 
+@dataclass(frozen=True)
+class _Decision:
+    body: Mapping[str, Any]  # the AgentRun it was decided on
+    spec: AgentRunSpec | None  # None: invalid (recorded, not acted on)
+    ladder: Sequence[str]
+    run_ns: str  # the run namespace its labels confirm ("" if none)
+    plan: _Plan
+    patch: dict[str, Any]  # the status fields to write
+    quarantine_id: str | None
+
+
 def _log_violation(body: Mapping[str, Any], incident: Incident, action: str) -> None:
     """Every violation, with what was done about it (a repeat on a quarantined pod at INFO: storms)."""
     v = incident.violation
@@ -73,7 +85,7 @@ def _log_violation(body: Mapping[str, Any], incident: Incident, action: str) -> 
 
 
 class Responder(RungsMixin, ReleaseMixin):
-    def __init__(self, kube: Kube, store: Store, emit: EmitEvent, *, settings: DetectSettings,
+    def __init__(self, kube: KubeAPI, store: Store, emit: EmitEvent, *, settings: DetectSettings,
                  trigger: Callable[[RunKey], None] | None = None, now: Callable[[], str] | None = None) -> None:
         self.kube = kube
         self.store = store
@@ -162,30 +174,56 @@ class Responder(RungsMixin, ReleaseMixin):
 
     # The response --------------------------------------------------------------------------------
     async def _handle(self, key: RunKey, batch: list[Incident]) -> None:
-        for attempt, delay in enumerate((*RETRIES, None)):
-            body = self.store.agentruns.get(key)
-            if body is None:
-                log.info("%d violation(s) for %s/%s dropped: the AgentRun is gone", len(batch), *key)
-                settle((w for i in batch for w in i.waiters), GONE)
-                return
-            try:
-                await self._respond(key, body, batch)
-                return
-            except KubeError as err:
-                transient = err.conflict or err.status in (0, 429) or err.status >= 500
-                if not transient or delay is None:
-                    raise
-                log.info("responding to %s/%s: %s; trying again (%d)", key[0], key[1], err, attempt + 1)
-                if err.conflict:  # someone else wrote the status: decide again on what it says now
-                    fresh = await self.kube.get("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
-                    if fresh is None:
-                        settle((w for i in batch for w in i.waiters), GONE)
-                        return
-                    self.store.put_agentrun(fresh)
-                else:
-                    await asyncio.sleep(delay)
+        body = self.store.agentruns.get(key)
+        if body is None:
+            log.info("%d violation(s) for %s/%s dropped: the AgentRun is gone", len(batch), *key)
+            settle((w for i in batch for w in i.waiters), GONE)
+            return
+        started = min(i.received for i in batch)
+        events: dict[str, list[dict[str, Any]]] = {}  # each pod's Events, fetched once whatever the retries
+        decision = await self._decision(key, body, batch, events)
+        decisions = 0
 
-    async def _respond(self, key: RunKey, body: Mapping[str, Any], batch: list[Incident]) -> None:
+        async def decide(current: dict[str, Any]) -> Mapping[str, Any]:
+            nonlocal decision, decisions
+            decisions += 1
+            if decisions > 1:  # the status changed meanwhile (a conflict): decide again on what it says now
+                decision = await self._decision(key, current, batch, events)
+            return decision.patch
+
+        first = decision
+        with audit.context(run_namespace=first.run_ns or None, quarantine_id=first.quarantine_id):
+            captured = time.perf_counter()
+            record = self._record(key, body, batch, decide)
+            early = first.plan.acting and bool(first.plan.targets) and "isolate" in first.ladder and \
+                not self.settings.evidence_before_isolation
+            if early:
+                # Isolation destroys no evidence, so it need not wait for the status write; freeze and
+                # evict (which do) still wait for it below.
+                written, _ = await asyncio.gather(record, self._isolate(key, first.run_ns, first.plan.targets))
+            else:
+                written = await record
+            if not written:
+                return
+            recorded = time.perf_counter()
+            plan = decision.plan  # the decision the status holds
+            if plan.acting:
+                missed = {pod: i for pod, i in plan.targets.items() if pod not in first.plan.targets}
+                if early and missed:  # a pod the first decision did not know of
+                    await self._isolate(key, decision.run_ns, missed)
+                rungs = [step for step in decision.ladder if not (early and step == "isolate")]
+                await self._act(key, decision.run_ns, rungs, plan.targets, forced=plan.forced, freeze=plan.freeze)
+            self._report(decision.body, batch, plan, decision.spec)
+            # The status write is already in the store, so its watch echo triggers nothing: reconcile now
+            # (after the rungs, which need no reconcile) so phase and conditions follow.
+            self.trigger(key)
+            log.debug("%s/%s: %d violation(s) answered in %.1f ms (evidence %.1f, status %.1f, rungs %.1f)",
+                      key[0], key[1], len(batch), (time.perf_counter() - started) * 1000, (captured - started) * 1000,
+                      (recorded - captured) * 1000, (time.perf_counter() - recorded) * 1000)
+
+    async def _decision(self, key: RunKey, body: Mapping[str, Any], batch: list[Incident],
+                        events: dict[str, list[dict[str, Any]]]) -> _Decision:
+        """What to record and do, decided on ``body``'s status; each violation is logged with it."""
         try:
             spec = AgentRunSpec.model_validate(body.get("spec") or {})
         except ValidationError:
@@ -193,14 +231,12 @@ class Responder(RungsMixin, ReleaseMixin):
             spec = None
         status = body.get("status") or {}
         confirmed = run_namespace(self.store, key, status)
-        run_ns = confirmed or ""
         ladder = list(spec.response) if spec else []
         plan = self._decide(key, spec, status, confirmed, batch)
-        started = min(i.received for i in batch)
-
         # Evidence is captured before any rung: the pod as the watch last showed it, its Events now.
-        records = await self._records(run_ns, batch, plan.actions, plan.targets)
-        patch: dict[str, Any] = {"violations": self._merge_violations(status.get("violations") or [], records)}
+        records = await self._records(confirmed or "", batch, plan.actions, plan.targets, events)
+        patch: dict[str, Any] = {"violations": violations.merge(status.get("violations") or [], records,
+                                                                self.settings.violations_kept)}
         if plan.acting:
             patch["quarantine"] = self._quarantine(status, plan, ladder)
         quarantine = patch.get("quarantine") or status.get("quarantine") or {}
@@ -208,27 +244,7 @@ class Responder(RungsMixin, ReleaseMixin):
         with audit.context(run_namespace=confirmed, quarantine_id=qid):
             for index, incident in enumerate(batch):
                 _log_violation(body, incident, plan.actions[index])
-            captured = time.perf_counter()
-            record = self._record(key, body, patch, batch)
-            early = plan.acting and bool(plan.targets) and "isolate" in ladder and \
-                not self.settings.evidence_before_isolation
-            if early:
-                # Isolation destroys no evidence, so it need not wait for the status write; freeze and
-                # evict (which do) still wait for it below.
-                await asyncio.gather(record, self._isolate(key, run_ns, plan.targets))
-            else:
-                await record
-            recorded = time.perf_counter()
-            if plan.acting:
-                rungs = [step for step in ladder if not (early and step == "isolate")]
-                await self._act(key, run_ns, rungs, plan.targets, forced=plan.forced, freeze=plan.freeze)
-            self._report(body, batch, plan, spec)
-            # The status write is already in the store, so its watch echo triggers nothing: reconcile now
-            # (after the rungs, which need no reconcile) so phase and conditions follow.
-            self.trigger(key)
-            log.debug("%s/%s: %d violation(s) answered in %.1f ms (evidence %.1f, status %.1f, rungs %.1f)",
-                      key[0], key[1], len(batch), (time.perf_counter() - started) * 1000, (captured - started) * 1000,
-                      (recorded - captured) * 1000, (time.perf_counter() - recorded) * 1000)
+        return _Decision(body, spec, ladder, confirmed or "", plan, patch, qid)
 
     def _decide(self, key: RunKey, spec: AgentRunSpec | None, status: Mapping[str, Any], run_ns: str | None,
                 batch: list[Incident]) -> _Plan:
@@ -297,12 +313,14 @@ class Responder(RungsMixin, ReleaseMixin):
         return None
 
     async def _records(self, run_ns: str, batch: list[Incident], actions: Mapping[int, str],
-                       targets: Mapping[str, Incident]) -> list[dict[str, Any]]:
-        """Violations as stored: evidence with the signal, the pod as it was and its last Events."""
+                       targets: Mapping[str, Incident], events: dict[str, list[dict[str, Any]]]
+                       ) -> list[dict[str, Any]]:
+        """Violations as stored: evidence with the signal, the pod as it was and its last Events (fetched
+        into ``events`` once per pod)."""
         pods = {i.violation.pod for i in batch if i.violation.pod} | set(targets)
-        pods = {p for p in pods if self.store.get("Pod", run_ns, p) is not None}
+        pods = {p for p in pods if self.store.get("Pod", run_ns, p) is not None and p not in events}
         fetched = await asyncio.gather(*(self._pod_events(run_ns, p) for p in sorted(pods)))
-        events = dict(zip(sorted(pods), fetched, strict=True))
+        events.update(zip(sorted(pods), fetched, strict=True))
         records = []
         for index, incident in enumerate(batch):
             v = incident.violation
@@ -315,25 +333,6 @@ class Responder(RungsMixin, ReleaseMixin):
             records.append(record)
         return records
 
-    def _merge_violations(self, old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Append, folding a repeat of a kept violation into its count; keep the newest few."""
-        kept = [dict(v) for v in old]
-        for record in new:
-            same = next((v for v in reversed(kept) if (v.get("kind"), v.get("pod"), v.get("detail"),
-                         v.get("source")) == (record["kind"], record.get("pod"), record["detail"], record["source"])),
-                        None)
-            if same is not None and record["action"].startswith("none"):
-                same["count"] = int(same.get("count") or 1) + int(record.get("count") or 1)
-                same["lastTime"] = record["time"]
-                continue
-            kept.append(record)
-        kept = kept[-self.settings.violations_kept:]
-        # Every status write carries the whole list: only the newest entries keep bulky evidence.
-        for entry in kept[:-evidence.FULL_KEPT]:
-            if isinstance(entry.get("evidence"), Mapping) and not entry["evidence"].get("compacted"):
-                entry["evidence"] = evidence.compact(entry["evidence"])
-        return kept
-
     async def _pod_events(self, namespace: str, pod: str) -> list[dict[str, Any]]:
         query = [("fieldSelector", f"involvedObject.kind=Pod,involvedObject.name={pod}"), ("limit", "100")]
         try:
@@ -344,20 +343,17 @@ class Responder(RungsMixin, ReleaseMixin):
         items: list[dict[str, Any]] = found.get("items") or []
         return items
 
-    async def _record(self, key: RunKey, body: Mapping[str, Any], patch: Mapping[str, Any],
-                      batch: list[Incident]) -> None:
+    async def _record(self, key: RunKey, body: Mapping[str, Any], batch: list[Incident], decide: Decide) -> bool:
         """The status write that records the batch; only then is each sender told it is safe (their
-        retries cover a crash before this point)."""
-        await self._write_status(key, body, patch)
+        retries cover a crash before this point). False when the AgentRun is gone."""
+        path = object_path("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
+        result = await write_status(self.kube, path, decide, current=body, remember=self.store.put_agentrun)
+        if result.seen is None:
+            log.info("%d violation(s) for %s/%s dropped: the AgentRun is gone", len(batch), *key)
+            settle((w for i in batch for w in i.waiters), GONE)
+            return False
         settle((w for i in batch for w in i.waiters), RECORDED)
-
-    async def _write_status(self, key: RunKey, body: Mapping[str, Any], patch: Mapping[str, Any]) -> None:
-        # The resourceVersion makes this a compare-and-swap: violations are a read-modify-write list
-        # that admission appends to as well; on a conflict the caller re-reads and decides again.
-        path = object_path("stockade.io/v1alpha1", "AgentRun", key[0], key[1]) + "/status"
-        meta = {"resourceVersion": body["metadata"]["resourceVersion"]}
-        updated = await self.kube.merge_patch(path, {"metadata": meta, "status": dict(patch)})
-        self.store.put_agentrun(updated)
+        return True
 
     def _report(self, body: Mapping[str, Any], batch: list[Incident], plan: _Plan, spec: AgentRunSpec | None) -> None:
         team = str(body["metadata"]["namespace"])

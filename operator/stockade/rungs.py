@@ -16,7 +16,8 @@ from typing import Any
 from stockade import audit, labels, metrics
 from stockade.confine import run_namespace
 from stockade.incident import Incident
-from stockade.kube import Kube, KubeError, object_path
+from stockade.kube import KubeError, object_path
+from stockade.kubeapi import KubeAPI
 from stockade.naming import label_value
 from stockade.store import RunKey, Store
 
@@ -57,7 +58,7 @@ class ConfinementError(Exception):
 
 
 class RungsMixin:
-    kube: Kube
+    kube: KubeAPI
     store: Store
 
     def _guard(self, key: RunKey, namespace: str) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 from stockade import kinds
-from stockade.kube import Kube, KubeError
+from stockade.kube import KubeError
+from stockade.kubeapi import KubeAPI
 from stockade.plan import Plan, RunRef
 from stockade.store import Store
 
@@ -14,7 +15,7 @@ log = logging.getLogger("stockade.reconcile")
 WORKLOAD_KINDS = {kind.kind: kind.api_version for kind in kinds.RUN_WORKLOADS}  # kind -> apiVersion
 
 
-async def ensure_workload(kube: Kube, store: Store, plan: Plan) -> bool:
+async def ensure_workload(kube: KubeAPI, store: Store, plan: Plan) -> bool:
     """Create the workload if it does not exist; True if this call created it."""
     desired = plan.workload
     if desired is None:
@@ -33,7 +34,7 @@ async def ensure_workload(kube: Kube, store: Store, plan: Plan) -> bool:
     return True
 
 
-async def stop_workload(kube: Kube, store: Store, run: RunRef) -> None:
+async def stop_workload(kube: KubeAPI, store: Store, run: RunRef) -> None:
     for kind in ("Job", "Pod"):
         for obj in list(store.in_namespace(run.run_namespace, kind)):
             if obj["metadata"].get("deletionTimestamp"):

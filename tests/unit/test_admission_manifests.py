@@ -18,9 +18,10 @@ from cryptography import x509
 from stockade.admission import certs, vap, webhook
 from stockade.admission.pending import Pending
 from stockade.admission.policy import Decision, Request
-from stockade.admission.record import merge, violation
+from stockade.admission.record import violation
 from stockade.api.models import Violation
 from stockade.grantcheck import Finding
+from stockade.violations import merge
 
 OPERATOR = ["system:serviceaccount:stockade-system:stockade"]
 

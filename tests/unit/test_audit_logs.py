@@ -15,7 +15,8 @@ import pytest
 from stockade import audit, events, labels, logconfig
 from stockade.store import RunKey, Store
 
-from .test_detect_respond import AR_PATH, RUN_NS, Events, World, agentrun, merge, pod, run, ssh
+from .fakes import Events, FakeKube, merge
+from .test_detect_respond import AR_PATH, RUN_NS, World, agentrun, pod, run, ssh
 
 KEY = ("team", "rome")
 
@@ -185,16 +186,9 @@ def test_the_fence_complete_line_has_fields(json_log: Any) -> None:
 
 
 def test_events_name_the_stockade_component_and_the_replica(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Kube:
-        created: list[dict[str, Any]] = []
-
-        async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-            self.created.append(obj)
-            return obj
-
     monkeypatch.setenv("STOCKADE_PEERING_IDENTITY", "stockade-7d9f-abcde")
-    kube = Kube()
-    asyncio.run(events.EventPoster(kube).post(body(1, True), "Normal", "FenceComplete", "m"))  # type: ignore[arg-type]
-    [event] = kube.created
+    kube = FakeKube()
+    asyncio.run(events.EventPoster(kube).post(body(1, True), "Normal", "FenceComplete", "m"))
+    [event] = kube.bodies("CREATE")
     assert event["source"] == {"component": "stockade"}
     assert (event["reportingComponent"], event["reportingInstance"]) == ("stockade", "stockade-7d9f-abcde")

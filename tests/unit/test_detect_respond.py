@@ -18,90 +18,11 @@ from stockade.kube import KubeError, object_path
 from stockade.respond import FallbackEmit, Incident, Responder
 from stockade.store import Store
 
+from .fakes import Events, FakeKube, conflict, merge
 from .fixtures import GPU_RUN
 
 RUN_NS = "team-rome"
 AR_PATH = object_path("stockade.io/v1alpha1", "AgentRun", "team", "rome")
-
-
-def merge(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge(out.get(key), value)
-    return out
-
-
-class FakeKube:
-    """Holds objects by REST path; records every call in order."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, dict[str, Any]] = {}
-        self.calls: list[tuple[str, str]] = []
-        self.rv = 100
-        self.conflicts = 0  # status patches to refuse with 409 before accepting
-        self.fail_labels = 0
-
-    def put(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
-        self.rv += 1
-        obj = copy.deepcopy(obj)
-        obj["metadata"]["resourceVersion"] = str(self.rv)
-        self.objects[path] = obj
-        return copy.deepcopy(obj)
-
-    async def merge_patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(("PATCH", path))
-        await asyncio.sleep(0)
-        if path.endswith("/status"):
-            live = self.objects[path.removesuffix("/status")]
-            wanted = (patch.get("metadata") or {}).get("resourceVersion")
-            if self.conflicts or (wanted and wanted != live["metadata"]["resourceVersion"]):
-                self.conflicts = max(0, self.conflicts - 1)
-                raise KubeError(409, "Conflict", "the object has been modified")
-            return self.put(path.removesuffix("/status"), merge(live, {"status": patch["status"]}))
-        if "/pods/" in path and self.fail_labels:
-            self.fail_labels -= 1
-            raise KubeError(500, "InternalError", "etcd is sad")
-        if path not in self.objects:
-            raise KubeError(404, "NotFound", path)
-        return self.put(path, merge(self.objects[path], patch))
-
-    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        path = object_path(obj["apiVersion"], obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
-        self.calls.append(("APPLY", path))
-        return self.put(path, obj)
-
-    async def delete(self, api_version: str, kind: str, namespace: str | None, name: str, *,
-                     grace: int | None = None) -> bool:
-        path = object_path(api_version, kind, namespace, name)
-        self.calls.append(("DELETE", path))
-        return self.objects.pop(path, None) is not None
-
-    async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        self.calls.append(("GET", object_path(api_version, kind, namespace, name)))
-        found = self.objects.get(object_path(api_version, kind, namespace, name))
-        return copy.deepcopy(found) if found else None
-
-    async def call(self, method: str, path: str, body: Any = None, **_: Any) -> dict[str, Any]:
-        self.calls.append((method, path))
-        return {"items": [{"type": "Normal", "reason": "Scheduled", "message": "assigned to gpu-0",
-                           "lastTimestamp": "2025-06-01T11:00:00Z"}]}
-
-    def verbs(self, *, skip_get: bool = True) -> list[tuple[str, str]]:
-        return [c for c in self.calls if not (skip_get and c[0] == "GET")]
-
-
-class Events:
-    def __init__(self) -> None:
-        self.posted: list[tuple[str, str, str]] = []
-
-    def __call__(self, body: Any, kind: str, reason: str, message: str) -> None:
-        self.posted.append((kind, reason, message))
 
 
 def agentrun(**spec_changes: Any) -> dict[str, Any]:
@@ -120,6 +41,13 @@ def pod(name: str, **meta: Any) -> dict[str, Any]:
             "status": {"phase": "Running", "podIP": "10.244.1.5"}}
 
 
+def scheduled(pod_name: str) -> dict[str, Any]:
+    """The pod's Event the API server holds (evidence reads a pod's last Events)."""
+    return {"apiVersion": "v1", "kind": "Event", "metadata": {"name": f"{pod_name}.1", "namespace": RUN_NS},
+            "involvedObject": {"kind": "Pod", "name": pod_name}, "type": "Normal", "reason": "Scheduled",
+            "message": "assigned to gpu-0", "lastTimestamp": "2025-06-01T11:00:00Z"}
+
+
 RUN_NAMESPACE = {"apiVersion": "v1", "kind": "Namespace",
                  "metadata": {"name": RUN_NS, "resourceVersion": "1",
                               "labels": {labels.AGENTRUN: "rome", labels.AGENTRUN_NAMESPACE: "team"}}}
@@ -133,8 +61,8 @@ class World:
         self.store.put_agentrun(self.kube.put(AR_PATH, run))
         self.store.put(RUN_NAMESPACE)  # the run namespace, labelled for this run, as the watch shows it
         for item in pods:
-            path = object_path("v1", "Pod", RUN_NS, item["metadata"]["name"])
-            self.store.put(self.kube.put(path, item))
+            self.store.put(self.kube.seed(item))
+            self.kube.seed(scheduled(item["metadata"]["name"]))
         self.settings = DetectSettings(_env_file=None, **settings)  # type: ignore[call-arg]
         self.triggered: list[tuple[str, str]] = []
         self.responder = Responder(self.kube, self.store, self.events, settings=self.settings,  # type: ignore[arg-type]
@@ -181,7 +109,7 @@ def test_isolate_and_evict_record_evidence_first() -> None:
         await world.responder.idle()
 
     run(scenario())
-    assert world.kube.calls[0] == ("GET", object_path("v1", "Event", RUN_NS)), "the pod's events, first"
+    assert world.kube.calls[0] == ("LIST", object_path("v1", "Event", RUN_NS)), "the pod's events, first"
     assert world.kube.verbs() == [
         ("PATCH", STATUS_PATH), ("APPLY", POLICY_PATH), ("PATCH", POD_PATH), ("DELETE", POD_PATH)]
     quarantine = world.status["quarantine"]
@@ -355,7 +283,7 @@ def test_a_run_level_violation_puts_every_live_pod_on_the_ladder() -> None:
 
 def test_a_status_conflict_is_read_again_and_retried() -> None:
     world = World(agentrun(response=["isolate"]), [pod("rome")])
-    world.kube.conflicts = 1
+    world.kube.fail("PATCH", STATUS_PATH, conflict())
 
     async def scenario() -> None:
         world.submit(ssh())
@@ -369,7 +297,7 @@ def test_a_status_conflict_is_read_again_and_retried() -> None:
 
 def test_a_failing_label_is_retried() -> None:
     world = World(agentrun(response=["isolate"]), [pod("rome")])
-    world.kube.fail_labels = 2
+    world.kube.fail("PATCH", POD_PATH, *[KubeError(500, "InternalError", "etcd is sad")] * 2)
 
     async def scenario() -> None:
         world.submit(ssh())

@@ -15,9 +15,11 @@ from stockade import respond
 from stockade.detect.config import DetectSettings
 from stockade.detect.server import SignalServer
 from stockade.detect.watch import ApiDetector
+from stockade.kube import object_path
 from stockade.respond import Incident
 from stockade.store import Store
 
+from .fakes import FakeKube
 from .test_detect_falco import SSH_NONSTD, event
 from .test_detect_respond import RUN_NS, agentrun, pod
 
@@ -40,12 +42,9 @@ class Queue:
         return ack
 
 
-class NoKube:
-    def __init__(self) -> None:
-        self.gets: list[tuple[str, str]] = []
-
-    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> None:
-        self.gets.append((namespace, name))
+def gets(kube: FakeKube) -> list[tuple[str, str]]:
+    """(namespace, name) of each pod the server looked up."""
+    return [(path.split("/")[4], path.split("/")[6]) for verb, path in kube.calls if verb == "GET"]
 
 
 def store_with_runs() -> Store:
@@ -59,16 +58,16 @@ def store_with_runs() -> Store:
     return store
 
 
-def world() -> tuple[Store, Queue, NoKube, SignalServer]:
+def world() -> tuple[Store, Queue, FakeKube, SignalServer]:
     store = store_with_runs()
-    queue, kube = Queue(), NoKube()
+    queue, kube = Queue(), FakeKube()
     settings = DetectSettings(_env_file=None, signal_token=TOKEN)  # type: ignore[call-arg]
     detector = ApiDetector(store, queue, lambda: "t")  # type: ignore[arg-type]
     server = SignalServer(settings, store, kube, queue, spec_of=detector.spec, now=lambda: "t")  # type: ignore[arg-type]
     return store, queue, kube, server
 
 
-def with_client(test: Callable[[TestClient[Any, Any], Queue, NoKube], Awaitable[None]]) -> None:
+def with_client(test: Callable[[TestClient[Any, Any], Queue, FakeKube], Awaitable[None]]) -> None:
     async def main() -> None:
         _, queue, kube, server = world()
         async with TestClient(TestServer(server.app())) as client:
@@ -86,18 +85,18 @@ def ssh_event(namespace: str = RUN_NS, pod_name: str = "rome") -> dict[str, Any]
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
                                      {"Authorization": f"Basic {TOKEN}"}])
 def test_unauthenticated_callers_are_refused(headers: dict[str, str]) -> None:
-    async def test(client: TestClient[Any, Any], queue: Queue, kube: NoKube) -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, kube: FakeKube) -> None:
         for path, body in (("/falco", ssh_event()), ("/signal", {})):
             resp = await client.post(path, json=body, headers=headers)
             assert resp.status == 401
             assert resp.headers["WWW-Authenticate"].startswith("Bearer")
-        assert queue.submitted == [] and kube.gets == []
+        assert queue.submitted == [] and gets(kube) == []
 
     with_client(test)
 
 
 def test_falco_event_for_a_runs_pod_is_queued() -> None:
-    async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, _: FakeKube) -> None:
         resp = await client.post("/falco", json=ssh_event(), headers=AUTH)
         assert resp.status == 202
         body = await resp.json()
@@ -115,7 +114,7 @@ def test_falco_event_for_a_runs_pod_is_queued() -> None:
     (RUN_NS, "ghost", 404),  # the run namespace, no such pod
 ])
 def test_signals_for_pods_no_agentrun_owns_are_refused(namespace: str, pod_name: str, status: int) -> None:
-    async def test(client: TestClient[Any, Any], queue: Queue, kube: NoKube) -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, kube: FakeKube) -> None:
         resp = await client.post("/falco", json=ssh_event(namespace, pod_name), headers=AUTH)
         assert resp.status == status
         assert "nothing done" in (await resp.json())["error"]
@@ -124,7 +123,7 @@ def test_signals_for_pods_no_agentrun_owns_are_refused(namespace: str, pod_name:
         resp = await client.post("/signal", json=generic, headers=AUTH)
         assert resp.status == status
         assert queue.submitted == []
-        assert kube.gets == ([(RUN_NS, "ghost")] * 2 if namespace == RUN_NS else [])
+        assert gets(kube) == ([(RUN_NS, "ghost")] * 2 if namespace == RUN_NS else [])
 
     with_client(test)
 
@@ -137,7 +136,7 @@ def test_signals_for_pods_no_agentrun_owns_are_refused(namespace: str, pod_name:
     ("/signal", {"detector": "x", "namespace": RUN_NS, "pod": "rome", "kind": "K1", "detail": "d", "extra": 1}, 400),
 ])
 def test_malformed_signals_are_refused(path: str, body: Any, status: int) -> None:
-    async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, _: FakeKube) -> None:
         if isinstance(body, str):
             resp = await client.post(path, data=body, headers=AUTH)
         else:
@@ -149,7 +148,7 @@ def test_malformed_signals_are_refused(path: str, body: Any, status: int) -> Non
 
 
 def test_generic_signal_within_the_grant_is_answered_without_a_violation() -> None:
-    async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, _: FakeKube) -> None:
         granted = {"detector": "hubble", "namespace": RUN_NS, "pod": "rome", "kind": "Connection",
                    "detail": "flow", "destination": {"ip": "10.42.1.1", "port": 443, "protocol": "TCP"}}
         resp = await client.post("/signal", json=granted, headers=AUTH)
@@ -163,7 +162,7 @@ def test_generic_signal_within_the_grant_is_answered_without_a_violation() -> No
 
 
 def test_schema_and_health() -> None:
-    async def test(client: TestClient[Any, Any], _: Queue, __: NoKube) -> None:
+    async def test(client: TestClient[Any, Any], _: Queue, __: FakeKube) -> None:
         assert (await client.get("/healthz")).status == 200
         schema = await (await client.get("/signal/schema", headers=AUTH)).json()
         assert set(schema["required"]) == {"detector", "namespace", "pod", "kind", "detail"}
@@ -180,7 +179,7 @@ def test_endpoint_stays_off_without_a_way_to_authenticate() -> None:
 
 
 def test_a_storm_of_concurrent_events_is_answered() -> None:
-    async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, _: FakeKube) -> None:
         answers = await asyncio.gather(*(client.post("/falco", json=ssh_event(), headers=AUTH) for _ in range(300)))
         statuses = [a.status for a in answers]
         assert set(statuses) <= {202, 429}
@@ -193,7 +192,7 @@ def test_a_storm_of_concurrent_events_is_answered() -> None:
 OTHER_NS = "team-naples"
 
 
-def with_server(test: Callable[[TestClient[Any, Any], Queue, NoKube], Awaitable[None]], queue: Queue,
+def with_server(test: Callable[[TestClient[Any, Any], Queue, FakeKube], Awaitable[None]], queue: Queue,
                 second_run: bool = False, **settings: Any) -> None:
     async def main() -> None:
         store = store_with_runs()
@@ -208,7 +207,7 @@ def with_server(test: Callable[[TestClient[Any, Any], Queue, NoKube], Awaitable[
                                                "stockade.io/agentrun-namespace": "team"}}})
             store.put({**pod("naples"), "metadata": {**pod("naples")["metadata"], "namespace": OTHER_NS,
                                                       "resourceVersion": "7"}})
-        kube = NoKube()
+        kube = FakeKube()
         config = DetectSettings(_env_file=None, signal_token=TOKEN, **settings)  # type: ignore[call-arg]
         detector = ApiDetector(store, queue, lambda: "t")  # type: ignore[arg-type]
         server = SignalServer(config, store, kube, queue, spec_of=detector.spec, now=lambda: "t")  # type: ignore[arg-type]
@@ -231,12 +230,12 @@ GENERIC = {"detector": "tetragon", "namespace": RUN_NS, "pod": "rome", "kind": "
     ("team-rome/pods/rome/../../../kube-system", "coredns"),
 ])
 def test_names_that_are_paths_are_refused_before_any_lookup(namespace: str, pod_name: str) -> None:
-    async def test(client: TestClient[Any, Any], queue: Queue, kube: NoKube) -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, kube: FakeKube) -> None:
         resp = await client.post("/falco", json=ssh_event(namespace, pod_name), headers=AUTH)
         assert resp.status == 400, await resp.text()
         resp = await client.post("/signal", json={**GENERIC, "namespace": namespace, "pod": pod_name}, headers=AUTH)
         assert resp.status == 400, await resp.text()
-        assert queue.submitted == [] and kube.gets == [], "refused before anything was looked up"
+        assert queue.submitted == [] and gets(kube) == [], "refused before anything was looked up"
 
     with_client(test)
 
@@ -244,21 +243,20 @@ def test_names_that_are_paths_are_refused_before_any_lookup(namespace: str, pod_
 def test_a_pod_the_store_shows_elsewhere_is_not_the_runs() -> None:
     """The API answers for a name in the run namespace with a pod of another namespace (a proxy, a bug):
     it is not taken for the run's pod."""
-    class ElsewhereKube(NoKube):
-        async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:  # type: ignore[override]
-            self.gets.append((namespace, name))
-            return {**pod(name), "metadata": {**pod(name)["metadata"], "namespace": "kube-system"}}
-
     async def main() -> None:
         store, queue = store_with_runs(), Queue()
-        kube = ElsewhereKube()
+        kube = FakeKube()
+        elsewhere = {**pod("probe-victim"), "metadata": {**pod("probe-victim")["metadata"], "namespace": "kube-system"}}
+        kube.put(object_path("v1", "Pod", RUN_NS, "probe-victim"), elsewhere)  # the answer for the run's name
         config = DetectSettings(_env_file=None, signal_token=TOKEN)  # type: ignore[call-arg]
         detector = ApiDetector(store, queue, lambda: "t")  # type: ignore[arg-type]
         server = SignalServer(config, store, kube, queue, spec_of=detector.spec, now=lambda: "t")  # type: ignore[arg-type]
         async with TestClient(TestServer(server.app())) as client:
             resp = await client.post("/signal", json={**GENERIC, "pod": "probe-victim"}, headers=AUTH)
             assert resp.status == 404
-        assert queue.submitted == [] and kube.gets == [(RUN_NS, "probe-victim")]
+        assert queue.submitted == [] and gets(kube) == [(RUN_NS, "probe-victim")]
+
+    asyncio.run(main())
 
     asyncio.run(main())
 
@@ -270,7 +268,7 @@ DEEP_EVIDENCE = json.dumps(GENERIC).encode()[:-1] + b', "evidence": ' + b'{"x": 
 @pytest.mark.parametrize("body", [b"[" * 200_000, b'{"a":' * 5000 + b"1" + b"}" * 5000, DEEP_EVIDENCE],
                          ids=["200k-brackets", "5000-objects", "5000-evidence"])
 def test_deeply_nested_json_is_refused_with_400(body: bytes) -> None:
-    async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, _: FakeKube) -> None:
         for path in ("/falco", "/signal"):
             resp = await client.post(path, data=body, headers={**AUTH, "Content-Type": "application/json"})
             assert resp.status == 400
@@ -281,7 +279,7 @@ def test_deeply_nested_json_is_refused_with_400(body: bytes) -> None:
 
 
 def test_nesting_within_the_limit_is_parsed() -> None:
-    async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, _: FakeKube) -> None:
         evidence = functools.reduce(lambda inner, _: {"x": inner}, range(30), {})
         resp = await client.post("/signal", json={**GENERIC, "evidence": evidence}, headers=AUTH)
         assert resp.status == 202
@@ -291,7 +289,7 @@ def test_nesting_within_the_limit_is_parsed() -> None:
 
 
 def test_an_oversized_body_is_refused_with_413() -> None:
-    async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, _: FakeKube) -> None:
         resp = await client.post("/signal", json={**GENERIC, "detail": "x" * 300_000}, headers=AUTH)
         assert resp.status == 413
         assert queue.submitted == []
@@ -307,7 +305,7 @@ def test_an_oversized_body_is_refused_with_413() -> None:
     (None, 503, True),  # never recorded within the timeout
 ])
 def test_the_answer_follows_the_status_write(outcome: str | None, status: int, retry: bool) -> None:
-    async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, _: FakeKube) -> None:
         resp = await client.post("/falco", json=ssh_event(), headers=AUTH)
         assert resp.status == status
         assert ("Retry-After" in resp.headers) is retry
@@ -320,7 +318,7 @@ def test_the_answer_follows_the_status_write(outcome: str | None, status: int, r
 def test_requests_beyond_a_runs_waiting_bound_are_told_to_come_back_and_other_runs_are_not() -> None:
     """One noisy run fills its share of waiting requests; the next signal for it is refused at once, a
     signal for another run still gets through."""
-    async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, _: FakeKube) -> None:
         waiting = [asyncio.ensure_future(client.post("/falco", json=ssh_event(), headers=AUTH)) for _ in range(3)]
         for _ in range(500):  # until all three wait for a status write
             if len(queue.submitted) == 3:
@@ -351,7 +349,7 @@ def test_bodies_beyond_the_reading_bound_are_refused_before_they_are_read() -> N
             await self.release.wait()
             yield b'"output_fields": {}}'
 
-    async def test(client: TestClient[Any, Any], queue: Queue, _: NoKube) -> None:
+    async def test(client: TestClient[Any, Any], queue: Queue, _: FakeKube) -> None:
         release = asyncio.Event()
         slow = [asyncio.ensure_future(client.post("/falco", data=SlowBody(release).__aiter__(), headers=AUTH))
                 for _ in range(2)]

@@ -10,7 +10,8 @@ from stockade.api.models import AgentRunSpec
 from stockade.detect.watch import ApiDetector
 from stockade.kube import object_path
 
-from .test_detect_respond import AR_PATH, RUN_NS, World, agentrun, merge, pod
+from .fakes import merge
+from .test_detect_respond import AR_PATH, RUN_NS, World, agentrun, pod
 
 
 def detector(world: World) -> ApiDetector:

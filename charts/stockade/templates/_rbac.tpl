@@ -4,7 +4,7 @@
 - apiGroups: ["stockade.io"]
   resources: ["agentruns"]
   verbs: ["list", "watch"]
-# stockade.respond:Responder._handle, stockade.release:ReleaseMixin.release, stockade.admission.record:Recorder._write
+# stockade.kube:write_status, stockade.respond:Responder._record, stockade.release:ReleaseMixin.release, stockade.admission.record:Recorder._write
 - apiGroups: ["stockade.io"]
   resources: ["agentruns"]
   verbs: ["get"]
@@ -12,7 +12,7 @@
 - apiGroups: ["stockade.io"]
   resources: ["agentruns"]
   verbs: ["patch"]
-# stockade.reconcile:Reconciler._write_status, stockade.respond:Responder._write_status, stockade.admission.record:Recorder._write
+# stockade.kube:write_status, stockade.reconcile:Reconciler._write_status, stockade.respond:Responder._record, stockade.release:ReleaseMixin.release, stockade.admission.record:Recorder._write
 - apiGroups: ["stockade.io"]
   resources: ["agentruns/status"]
   verbs: ["patch"]
@@ -28,7 +28,7 @@
 - apiGroups: ["stockade.io"]
   resources: ["agentpolicies"]
   verbs: ["list", "watch"]
-# stockade.policy_status:PolicyStatusWriter._write
+# stockade.kube:write_status, stockade.policy_status:PolicyStatusWriter._write
 - apiGroups: ["stockade.io"]
   resources: ["agentpolicies/status"]
   verbs: ["patch"]
@@ -177,7 +177,7 @@
 - apiGroups: ["batch"]
   resources: ["cronjobs"]
   verbs: ["list", "watch"]
-# stockade.handlers:emit_event, kopf._cogs.clients.events:post_event, stockade.events:EventPoster.post, stockade.admission.record:Recorder._post_event
+# stockade.handlers:emit_event, kopf._cogs.clients.events:post_event, stockade.events:EventPoster.post
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -27,6 +27,7 @@ from typing import Any
 from stockade import metrics
 from stockade.admission import health, webhook
 from stockade.kube import Kube, KubeError
+from stockade.kubeapi import EmitEvent
 from stockade.store import ObjectKey as StoreKey
 from stockade.store import Store
 from stockade.watch import KindWatch, WatchedKind
@@ -39,7 +40,6 @@ RETRY_SECONDS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 DEBOUNCE_SECONDS = 0.05
 FINISHED = ("Succeeded", "Failed", "Expired")
 
-EmitEvent = Callable[[Mapping[str, Any], str, str, str], None]
 
 
 class _Watch(KindWatch):

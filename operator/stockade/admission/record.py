@@ -2,9 +2,9 @@
 
 The webhook answers first and records afterwards, so recording never adds to admission latency.
 Violations for the same run are batched into one status write, made with the resourceVersion
-as a precondition so that a concurrent writer (the reconciler, detection) is never overwritten;
-repeats fold into a count, and the newest ``keep`` entries are kept (older ones live on in
-Events and metrics).
+as a precondition so that a concurrent writer (the reconciler, detection) is never overwritten
+(``stockade.kube.write_status``); repeats fold into a count, and the newest ``keep`` entries are kept
+(older ones live on in Events and metrics: ``stockade.violations``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from stockade import audit, metrics
+from stockade import audit, metrics, violations
 from stockade.admission.policy import Decision, Request, is_absolute
 from stockade.events import EventPoster
-from stockade.kube import Kube, KubeError, object_path
+from stockade.kube import StatusConflict, object_path, write_status
+from stockade.kubeapi import EmitEvent, KubeAPI
 from stockade.store import RunKey, Store
 
 log = logging.getLogger("stockade.admission")
@@ -52,27 +53,15 @@ def violation(req: Request, decision: Decision, now: datetime.datetime) -> dict[
     return entry
 
 
-def merge(old: list[dict[str, Any]], new: list[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
-    """Append; a repeat of a kept refusal (a controller retrying) folds into its count. Newest ``keep``."""
-    kept = [dict(v) for v in old]
-    for record in new:
-        same = next((v for v in reversed(kept) if (v.get("source"), v.get("kind"), v.get("action"), v.get("detail"))
-                     == (record["source"], record["kind"], record["action"], record["detail"])), None)
-        if same is not None:
-            same["count"] = int(same.get("count") or 1) + 1
-            same["lastTime"] = record["time"]
-        else:
-            kept.append(record)
-    return kept[-keep:]
-
-
 class Recorder:
-    def __init__(self, kube: Kube, store: Store, keep: int) -> None:
+    def __init__(self, kube: KubeAPI, store: Store, keep: int, post: EmitEvent | None = None) -> None:
         # Made on the operator's main loop, where the store lives; the webhook's thread hands over.
         self.loop = asyncio.get_running_loop()
         self.kube = kube
         self.store = store
         self.keep = keep
+        # Posted directly (fire and forget): kopf.event() works only inside kopf's own watch-handling tasks.
+        self.post = post or EventPoster(kube)
         self._queued: dict[RunKey, list[dict[str, Any]]] = {}
         self._events: dict[tuple[RunKey, str], float] = {}
 
@@ -113,11 +102,7 @@ class Recorder:
                         key, run_namespace=req.namespace or None, pod=req.name if req.target == ("", "pods") else None,
                         kind=decision.kind, source="admission", action=decision.action, user=req.username,
                         incident_id=audit.new_id()))
-        asyncio.get_running_loop().create_task(self._post_event(body, reason, detail))
-
-    async def _post_event(self, body: Mapping[str, Any], reason: str, message: str) -> None:
-        # Posted directly: kopf.event() works only inside kopf's own watch-handling tasks.
-        await EventPoster(self.kube).post(body, "Warning", reason, message)
+        self.post(body, "Warning", reason, detail)
 
     async def _flush_later(self, key: RunKey) -> None:
         await asyncio.sleep(BATCH_SECONDS)
@@ -129,22 +114,13 @@ class Recorder:
 
     async def _write(self, key: RunKey, entries: list[dict[str, Any]]) -> None:
         path = object_path("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
-        body = self.store.agentruns.get(key)
-        for _ in range(5):
-            if body is None:
-                return  # the AgentRun is gone
-            current = (body.get("status") or {}).get("violations") or []
-            patch = {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
-                     "status": {"violations": merge(current, entries, self.keep)}}
-            try:
-                updated = await self.kube.merge_patch(path + "/status", patch)
-            except KubeError as err:
-                if err.not_found:
-                    return
-                if not err.conflict:
-                    raise
-                body = await self.kube.get("stockade.io/v1alpha1", "AgentRun", key[0], key[1])
-                continue
-            self.store.put_agentrun(updated)
-            return
-        log.warning("gave up recording admission violations on AgentRun %s/%s after repeated conflicts", *key)
+
+        def append(current: dict[str, Any]) -> Mapping[str, Any]:
+            return {"violations": violations.merge((current.get("status") or {}).get("violations") or [], entries,
+                                                   self.keep)}
+
+        try:  # a run that is gone records nothing
+            await write_status(self.kube, path, append, current=self.store.agentruns.get(key),
+                               remember=self.store.put_agentrun)
+        except StatusConflict:
+            log.warning("gave up recording admission violations on AgentRun %s/%s after repeated conflicts", *key)

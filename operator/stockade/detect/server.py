@@ -43,7 +43,8 @@ from stockade.api.models import AgentRunSpec, Violation
 from stockade.detect import evidence, falco, peers, rules
 from stockade.detect.config import DetectSettings
 from stockade.detect.schema import JSONTooDeep, Signal, json_schema, loads_bounded
-from stockade.kube import Kube, KubeError
+from stockade.kube import KubeError
+from stockade.kubeapi import KubeAPI
 from stockade.respond import Incident, Responder
 from stockade.store import RunKey, Store
 
@@ -73,7 +74,7 @@ pod_ips = peers.addresses
 
 
 class SignalServer:
-    def __init__(self, settings: DetectSettings, store: Store, kube: Kube, responder: Responder, *, spec_of: SpecOf,
+    def __init__(self, settings: DetectSettings, store: Store, kube: KubeAPI, responder: Responder, *, spec_of: SpecOf,
                  now: Callable[[], str]) -> None:
         self.settings = settings
         self.store = store
