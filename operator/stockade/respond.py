@@ -24,8 +24,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from stockade import audit, metrics
 from stockade.api.models import AgentRunSpec
 from stockade.clock import stamp, utcnow
@@ -186,11 +184,9 @@ class Responder(RungsMixin, ReleaseMixin):
                     await asyncio.sleep(delay)
 
     async def _respond(self, key: RunKey, body: Mapping[str, Any], batch: list[Incident]) -> None:
-        try:
-            spec = AgentRunSpec.model_validate(body.get("spec") or {})
-        except ValidationError:
+        spec = self.store.valid_spec(key)  # body is the stored one (_handle): its spec, parsed once
+        if spec is None:
             log.warning("violations for %s/%s recorded without a response: its spec is invalid", *key)
-            spec = None
         status = body.get("status") or {}
         confirmed = run_namespace(self.store, key, status)
         run_ns = confirmed or ""
