@@ -3,10 +3,17 @@ built by stockade.app), and every webhook the configurations name has its handle
 
 from __future__ import annotations
 
+import asyncio
+
 import kopf
+import pytest
 
 import stockade.handlers
 from stockade.admission import webhook
+from stockade.app import build
+from stockade.events import FallbackEmit
+from stockade.kube import Kube
+from stockade.settings import Settings
 
 
 def _registered() -> list[object]:
@@ -34,3 +41,32 @@ def test_one_startup_and_one_cleanup() -> None:
     activities = [h for h in registry._activities.get_all_handlers() if h.fn.__module__.startswith("stockade")]
     assert sorted(h.activity.value for h in activities) == ["cleanup", "startup"], \
         "the app is built and started in one place"
+
+
+def test_the_composition_root_hands_each_part_what_it_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    kube = object()
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, **_: kube))
+    posted: list[tuple[str, str]] = []
+
+    async def scenario() -> None:
+        app = build(Settings(), lambda body, kind, reason, message: posted.append((kind, reason)))
+        reconciler = app.reconciler
+        # The detector judges every reconciled run: a constructor argument, not a list appended to later.
+        assert reconciler.on_reconcile == (app.detector.on_reconcile,)
+        assert reconciler.admission_state == app.guard.condition
+        # Events: kopf's first; outside kopf's tasks (LookupError) the poster the responder posts with.
+        assert isinstance(reconciler.emit, FallbackEmit) and reconciler.emit.fallback is app.responder.emit
+        reconciler.emit({}, "Normal", "R", "m")
+        assert posted == [("Normal", "R")]
+        assert app.guard.emit is reconciler.emit and reconciler.lifecycle.emit is reconciler.emit
+        assert {app.kube, app.responder.kube, app.reviews.kube, app.grant_policy.kube, app.budget.kube} == {kube}
+        assert {id(p.store) for p in (reconciler, app.responder, app.detector, app.reviews, app.recorder,
+                                      app.detection, app.grant_policy, app.budget)} == {id(app.store)}
+        assert app.budget.gate is reconciler.budget and app.reviews.recorder is app.recorder
+        # The responder triggers reconciles (it is built before the reconciler, which takes the detector).
+        triggered: list[tuple[str, str]] = []
+        monkeypatch.setattr(reconciler, "trigger_soon", triggered.append)
+        app.responder.trigger(("team", "rome"))
+        assert triggered == [("team", "rome")]
+
+    asyncio.run(scenario())
