@@ -232,8 +232,9 @@ class BudgetGate:
         cached = self._asks.get(key)
         if cached is not None and cached[0] == token:
             return cached[1]
+        spec = self.store.valid_spec(key)  # the store parses each generation once
         try:
-            ask: budget.Ask | None = budget.Ask.of(AgentRunSpec.model_validate(body.get("spec") or {}).grant)
+            ask = budget.Ask.of(spec.grant) if spec is not None else None
         except ValueError:  # an unusable spec is never admitted: it counts nowhere
             ask = None
         self._asks[key] = (token, ask)

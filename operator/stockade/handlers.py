@@ -1,49 +1,41 @@
-"""The kopf entry point: settings in one startup handler, the AgentRun watch, nothing else.
+"""The kopf entry point: every kopf registration of the operator, and nothing else.
 
-kopf watches the AgentRun; everything else the reconciler reads comes from the watch layer
-(:mod:`stockade.watch`), which relists after any break. Both feed the store and trigger the reconciler
-for the AgentRun concerned; no handler decides anything. kopf's own progress annotations and finalizers
-are not used: the reconciler is level-based and keeps its own finalizer (``stockade.io/cleanup``).
+Each handler hands its event to the part of the app (:mod:`stockade.app`, the composition root) that
+owns it; kopf passes the app to every handler in ``memo`` (set by the start-up handler). kopf watches
+the AgentRun; everything else the reconciler reads comes from the watch layer (:mod:`stockade.watch`),
+which relists after any break. kopf's own progress annotations and finalizers are not used: the
+reconciler is level-based and keeps its own finalizer (``stockade.io/cleanup``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib
-import importlib.util
 import logging
 from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
 
-from stockade import events
+from stockade import events, labels
+from stockade.admission import grant_policy, webhook
 from stockade.api.models import GROUP, PLURAL, VERSION
-from stockade.dnsresolve import HostResolver
+from stockade.api.policy import POLICY_PLURAL
+from stockade.app import App, build
+from stockade.detect.handlers import WATCHED
 from stockade.kopf_tuning import tune
-from stockade.kube import Kube
-from stockade.leadership import Leadership, Readiness
-from stockade.metrics_serve import serve as serve_metrics
-from stockade.reconcile import Reconciler
-from stockade.runtime import RUNTIME
 from stockade.settings import Settings
-from stockade.store import RunKey, Store
-from stockade.watch import WatchLayer
-
-log = logging.getLogger("stockade")
 
 
 def emit_event(body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
     kopf.event(cast(kopf.Body, body), type=kind, reason=reason, message=message[:1000])
 
 
-# How often run namespaces are compared with the AgentRuns that exist (orphans are removed); also at start-up.
-ORPHAN_SWEEP_SECONDS = 120.0
-_TASKS: dict[str, Any] = {}
+def _app(memo: Any) -> App:
+    return cast(App, memo.app)
 
 
+# Start-up and clean-up ----------------------------------------------------------------------------------
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = Settings()
     settings.posting.level = logging.WARNING  # Events for anomalies; the reconciler posts its own Normal ones
     # kopf's Events (kopf.event and its own) name the operator, not "kopf", as the ones posted directly do.
@@ -55,90 +47,113 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 30
     settings.queueing.idle_timeout = 30.0
     settings.execution.max_workers = 32
-    tune(settings)
-    kube = Kube.connect(workers=config.api_workers, impersonate=config.impersonate)
-    store = Store()
-    resolver = HostResolver(config.dns_servers, config.dns_min_refresh_seconds, config.dns_max_refresh_seconds)
-    RUNTIME.settings = config
-    RUNTIME.kube = kube
-    RUNTIME.store = store
-    RUNTIME.reconciler = Reconciler(kube, store, config.plan_settings(), resolver, emit_event)
-    # Peering: kopf pauses its own handlers on a standby replica, but not the watch layer, the sweep or the
-    # signal endpoint; they all follow ``leadership`` (stockade.leadership), and taking over reconciles all.
     settings.peering.lifetime = config.peering_lifetime_seconds
-    leadership = Leadership(kube, config.peering_name, config.peering_identity, config.peering_priority)
-    RUNTIME.leadership = leadership
-    reconciler = RUNTIME.reconciler
-
-    def trigger(key: RunKey) -> None:
-        if leadership.active:
-            reconciler.trigger_soon(key)
-
-    async def take_over(active: bool) -> None:
-        for key in list(store.agentruns) if active else ():
-            reconciler.trigger_soon(key)
-
-    layer = WatchLayer(kube, store, trigger)
-    await _prime(kube, store, layer)
-    layer.start()
-    _TASKS["watches"] = layer
-    await leadership.start()
-    leadership.on_change(take_over)
-    if config.ready_port:
-        _TASKS["ready"] = Readiness(leadership, config.ready_host, config.ready_port)
-        await _TASKS["ready"].start()
-    # Run namespaces left by AgentRuns deleted while the operator was down (or in a race): now and periodically.
-    _TASKS["sweep"] = asyncio.get_running_loop().create_task(
-        reconciler.lifecycle.sweep_forever(ORPHAN_SWEEP_SECONDS, when=lambda: leadership.active), name="orphan-sweep")
-    if config.metrics_port:
-        serve_metrics(config.metrics_port, store)
-    log.info("stockade started; metrics on :%s", config.metrics_port)
-
-
-async def _prime(kube: Kube, store: Store, layer: WatchLayer) -> None:
-    """Fill the store before the first reconcile: every watched kind, then the AgentRuns (kopf's own
-    watch of them starts after the start-up handlers)."""
-    await layer.prime()
-    for run in await kube.list_objects(f"{GROUP}/{VERSION}", "AgentRun"):
-        store.put_agentrun(run)
+    tune(settings)
+    if "app" not in memo:  # kopf runs a failed start-up again: the app is built once, started where it failed
+        memo.app = build(config, emit_event)
+    await _app(memo).start(settings)
 
 
 @kopf.on.cleanup()
-async def stop_watches(**_: Any) -> None:
-    sweep = _TASKS.pop("sweep", None)
-    if sweep is not None:
-        sweep.cancel()
-    layer = _TASKS.pop("watches", None)
-    if layer is not None:
-        await layer.stop()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if "app" in memo:
+        await _app(memo).stop()
 
 
+# The AgentRun ----------------------------------------------------------------------------------------------
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def agentrun_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+async def agentrun_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    app = _app(memo)
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     obj = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "AgentRun", **body}
     if event.get("type") == "DELETED":
-        RUNTIME.store.forget_agentrun(key)
-        await RUNTIME.reconciler.deleted(key, str(body["metadata"].get("uid") or ""))
+        app.store.forget_agentrun(key)
+        await app.reconciler.deleted(key, str(body["metadata"].get("uid") or ""))
         return
-    if event.get("type") is not None and RUNTIME.store.has_seen(obj):
+    if event.get("type") is not None and app.store.has_seen(obj):
         return  # the echo of the operator's own write: that reconcile already saw this state
-    RUNTIME.store.put_agentrun(obj)
-    await RUNTIME.reconciler.trigger(key)
+    app.store.put_agentrun(obj)
+    await app.reconciler.trigger(key)
 
 
-# Admission and detection register their own kopf handlers when imported.
-EXTENSIONS = ("stockade.admission.handlers", "stockade.detect.handlers", "stockade.budget_watch")
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def parent_quarantined(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _app(memo).grant_policy.parent_quarantined(event, body)
 
 
-def _load_extensions() -> None:
-    for name in EXTENSIONS:
-        try:
-            found = importlib.util.find_spec(name)
-        except ModuleNotFoundError:
-            found = None
-        if found is not None:
-            importlib.import_module(name)
+@kopf.on.event(GROUP, VERSION, PLURAL, annotations={labels.RELEASE_ANNOTATION: kopf.PRESENT})
+async def release_requested(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _app(memo).detection.release_requested(event, body)
 
 
-_load_extensions()
+# Admission webhooks (stockade.admission.reviews, .grant_policy) ---------------------------------------------
+@kopf.on.validate(lambda _resource: True, id=webhook.VALIDATE_ID, subresource="*")
+async def allowlist(memo: kopf.Memo, **kwargs: Any) -> None:
+    await _app(memo).reviews.allowlist(kwargs)
+
+
+@kopf.on.mutate("", "v1", "pods", id=webhook.MUTATE_ID, operations=["CREATE"])
+async def gpu_visibility(memo: kopf.Memo, **kwargs: Any) -> None:
+    await _app(memo).reviews.gpu_visibility(kwargs)
+
+
+@kopf.on.mutate(GROUP, VERSION, PLURAL, id=webhook.AGENTRUN_MUTATE_ID, operations=["CREATE", "UPDATE"])
+async def agentrun_defaults(memo: kopf.Memo, **kwargs: Any) -> None:
+    await _app(memo).reviews.agentrun_defaults(kwargs)
+
+
+@kopf.on.validate(GROUP, VERSION, PLURAL, id=webhook.POLICY_ID, operations=["CREATE", "UPDATE"])
+async def agentrun_policy(memo: kopf.Memo, **kwargs: Any) -> None:
+    await _app(memo).grant_policy.validate(kwargs)
+
+
+@kopf.on.mutate(GROUP, VERSION, PLURAL, id=webhook.POLICY_DEFAULTS_ID, operations=["CREATE", "UPDATE"])
+async def agentrun_policy_defaults(memo: kopf.Memo, **kwargs: Any) -> None:
+    await _app(memo).grant_policy.defaults(kwargs)
+
+
+# The policy index and budgets (stockade.admission.grant_policy, stockade.budget_watch) -----------------------
+@kopf.on.event(GROUP, VERSION, POLICY_PLURAL)
+async def agentpolicy_indexed(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+    grant_policy.agentpolicy_indexed(event, body)
+
+
+@kopf.on.event("", "v1", "namespaces")
+async def namespace_indexed(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+    grant_policy.namespace_indexed(event, body)
+
+
+@kopf.on.event(GROUP, VERSION, POLICY_PLURAL)
+async def policy_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _app(memo).budget.policy_event(event, body)
+
+
+@kopf.on.event("", "v1", "namespaces", labels={labels.AGENTRUN: kopf.ABSENT})
+async def team_namespace_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _app(memo).budget.team_namespace_event(event, body)
+
+
+@kopf.on.event("", "v1", "resourcequotas", labels={labels.AGENTRUN: kopf.ABSENT})
+async def team_quota_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _app(memo).budget.team_quota_event(event, body)
+
+
+# Detection: objects in run namespaces (stockade.detect) ------------------------------------------------------
+def _in_run_namespace(namespace: str | None, memo: kopf.Memo, **_: Any) -> bool:
+    return "app" in memo and _app(memo).detection.in_run_namespace(namespace)
+
+
+def _register_detection(group: str, version: str, plural: str, kind: str) -> None:
+    api_version = f"{group}/{version}" if group else version
+
+    async def detect_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        obj = dict(body)
+        obj.setdefault("kind", kind)
+        obj.setdefault("apiVersion", api_version)
+        _app(memo).detector.on_object(obj, event.get("type"))
+
+    kopf.on.event(group, version, plural, id=f"detect_{plural}", when=_in_run_namespace)(detect_event)
+
+
+for _group, _version, _plural, _kind in WATCHED:
+    _register_detection(_group, _version, _plural, _kind)

@@ -1,11 +1,10 @@
-"""Parsing and planning are pure and depend only on the generation (and the run namespace, resolved
-addresses and freeze): the many reconciles a run gets from child events reuse them instead of redoing
-them. Pure."""
+"""Planning is pure and depends only on the generation (and the run namespace, resolved addresses and
+freeze): the many reconciles a run gets from child events reuse the plan instead of redoing it. (The
+parsed spec is the store's: :meth:`stockade.store.Store.spec_of`.) Pure."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from stockade.api.models import AgentRunSpec
 from stockade.plan import Plan, PlanSettings, RunRef, build
@@ -15,17 +14,7 @@ from stockade.store import RunKey
 class PlanCache:
     def __init__(self, settings: PlanSettings) -> None:
         self.settings = settings
-        self._specs: dict[RunKey, tuple[int, AgentRunSpec]] = {}
         self._plans: dict[RunKey, tuple[object, Plan]] = {}
-
-    def spec(self, key: RunKey, generation: int, body: Mapping[str, Any]) -> AgentRunSpec:
-        """The parsed spec (pydantic's ValidationError for an invalid one, not cached)."""
-        cached = self._specs.get(key)
-        if cached is not None and cached[0] == generation:
-            return cached[1]
-        spec = AgentRunSpec.model_validate(body.get("spec") or {})
-        self._specs[key] = (generation, spec)
-        return spec
 
     def plan(self, key: RunKey, generation: int, run: RunRef, spec: AgentRunSpec,
              resolved: Mapping[str, list[str]], *, frozen: bool) -> Plan:
@@ -38,5 +27,4 @@ class PlanCache:
         return plan
 
     def forget(self, key: RunKey) -> None:
-        self._specs.pop(key, None)
         self._plans.pop(key, None)

@@ -38,8 +38,8 @@ class Permission:
     feature: str | None = None  # the chart value (under .Values) that turns the permission on
 
 
-WATCH_CHILD = ("stockade.watch:KindWatch.run", "stockade.watch:WatchLayer.prime", "stockade.detect.handlers:_register")
-WATCH_DETECT = ("stockade.detect.handlers:_register",)
+WATCH_DETECT = ("stockade.handlers:_register_detection",)
+WATCH_CHILD = ("stockade.watch:KindWatch.run", "stockade.watch:WatchLayer.prime", *WATCH_DETECT)
 
 
 def _child(group: str, resource: str, applied_by: tuple[str, ...] = (), deleted_by: tuple[str, ...] = (),
@@ -55,7 +55,7 @@ def _child(group: str, resource: str, applied_by: tuple[str, ...] = (), deleted_
 # Who else watches, applies or deletes a fence kind (the reconciler applies, prunes and watches them all).
 _FENCE_SITES: dict[str, dict[str, tuple[str, ...]]] = {
     # Team namespaces' own ResourceQuotas count against their runs (budgets): watched and listed at start.
-    "ResourceQuota": {"watched_by": ("stockade.budget_watch:team_quota_event", "stockade.budget_watch:budget_startup")},
+    "ResourceQuota": {"watched_by": ("stockade.handlers:team_quota_event", "stockade.budget_watch:BudgetWatch.start")},
     # The quarantine NetworkPolicy.
     "NetworkPolicy": {"applied_by": ("stockade.rungs:RungsMixin._apply_policy",),
                       "deleted_by": ("stockade.release:ReleaseMixin._release",)},
@@ -67,8 +67,8 @@ _FENCE_SITES: dict[str, dict[str, tuple[str, ...]]] = {
 PERMISSIONS: tuple[Permission, ...] = (
     # The AgentRun: watched by kopf and listed at startup; finalizer added and removed by JSON patch.
     Permission("stockade.io", "agentruns", ("list", "watch"),
-               ("stockade.handlers:agentrun_event", "stockade.handlers:_prime",
-                "stockade.detect.handlers:release_requested", "stockade.lifecycle:RunLifecycle.sweep")),
+               ("stockade.handlers:agentrun_event", "stockade.app:App._start_store",
+                "stockade.handlers:release_requested", "stockade.lifecycle:RunLifecycle.sweep")),
     # Re-read after a conflicting status write (write_status, for the responder, a release and admission).
     Permission("stockade.io", "agentruns", ("get",),
                ("stockade.kube:write_status", "stockade.respond:Responder._record",
@@ -84,17 +84,17 @@ PERMISSIONS: tuple[Permission, ...] = (
     # The run namespace: applied like a guardrail, deleted when the AgentRun goes.
     Permission("", "namespaces", ("list", "watch"), ("stockade.watch:KindWatch.run", "stockade.watch:WatchLayer.prime",
                                                     "stockade.lifecycle:RunLifecycle.sweep",
-                                                    "stockade.admission.grant_policy:namespace_indexed",
-                                                    "stockade.admission.grant_policy:policy_index_startup",
-                                                    "stockade.budget_watch:team_namespace_event")),
+                                                    "stockade.handlers:namespace_indexed",
+                                                    "stockade.admission.grant_policy:GrantPolicy.prime_index",
+                                                    "stockade.handlers:team_namespace_event")),
     # A team namespace created a moment ago, before its watch event: its labels say which policies bound it.
-    Permission("", "namespaces", ("get",), ("stockade.admission.grant_policy:_ensure_namespace",
+    Permission("", "namespaces", ("get",), ("stockade.admission.grant_policy:GrantPolicy._ensure_namespace",
                                          # and a run namespace someone else made first: whose is it?
                                          "stockade.lifecycle:RunLifecycle.create_namespace")),
     # AgentPolicies bound every grant: watched into the policy index (and listed once at start).
     Permission("stockade.io", "agentpolicies", ("list", "watch"),
-               ("stockade.admission.grant_policy:agentpolicy_indexed",
-                "stockade.admission.grant_policy:policy_index_startup", "stockade.budget_watch:policy_event")),
+               ("stockade.handlers:agentpolicy_indexed",
+                "stockade.admission.grant_policy:GrantPolicy.prime_index", "stockade.handlers:policy_event")),
     # The operator writes each AgentPolicy's status: use of its budgets.
     Permission("stockade.io", "agentpolicies/status", ("patch",),
                ("stockade.kube:write_status", "stockade.policy_status:PolicyStatusWriter._write")),
@@ -144,9 +144,9 @@ PERMISSIONS: tuple[Permission, ...] = (
                ("stockade.admission.webhook:apply",), names=(RELEASE,), feature="webhook.enabled"),
     # Admission asks the API server whether the requesting user may do what they ask for (release).
     Permission("authorization.k8s.io", "subjectaccessreviews", ("create",),
-               ("stockade.admission.handlers:_may_release",
+               ("stockade.admission.reviews:Reviews._may_release",
                 # and whether they hold every API permission their AgentRun grants
-                "stockade.admission.grant_policy:_held")),
+                "stockade.admission.grant_policy:GrantPolicy._held")),
     # kopf itself: it watches CRDs to learn which resources exist.
     Permission("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"),
                ("kopf._core.reactor.observation:resource_observer",)),

@@ -13,10 +13,8 @@ import dataclasses
 import datetime
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
-
-from pydantic import ValidationError
 
 from stockade import audit, kinds, labels, metrics, run_namespaces
 from stockade.api.models import AgentRunSpec
@@ -38,19 +36,23 @@ from stockade.plan import Plan, PlanSettings, RunRef, parse_duration
 from stockade.plan_cache import PlanCache
 from stockade.reconcile_failures import FailureHandling
 from stockade.refusals import Refusals
-from stockade.store import RunKey, Store, uid_of
+from stockade.store import RunKey, SpecError, Store, uid_of
 from stockade.workload import ensure_workload, stop_workload
 
 log = logging.getLogger("stockade.reconcile")
 
-__all__ = ["Coalescer", "EmitEvent", "Reconciler", "parse_stamp", "stamp", "utcnow"]  # older import sites
+# Called at the end of every reconcile of a valid AgentRun (detection judges the run's pods there).
+OnReconcile = Callable[[RunKey, dict[str, Any], AgentRunSpec], Awaitable[None]]
+# The AdmissionReady condition every AgentRun carries: (ready, reason, message), None while unknown.
+AdmissionState = Callable[[], tuple[bool, str, str] | None]
 
 PRUNABLE_COMPONENTS = kinds.GUARDRAIL_COMPONENTS  # the planned fence (not the quarantine policy)
 
 
 class Reconciler(FailureHandling):
     def __init__(
-        self, kube: KubeAPI, store: Store, plan_settings: PlanSettings, resolver: HostResolver, emit: EmitEvent
+        self, kube: KubeAPI, store: Store, plan_settings: PlanSettings, resolver: HostResolver, emit: EmitEvent, *,
+        on_reconcile: Sequence[OnReconcile] = (), admission_state: AdmissionState = lambda: None,
     ) -> None:
         self.kube = kube
         self.store = store
@@ -60,7 +62,7 @@ class Reconciler(FailureHandling):
         self._coalescer = Coalescer()
         self._timers: dict[RunKey, asyncio.TimerHandle] = {}
         self._phases = PhaseCount()
-        self._egress = EgressEvents(lambda *args: self.emit(*args))  # noqa: PLW0108
+        self._egress = EgressEvents(emit)
         self._warned: dict[RunKey, str] = {}
         self._cache = PlanCache(plan_settings)
         self._refusals = Refusals()
@@ -69,13 +71,12 @@ class Reconciler(FailureHandling):
         self._fence_up: dict[RunKey, tuple[int, bool]] = {}
         self._planned: dict[RunKey, dict[tuple[str, str], Any]] = {}  # the guardrails last applied in full
         self._gone: dict[RunKey, str] = {}  # uid of an AgentRun whose DELETED event came, until looked at
-        # emit is looked up at each call: detection replaces it after the Reconciler is built.
-        self.lifecycle = RunLifecycle(kube, store, lambda *args: self.emit(*args))  # noqa: PLW0108
+        self.lifecycle = RunLifecycle(kube, store, emit)
         # Budgets and team quotas: a run starts only once admitted (budget_gate), queued runs re-triggered.
-        self.budget = BudgetGate(store, lambda *args: self.emit(*args), self.trigger_soon,  # noqa: PLW0108
+        self.budget = BudgetGate(store, emit, self.trigger_soon,
                                  lambda key, body: run_namespaces.owned(store, key, body))
-        self.extensions: list[Callable[[RunKey, dict[str, Any], AgentRunSpec], Awaitable[None]]] = []
-        self.admission_state: Callable[[], tuple[bool, str, str] | None] = lambda: None  # see admission.guard
+        self.on_reconcile = tuple(on_reconcile)
+        self.admission_state = admission_state  # stockade.admission.guard
 
     # Triggers ------------------------------------------------------------------------------------
     async def trigger(self, key: RunKey) -> None:
@@ -149,11 +150,11 @@ class Reconciler(FailureHandling):
         chosen = run_namespaces.choose(self.store, key, body)
         self._refusals.chosen[key] = chosen
         run = RunRef(meta["namespace"], meta["name"], uid_of(body), chosen or "")
-        try:
-            spec = self._cache.spec(key, generation, body)
-        except ValidationError as err:
-            problems = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-            await self._write_status(key, body, Observed(generation, chosen, invalid=f"InvalidSpec: {problems}"))
+        spec = self.store.spec_of(key)  # parsed once per generation
+        if spec is None:
+            return  # deleted meanwhile: its DELETED event brings the clean-up
+        if isinstance(spec, SpecError):
+            await self._write_status(key, body, Observed(generation, chosen, invalid=f"InvalidSpec: {spec.problems}"))
             return
         # Input no fence can be built from, or that the API server refused for this generation: a condition, no retry.
         problem = spec_problem(spec) or self._refusals.stalled(key, generation)
@@ -217,8 +218,8 @@ class Reconciler(FailureHandling):
             started = await ensure_workload(self.kube, self.store, plan)
 
         phase, message = workload_phase(self.store, run, spec)
-        for extension in self.extensions:
-            await extension(key, body, spec)
+        for hook in self.on_reconcile:
+            await hook(key, body, spec)
         observed = Observed(
             generation=generation,
             run_namespace=run.run_namespace,

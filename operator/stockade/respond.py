@@ -24,8 +24,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from stockade import audit, metrics, violations
 from stockade.api.models import AgentRunSpec
 from stockade.clock import stamp, utcnow
@@ -224,11 +222,9 @@ class Responder(RungsMixin, ReleaseMixin):
     async def _decision(self, key: RunKey, body: Mapping[str, Any], batch: list[Incident],
                         events: dict[str, list[dict[str, Any]]]) -> _Decision:
         """What to record and do, decided on ``body``'s status; each violation is logged with it."""
-        try:
-            spec = AgentRunSpec.model_validate(body.get("spec") or {})
-        except ValidationError:
+        spec = self.store.valid_spec(key)  # parsed once per generation, by the store
+        if spec is None:
             log.warning("violations for %s/%s recorded without a response: its spec is invalid", *key)
-            spec = None
         status = body.get("status") or {}
         confirmed = run_namespace(self.store, key, status)
         ladder = list(spec.response) if spec else []

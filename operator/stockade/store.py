@@ -1,16 +1,21 @@
 """What the operator has seen: AgentRuns and every object in their run namespaces, kept by watches.
 
 The reconciler reads desired-vs-live from here instead of asking the API server each time, so a
-reconcile with nothing to do makes no request at all.
+reconcile with nothing to do makes no request at all. Each AgentRun's spec is parsed here once per
+generation (:meth:`Store.spec_of`), for the reconciler, admission, detection and the budget gate alike.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from stockade import labels
+from stockade.api.models import AgentRunSpec
 
 RunKey = tuple[str, str]  # (namespace, name) of an AgentRun
 ObjectKey = tuple[str, str, str]  # (kind, namespace or "", name)
@@ -38,9 +43,26 @@ def owner_uid(namespace: Mapping[str, Any]) -> str:
     return str(((namespace.get("metadata") or {}).get("labels") or {}).get(labels.AGENTRUN_UID) or "")
 
 
+@dataclass(frozen=True)
+class SpecError:
+    """Why an AgentRun's spec does not parse: ``spec.<path>: <message>`` per problem, joined by "; "."""
+
+    problems: str
+
+
+def parse_spec(body: Mapping[str, Any]) -> AgentRunSpec | SpecError:
+    try:
+        return AgentRunSpec.model_validate(body.get("spec") or {})
+    except ValidationError as err:
+        return SpecError("; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()))
+
+
 class Store:
     def __init__(self) -> None:
         self.agentruns: dict[RunKey, dict[str, Any]] = {}
+        # The parsed spec (or why it does not parse) per run, for the (uid, generation) it was parsed from.
+        # Read and written by the webhook's thread too: a race costs at most one parse more.
+        self._specs: dict[RunKey, tuple[tuple[str, Any], AgentRunSpec | SpecError]] = {}
         self._objects: dict[ObjectKey, dict[str, Any]] = {}
         self._by_namespace: dict[str, set[ObjectKey]] = defaultdict(set)
         # Run namespace -> (the uid it is labelled with, the run its name labels say); uid -> AgentRun key.
@@ -74,8 +96,28 @@ class Store:
 
     def forget_agentrun(self, key: RunKey) -> None:
         gone = self.agentruns.pop(key, None)
+        self._specs.pop(key, None)
         if gone is not None:
             self._uids.pop(uid_of(gone), None)
+
+    def spec_of(self, key: RunKey) -> AgentRunSpec | SpecError | None:
+        """The stored AgentRun's parsed spec, parsed once per generation (None when no such run is stored).
+        The spec of one generation never changes: the API server raises the generation with every edit."""
+        body = self.agentruns.get(key)
+        if body is None:
+            return None
+        token = (uid_of(body), (body.get("metadata") or {}).get("generation"))
+        cached = self._specs.get(key)
+        if cached is not None and cached[0] == token:
+            return cached[1]
+        spec = parse_spec(body)
+        self._specs[key] = (token, spec)
+        return spec
+
+    def valid_spec(self, key: RunKey) -> AgentRunSpec | None:
+        """The stored AgentRun's parsed spec; None for an invalid one (it grants nothing) or no such run."""
+        spec = self.spec_of(key)
+        return spec if isinstance(spec, AgentRunSpec) else None
 
     def agentrun_uids(self) -> dict[str, RunKey]:
         return dict(self._uids)

@@ -78,7 +78,7 @@ def test_client_certificate_authenticates_and_its_absence_is_refused(pki: Path) 
     settings = DetectSettings(_env_file=None, signal_host="127.0.0.1", signal_port=port, signal_tls=True,  # type: ignore[call-arg]
                               signal_tls_cert=pki / "server.crt", signal_tls_key=pki / "server.key",
                               signal_client_ca=pki / "ca.crt")
-    server = SignalServer(settings, Store(), FakeKube(), Queue(), spec_of=lambda k, b: None,  # type: ignore[arg-type]
+    server = SignalServer(settings, Store(), FakeKube(), Queue(),  # type: ignore[arg-type]
                           now=lambda: "t")
     assert server.enabled() is None, "mTLS alone is a way to authenticate"
 

@@ -10,7 +10,6 @@ from aiohttp.test_utils import TestServer
 
 from stockade.detect import prom
 from stockade.detect.config import DetectSettings
-from stockade.detect.watch import ApiDetector
 
 from .test_detect_respond import RUN_NS
 from .test_detect_server import Queue, store_with_runs
@@ -45,8 +44,7 @@ def poll(answers: dict[str, list[dict[str, Any]]], **settings: Any) -> tuple[Que
             config = DetectSettings(_env_file=None, prometheus_url=str(server.make_url("/")),  # type: ignore[call-arg]
                                     **settings)
             store = store_with_runs()
-            detector = ApiDetector(store, queue, lambda: "t")  # type: ignore[arg-type]
-            poller = prom.Poller(config, store, queue, detector.spec, lambda: "t")  # type: ignore[arg-type]
+            poller = prom.Poller(config, store, queue, lambda: "t")  # type: ignore[arg-type]
             await poller.poll_once()
             await poller.poll_once()  # the same finding again: not reported twice
             await poller.stop()

@@ -14,7 +14,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from stockade import respond
 from stockade.detect.config import DetectSettings
 from stockade.detect.server import SignalServer
-from stockade.detect.watch import ApiDetector
 from stockade.kube import object_path
 from stockade.respond import Incident
 from stockade.store import Store
@@ -62,8 +61,7 @@ def world() -> tuple[Store, Queue, FakeKube, SignalServer]:
     store = store_with_runs()
     queue, kube = Queue(), FakeKube()
     settings = DetectSettings(_env_file=None, signal_token=TOKEN)  # type: ignore[call-arg]
-    detector = ApiDetector(store, queue, lambda: "t")  # type: ignore[arg-type]
-    server = SignalServer(settings, store, kube, queue, spec_of=detector.spec, now=lambda: "t")  # type: ignore[arg-type]
+    server = SignalServer(settings, store, kube, queue, now=lambda: "t")  # type: ignore[arg-type]
     return store, queue, kube, server
 
 
@@ -174,7 +172,7 @@ def test_schema_and_health() -> None:
 def test_endpoint_stays_off_without_a_way_to_authenticate() -> None:
     store, queue, kube, _ = world()
     settings = DetectSettings(_env_file=None)  # type: ignore[call-arg]
-    server = SignalServer(settings, store, kube, queue, spec_of=lambda k, b: None, now=lambda: "t")  # type: ignore[arg-type]
+    server = SignalServer(settings, store, kube, queue, now=lambda: "t")  # type: ignore[arg-type]
     assert server.enabled() is not None and "TOKEN" in (server.enabled() or "")
 
 
@@ -209,8 +207,7 @@ def with_server(test: Callable[[TestClient[Any, Any], Queue, FakeKube], Awaitabl
                                                       "resourceVersion": "7"}})
         kube = FakeKube()
         config = DetectSettings(_env_file=None, signal_token=TOKEN, **settings)  # type: ignore[call-arg]
-        detector = ApiDetector(store, queue, lambda: "t")  # type: ignore[arg-type]
-        server = SignalServer(config, store, kube, queue, spec_of=detector.spec, now=lambda: "t")  # type: ignore[arg-type]
+        server = SignalServer(config, store, kube, queue, now=lambda: "t")  # type: ignore[arg-type]
         async with TestClient(TestServer(server.app())) as client:
             await test(client, queue, kube)
 
@@ -249,8 +246,7 @@ def test_a_pod_the_store_shows_elsewhere_is_not_the_runs() -> None:
         elsewhere = {**pod("probe-victim"), "metadata": {**pod("probe-victim")["metadata"], "namespace": "kube-system"}}
         kube.put(object_path("v1", "Pod", RUN_NS, "probe-victim"), elsewhere)  # the answer for the run's name
         config = DetectSettings(_env_file=None, signal_token=TOKEN)  # type: ignore[call-arg]
-        detector = ApiDetector(store, queue, lambda: "t")  # type: ignore[arg-type]
-        server = SignalServer(config, store, kube, queue, spec_of=detector.spec, now=lambda: "t")  # type: ignore[arg-type]
+        server = SignalServer(config, store, kube, queue, now=lambda: "t")  # type: ignore[arg-type]
         async with TestClient(TestServer(server.app())) as client:
             resp = await client.post("/signal", json={**GENERIC, "pod": "probe-victim"}, headers=AUTH)
             assert resp.status == 404

@@ -1,6 +1,6 @@
 {{/* Generated from operator/stockade/rbac.py by `make manifests`. Do not edit by hand. */}}
 {{- define "stockade.rules" -}}
-# stockade.handlers:agentrun_event, stockade.handlers:_prime, stockade.detect.handlers:release_requested, stockade.lifecycle:RunLifecycle.sweep
+# stockade.handlers:agentrun_event, stockade.app:App._start_store, stockade.handlers:release_requested, stockade.lifecycle:RunLifecycle.sweep
 - apiGroups: ["stockade.io"]
   resources: ["agentruns"]
   verbs: ["list", "watch"]
@@ -16,15 +16,15 @@
 - apiGroups: ["stockade.io"]
   resources: ["agentruns/status"]
   verbs: ["patch"]
-# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.lifecycle:RunLifecycle.sweep, stockade.admission.grant_policy:namespace_indexed, stockade.admission.grant_policy:policy_index_startup, stockade.budget_watch:team_namespace_event
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.lifecycle:RunLifecycle.sweep, stockade.handlers:namespace_indexed, stockade.admission.grant_policy:GrantPolicy.prime_index, stockade.handlers:team_namespace_event
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
-# stockade.admission.grant_policy:_ensure_namespace, stockade.lifecycle:RunLifecycle.create_namespace
+# stockade.admission.grant_policy:GrantPolicy._ensure_namespace, stockade.lifecycle:RunLifecycle.create_namespace
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["get"]
-# stockade.admission.grant_policy:agentpolicy_indexed, stockade.admission.grant_policy:policy_index_startup, stockade.budget_watch:policy_event
+# stockade.handlers:agentpolicy_indexed, stockade.admission.grant_policy:GrantPolicy.prime_index, stockade.handlers:policy_event
 - apiGroups: ["stockade.io"]
   resources: ["agentpolicies"]
   verbs: ["list", "watch"]
@@ -40,7 +40,7 @@
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["delete"]
-# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.detect.handlers:_register
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.handlers:_register_detection
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["list", "watch"]
@@ -52,7 +52,7 @@
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["delete"]
-# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.detect.handlers:_register, stockade.budget_watch:team_quota_event, stockade.budget_watch:budget_startup
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.handlers:_register_detection, stockade.handlers:team_quota_event, stockade.budget_watch:BudgetWatch.start
 - apiGroups: [""]
   resources: ["resourcequotas"]
   verbs: ["list", "watch"]
@@ -64,7 +64,7 @@
 - apiGroups: [""]
   resources: ["resourcequotas"]
   verbs: ["delete"]
-# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.detect.handlers:_register
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.handlers:_register_detection
 - apiGroups: [""]
   resources: ["limitranges"]
   verbs: ["list", "watch"]
@@ -76,7 +76,7 @@
 - apiGroups: [""]
   resources: ["limitranges"]
   verbs: ["delete"]
-# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.detect.handlers:_register
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.handlers:_register_detection
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["list", "watch"]
@@ -88,7 +88,7 @@
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["delete"]
-# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.detect.handlers:_register
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.handlers:_register_detection
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles"]
   verbs: ["list", "watch"]
@@ -100,7 +100,7 @@
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles"]
   verbs: ["delete"]
-# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.detect.handlers:_register
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.handlers:_register_detection
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["rolebindings"]
   verbs: ["list", "watch"]
@@ -137,7 +137,7 @@
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["delete"]
-# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.detect.handlers:_register
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.handlers:_register_detection
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "watch"]
@@ -153,27 +153,27 @@
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["delete"]
-# stockade.detect.handlers:_register
+# stockade.handlers:_register_detection
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["list", "watch"]
-# stockade.detect.handlers:_register
+# stockade.handlers:_register_detection
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["list", "watch"]
-# stockade.detect.handlers:_register
+# stockade.handlers:_register_detection
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["list", "watch"]
-# stockade.detect.handlers:_register
+# stockade.handlers:_register_detection
 - apiGroups: ["apps"]
   resources: ["daemonsets"]
   verbs: ["list", "watch"]
-# stockade.detect.handlers:_register
+# stockade.handlers:_register_detection
 - apiGroups: ["apps"]
   resources: ["replicasets"]
   verbs: ["list", "watch"]
-# stockade.detect.handlers:_register
+# stockade.handlers:_register_detection
 - apiGroups: ["batch"]
   resources: ["cronjobs"]
   verbs: ["list", "watch"]
@@ -215,7 +215,7 @@
   verbs: ["patch"]
   resourceNames: ["{{ include "stockade.fullname" . }}"]
 {{- end }}
-# stockade.admission.handlers:_may_release, stockade.admission.grant_policy:_held
+# stockade.admission.reviews:Reviews._may_release, stockade.admission.grant_policy:GrantPolicy._held
 - apiGroups: ["authorization.k8s.io"]
   resources: ["subjectaccessreviews"]
   verbs: ["create"]

@@ -29,7 +29,6 @@ from stockade.store import RunKey, Store
 
 log = logging.getLogger("stockade.prometheus")
 
-SpecOf = Callable[[RunKey, Mapping[str, Any]], AgentRunSpec | None]
 GPU_UTIL = 'DCGM_FI_DEV_GPU_UTIL{namespace!="",pod!=""}'
 GPU_MEMORY = 'DCGM_FI_DEV_FB_USED{namespace!="",pod!=""}'
 TX_RATE = 'sum by (namespace, pod) (rate(container_network_transmit_bytes_total{{namespace!="",pod!=""}}[{window}]))'
@@ -47,13 +46,11 @@ def _label(metric: Mapping[str, str], names: tuple[str, ...]) -> str | None:
 
 
 class Poller:
-    def __init__(self, settings: DetectSettings, store: Store, responder: Responder, spec_of: SpecOf,
-                 now: Callable[[], str]) -> None:
+    def __init__(self, settings: DetectSettings, store: Store, responder: Responder, now: Callable[[], str]) -> None:
         self.settings = settings
         self.url = settings.prometheus_url.rstrip("/")
         self.store = store
         self.responder = responder
-        self.spec_of = spec_of
         self.now = now
         self._reported: dict[tuple[str, str, str], float] = {}
         self._task: asyncio.Task[None] | None = None
@@ -117,7 +114,7 @@ class Poller:
         live = self.store.get("Pod", namespace, pod)
         if key is None or body is None or live is None:
             return None
-        spec = self.spec_of(key, body)
+        spec = self.store.valid_spec(key)
         return (key, spec, live) if spec is not None else None
 
     def _fresh(self, namespace: str, pod: str, kind: str) -> bool:

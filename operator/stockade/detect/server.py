@@ -51,7 +51,6 @@ from stockade.store import RunKey, Store
 log = logging.getLogger("stockade.signals")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-SpecOf = Callable[[RunKey, Mapping[str, Any]], AgentRunSpec | None]
 SOURCES = {"/falco": "runtime", "/signal": "signal"}
 
 
@@ -74,13 +73,12 @@ pod_ips = peers.addresses
 
 
 class SignalServer:
-    def __init__(self, settings: DetectSettings, store: Store, kube: KubeAPI, responder: Responder, *, spec_of: SpecOf,
+    def __init__(self, settings: DetectSettings, store: Store, kube: KubeAPI, responder: Responder, *,
                  now: Callable[[], str]) -> None:
         self.settings = settings
         self.store = store
         self.kube = kube
         self.responder = responder
-        self.spec_of = spec_of
         self.now = now
         self.token = settings.token()
         self._runner: web.AppRunner | None = None
@@ -318,7 +316,7 @@ class SignalServer:
                 log.warning("could not look up pod %s/%s: %s", namespace, pod, err)
         if found is None or confine.confined_pod(self.store, key, namespace, pod, found) is None:
             return self._refuse(source, 404, "unknown-pod", f"pod {namespace}/{pod} does not exist; nothing done")
-        spec = self.spec_of(key, body)
+        spec = self.store.valid_spec(key)
         if spec is None:
             return self._refuse(source, 409, "invalid-run", f"AgentRun {key[0]}/{key[1]} has an invalid spec")
         return key, body, spec, found

@@ -11,8 +11,6 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
 from stockade import labels
 from stockade.api.models import AgentRunSpec
 from stockade.detect import rules
@@ -30,21 +28,7 @@ class ApiDetector:
         self.store = store
         self.responder = responder
         self.now = now
-        self._specs: dict[RunKey, tuple[Any, AgentRunSpec]] = {}
         self._seen: dict[RunKey, set[tuple[Any, ...]]] = {}
-
-    def spec(self, key: RunKey, body: Mapping[str, Any]) -> AgentRunSpec | None:
-        """The run's parsed spec, parsed again only when its generation changes."""
-        generation = (body.get("metadata") or {}).get("generation")
-        cached = self._specs.get(key)
-        if cached is not None and cached[0] == generation:
-            return cached[1]
-        try:
-            spec = AgentRunSpec.model_validate(body.get("spec") or {})
-        except ValidationError:
-            return None
-        self._specs[key] = (generation, spec)
-        return spec
 
     def _first_time(self, key: RunKey, signature: tuple[Any, ...]) -> bool:
         seen = self._seen.setdefault(key, set())
@@ -59,7 +43,6 @@ class ApiDetector:
         if len(self._seen) > len(self.store.agentruns) + 64:
             for key in [k for k in self._seen if k not in self.store.agentruns]:
                 self._seen.pop(key, None)
-                self._specs.pop(key, None)
 
     # Pods: a reconciler extension ---------------------------------------------------------------------
     async def on_reconcile(self, key: RunKey, body: dict[str, Any], spec: AgentRunSpec) -> None:
@@ -112,11 +95,8 @@ class ApiDetector:
             return
         namespace = (obj.get("metadata") or {}).get("namespace") or ""
         key = self.store.run_of_namespace(namespace)
-        body = self.store.agentruns.get(key) if key else None
-        if key is None or body is None:
-            return
-        spec = self.spec(key, body)
-        if spec is None:
+        spec = self.store.valid_spec(key) if key else None
+        if key is None or spec is None:
             return
         found = rules.judge_object(obj, spec, key[1], self.now())
         if found is None:

@@ -73,9 +73,8 @@ def _parent(store: Store, run_namespace: str) -> carve.Parent | None:
     recorded = ((body or {}).get("status") or {}).get("runNamespace")
     if key is None or body is None or (recorded and recorded != run_namespace):
         return None
-    try:
-        spec = AgentRunSpec.model_validate(body.get("spec") or {})
-    except ValueError:
+    spec = store.valid_spec(key)  # parsed once per generation, by the store
+    if spec is None:
         return None
     return carve.Parent(key[0], key[1], spec, body.get("status") or {})
 
@@ -101,10 +100,9 @@ def _siblings(store: Store, run_namespace: str, name: str) -> list[Grant]:
             continue
         if (body.get("status") or {}).get("phase") in ENDED or (body.get("metadata") or {}).get("deletionTimestamp"):
             continue
-        try:
-            out.append(Grant.model_validate((body.get("spec") or {}).get("grant") or {}))
-        except ValueError:
-            continue  # an invalid AgentRun holds nothing (the reconciler never builds it)
+        spec = store.valid_spec(key)
+        if spec is not None:  # an invalid AgentRun holds nothing (the reconciler never builds it)
+            out.append(spec.grant)
     return out
 
 

@@ -1,0 +1,185 @@
+"""The composition root: every long-lived part of the operator, built and wired in one place.
+
+:func:`build` makes Kube, the store and watch layer, the Reconciler, the Responder and detectors, the
+admission side and the budget watch, and hands each what it uses; :meth:`App.start` starts them in order
+(the store primed before the first reconcile). kopf reaches the app through its ``memo``
+(:mod:`stockade.handlers`, the one module that registers handlers); nothing else holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from stockade.admission.config import AdmissionSettings
+from stockade.admission.grant_policy import GrantPolicy
+from stockade.admission.guard import AdmissionGuard
+from stockade.admission.record import Recorder
+from stockade.admission.reviews import Reviews
+from stockade.admission.setup import AdmissionSetup
+from stockade.api.models import GROUP, VERSION
+from stockade.budget_watch import BudgetWatch
+from stockade.clock import stamp, utcnow
+from stockade.detect.config import DetectSettings
+from stockade.detect.handlers import Detection
+from stockade.detect.watch import ApiDetector
+from stockade.dnsresolve import HostResolver
+from stockade.events import EmitEvent, EventPoster, FallbackEmit
+from stockade.kube import Kube
+from stockade.leadership import Leadership, Readiness
+from stockade.metrics_serve import serve as serve_metrics
+from stockade.reconcile import Reconciler
+from stockade.respond import Responder
+from stockade.settings import Settings
+from stockade.store import RunKey, Store
+from stockade.watch import WatchLayer
+
+log = logging.getLogger("stockade")
+
+# How often run namespaces are compared with the AgentRuns that exist (orphans are removed); also at start-up.
+ORPHAN_SWEEP_SECONDS = 120.0
+
+
+def _now() -> str:
+    return stamp(utcnow())
+
+
+@dataclass
+class App:
+    config: Settings
+    kube: Kube
+    store: Store
+    layer: WatchLayer
+    leadership: Leadership
+    reconciler: Reconciler
+    responder: Responder
+    detector: ApiDetector
+    detection: Detection
+    admission: AdmissionSetup
+    guard: AdmissionGuard
+    recorder: Recorder
+    reviews: Reviews
+    grant_policy: GrantPolicy
+    budget: BudgetWatch
+    started: set[str] = field(default_factory=set)  # the steps of start() done (kopf retries a failed start-up)
+    tasks: dict[str, Any] = field(default_factory=dict)
+
+    def trigger_all(self) -> None:
+        for key in list(self.store.agentruns):
+            self.reconciler.trigger_soon(key)
+
+    async def start(self, kopf_settings: Any) -> None:
+        """Start every part, in order; after a failure (kopf runs the start-up handler again) from the step
+        that failed."""
+        steps = (("store", self._start_store), ("policy-index", self.grant_policy.prime_index),
+                 ("admission", lambda: self._start_admission(kopf_settings)), ("detection", self.detection.start),
+                 ("budget", self.budget.start))
+        for name, step in steps:
+            if name not in self.started:
+                await step()
+                self.started.add(name)
+
+    async def _start_store(self) -> None:
+        # Fill the store before the first reconcile: every watched kind, then the AgentRuns (kopf's own watch
+        # of them starts after the start-up handlers).
+        await self.layer.prime()
+        for run in await self.kube.list_objects(f"{GROUP}/{VERSION}", "AgentRun"):
+            self.store.put_agentrun(run)
+        self.layer.start()
+        # Peering: kopf pauses its own handlers on a standby replica, but not the watch layer, the sweep or the
+        # signal endpoint; they all follow ``leadership``, and taking over reconciles all.
+        await self.leadership.start()
+
+        async def take_over(active: bool) -> None:
+            if active:
+                self.trigger_all()
+
+        self.leadership.on_change(take_over)
+        config = self.config
+        if config.ready_port:
+            self.tasks["ready"] = Readiness(self.leadership, config.ready_host, config.ready_port)
+            await self.tasks["ready"].start()
+        # Run namespaces left by AgentRuns deleted while the operator was down (or in a race): now and periodically.
+        self.tasks["sweep"] = asyncio.get_running_loop().create_task(self.reconciler.lifecycle.sweep_forever(
+            ORPHAN_SWEEP_SECONDS, when=lambda: self.leadership.active), name="orphan-sweep")
+        if config.metrics_port:
+            serve_metrics(config.metrics_port, self.store)
+        log.info("stockade started; metrics on :%s", config.metrics_port)
+
+    async def _start_admission(self, kopf_settings: Any) -> None:
+        setup = self.admission
+        await setup.prepare(self.kube)
+        self.reviews.usernames, self.reviews.exempt_groups = setup.usernames, setup.exempt_groups
+        kopf_settings.admission.server = setup.server
+        kopf_settings.admission.managed = None  # the configurations are ours, not kopf's
+
+        async def own_admission(active: bool) -> None:
+            """The active replica owns the configurations (AdmissionSetup.apply)."""
+            if active:
+                await setup.apply(self.kube)
+                self.guard.wake()
+
+        await own_admission(self.leadership.active)
+        self.leadership.on_change(own_admission)
+        # Watched from now on: what goes missing or changes is restored (what the operator may) and reported.
+        self.guard.want(setup.watched, setup.owners)
+        await self.guard.start()
+        # The webhook's thread waits for the interpreter lock while the main loop handles watch
+        # events; a shorter switch interval (default 5 ms) bounds each of those waits.
+        sys.setswitchinterval(setup.config.admission_switch_interval_seconds)
+        log.info("admission webhook on %s", setup.where)
+
+    async def stop(self) -> None:
+        sweep = self.tasks.pop("sweep", None)
+        if sweep is not None:
+            sweep.cancel()
+        await self.layer.stop()
+        await self.guard.stop()
+        await self.detection.stop()
+
+
+def build(config: Settings, emit: EmitEvent) -> App:
+    """Every part, each given what it uses. ``emit`` posts an Event on an AgentRun from a kopf handler's task
+    (kopf.event); elsewhere (the responder's tasks) Events are posted directly. Call on the running loop."""
+    kube = Kube.connect(workers=config.api_workers, impersonate=config.impersonate)
+    store = Store()
+    leadership = Leadership(kube, config.peering_name, config.peering_identity, config.peering_priority)
+    poster = EventPoster(kube, _now)
+    emit = FallbackEmit(emit, poster)  # reconciles the responder triggers run in its tasks, not kopf's
+    reconciler: Reconciler | None = None
+
+    def trigger(key: RunKey) -> None:  # the responder's: the reconciler is built after it (it takes its hooks)
+        if reconciler is not None:
+            reconciler.trigger_soon(key)
+
+    detect_settings = DetectSettings()
+    responder = Responder(kube, store, poster, settings=detect_settings, trigger=trigger, now=_now)
+    detector = ApiDetector(store, responder, _now)
+    admission_config = AdmissionSettings()
+
+    def trigger_runs() -> None:  # every AgentRun again: its AdmissionReady condition changed
+        for key in list(store.agentruns):
+            trigger(key)
+
+    guard = AdmissionGuard(kube, store, emit, trigger_runs, lambda: leadership.active)
+    resolver = HostResolver(config.dns_servers, config.dns_min_refresh_seconds, config.dns_max_refresh_seconds)
+    reconciler = Reconciler(kube, store, config.plan_settings(), resolver, emit,
+                            on_reconcile=[detector.on_reconcile], admission_state=guard.condition)
+
+    def on_change(key: RunKey) -> None:  # the watch layer's: a child of this run changed
+        if leadership.active:
+            trigger(key)
+
+    recorder = Recorder(kube, store, admission_config.admission_violations_kept)
+    return App(
+        config=config, kube=kube, store=store, layer=WatchLayer(kube, store, on_change), leadership=leadership,
+        reconciler=reconciler, responder=responder, detector=detector,
+        detection=Detection(detect_settings, kube, store, responder, detector=detector, now=_now,
+                            standby=lambda: not leadership.active),
+        admission=AdmissionSetup(admission_config, excluded=[config.namespace]), guard=guard, recorder=recorder,
+        reviews=Reviews(kube, store, recorder), grant_policy=GrantPolicy(kube, store, responder),
+        budget=BudgetWatch(kube, store, reconciler.budget),
+    )
