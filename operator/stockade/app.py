@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,12 +91,16 @@ class App:
             self.store.put_agentrun(run)
         self.layer.start()
         # Peering: kopf pauses its own handlers on a standby replica, but not the watch layer, the sweep or the
-        # signal endpoint; they all follow ``leadership``, and taking over reconciles all.
+        # signal endpoint; they all follow ``leadership``, and taking over reconciles all and shows detection
+        # every object it judges (a standby judges nothing).
         await self.leadership.start()
+        if self.leadership.active:
+            await self.layer.replay()
 
         async def take_over(active: bool) -> None:
             if active:
                 self.trigger_all()
+                await self.layer.replay()
 
         self.leadership.on_change(take_over)
         config = self.config
@@ -173,9 +178,13 @@ def build(config: Settings, emit: EmitEvent) -> App:
         if leadership.active:
             trigger(key)
 
+    def detect(obj: Mapping[str, Any], event_type: str | None) -> None:  # the watch layer's, for detected kinds
+        if leadership.active:
+            detector.on_object(obj, event_type)
+
     recorder = Recorder(kube, store, admission_config.admission_violations_kept)
     return App(
-        config=config, kube=kube, store=store, layer=WatchLayer(kube, store, on_change), leadership=leadership,
+        config=config, kube=kube, store=store, layer=WatchLayer(kube, store, on_change, detect), leadership=leadership,
         reconciler=reconciler, responder=responder, detector=detector,
         detection=Detection(detect_settings, kube, store, responder, detector=detector, now=_now,
                             standby=lambda: not leadership.active),

@@ -20,7 +20,6 @@ from stockade.admission import grant_policy, webhook
 from stockade.api.models import GROUP, PLURAL, VERSION
 from stockade.api.policy import POLICY_PLURAL
 from stockade.app import App, build
-from stockade.detect.handlers import WATCHED
 from stockade.kopf_tuning import tune
 from stockade.settings import Settings
 
@@ -138,22 +137,3 @@ async def team_quota_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf
     _app(memo).budget.team_quota_event(event, body)
 
 
-# Detection: objects in run namespaces (stockade.detect) ------------------------------------------------------
-def _in_run_namespace(namespace: str | None, memo: kopf.Memo, **_: Any) -> bool:
-    return "app" in memo and _app(memo).detection.in_run_namespace(namespace)
-
-
-def _register_detection(group: str, version: str, plural: str, kind: str) -> None:
-    api_version = f"{group}/{version}" if group else version
-
-    async def detect_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        obj = dict(body)
-        obj.setdefault("kind", kind)
-        obj.setdefault("apiVersion", api_version)
-        _app(memo).detector.on_object(obj, event.get("type"))
-
-    kopf.on.event(group, version, plural, id=f"detect_{plural}", when=_in_run_namespace)(detect_event)
-
-
-for _group, _version, _plural, _kind in WATCHED:
-    _register_detection(_group, _version, _plural, _kind)

@@ -38,8 +38,9 @@ class Permission:
     feature: str | None = None  # the chart value (under .Values) that turns the permission on
 
 
-WATCH_DETECT = ("stockade.handlers:_register_detection",)
-WATCH_CHILD = ("stockade.watch:KindWatch.run", "stockade.watch:WatchLayer.prime", *WATCH_DETECT)
+# One stream per kind (stockade.watch), for the store and for detection; detection's replay lists again.
+WATCH_CHILD = ("stockade.watch:KindWatch.run", "stockade.watch:WatchLayer.prime", "stockade.watch:WatchLayer.replay")
+WATCH_DETECT = WATCH_CHILD
 
 
 def _child(group: str, resource: str, applied_by: tuple[str, ...] = (), deleted_by: tuple[str, ...] = (),

@@ -1,4 +1,5 @@
-"""One watch stream per kind the reconciler reads, feeding the store; kopf keeps only the AgentRun.
+"""One watch stream per kind the operator observes, feeding the store and detection; kopf keeps only the
+AgentRun (and the AgentPolicy).
 
 Each kind is listed once (the store is primed before the first reconcile), then watched from the list's
 resourceVersion with bookmarks. A stream that breaks (the API server or etcd restarted, 410 Gone, any
@@ -6,6 +7,12 @@ error) or goes quiet (no event or bookmark for ``SILENCE_SECONDS``; the API serv
 once a minute) is re-established from a fresh LIST, and the store is made to match that list: an object
 deleted while the stream was down is dropped, so drift repair sees it missing. A periodic relist
 (``RESYNC_SECONDS``) is the level-based backstop for anything a stream could still miss.
+
+The same stream feeds detection for the kinds it judges (what an agent makes in its run namespace, or a
+guardrail someone edited): every event of such an object in a run namespace goes to ``detect``, and
+:meth:`WatchLayer.replay` hands it every such object at start and when this replica takes over. One stream
+per kind, not one for the store and one per kopf handler: kopf's per-object workers for child kinds held a
+decoded body and a queue per object (issue 12, point 1).
 
 kopf's own watches were not enough: after an API server or etcd restart they resumed, but DELETED
 events of guardrails stopped arriving and the store kept objects that were gone (issue 14, point 10).
@@ -43,7 +50,9 @@ class WatchedKind:
     api_version: str
     kind: str
     path: str  # the cluster-wide collection
-    selector: str | None = labels.AGENTRUN  # what the operator made carries this label
+    selector: str | None = labels.AGENTRUN  # listed and watched with this label selector (None: everything)
+    stored: kinds.Watch | None = "labelled"  # what the store keeps: the operator's own, or all in run namespaces
+    detected: bool = False  # its events in run namespaces go to detection
 
     @property
     def resource(self) -> tuple[str, str]:
@@ -52,11 +61,20 @@ class WatchedKind:
         return ("" if parts[0] == "api" else parts[1]), parts[-1]
 
 
-# Everything the reconciler (and admission, through the store) reads besides the AgentRun: the table's
-# watched kinds, the Namespace first (WatchLayer.prime lists it before the rest).
-KINDS: tuple[WatchedKind, ...] = tuple(
-    WatchedKind(k.api_version, k.kind, k.collection, selector=labels.AGENTRUN if k.watched == "labelled" else None)
-    for k in kinds.WATCHED)
+def _watched(kind: kinds.Kind) -> WatchedKind:
+    # Detection needs what the agent made too, which the operator's label does not select: such a kind is
+    # watched whole and the store keeps only what it would have selected.
+    whole = kind.detected or kind.watched == "every"
+    return WatchedKind(kind.api_version, kind.kind, kind.collection, selector=None if whole else labels.AGENTRUN,
+                       stored=kind.watched, detected=kind.detected)
+
+
+# Everything the reconciler (and admission, through the store) reads besides the AgentRun, and everything
+# detection judges: the table's watched and detected kinds, the Namespace first (WatchLayer.prime lists it
+# before the rest: pods and detected objects are kept only inside run namespaces).
+KINDS: tuple[WatchedKind, ...] = tuple(_watched(k) for k in kinds.KINDS if k.watched is not None or k.detected)
+
+Detect = Callable[[Mapping[str, Any], "str | None"], None]  # (object, event type: ADDED, MODIFIED, DELETED, None)
 
 
 class Gone(Exception):
@@ -71,21 +89,28 @@ Trigger = Callable[[RunKey], None]
 
 
 class KindWatch:
-    def __init__(self, kube: Kube, store: Store, kind: WatchedKind, trigger: Trigger) -> None:
+    def __init__(self, kube: Kube, store: Store, kind: WatchedKind, trigger: Trigger,
+                 detect: Detect | None = None) -> None:
         self.kube = kube
         self.store = store
         self.kind = kind
         self.trigger = trigger
+        self.detect = detect if kind.detected else None
         self.resource_version: str | None = None
         self.relists = 0  # how often the kind was listed (start-up included)
         self.events = 0
         self._listed_at = 0.0
 
     # Listing ------------------------------------------------------------------------------------------
-    async def relist(self) -> set[ObjectKey]:
+    async def relist(self, feed: bool = True) -> set[ObjectKey]:
+        """List the kind and make the store match; with ``feed``, detection sees every object listed (what
+        was made while the stream was down). Priming does not feed: the AgentRuns are not known yet."""
         items, version = await self._list()
-        kept = [obj for obj in items if self._keep(obj)]
-        changed = self.store.replace_kind(self.kind.kind, kept)
+        if feed:
+            self._feed(items)
+        changed: set[ObjectKey] = set()
+        if self.kind.stored is not None:
+            changed = self.store.replace_kind(self.kind.kind, [obj for obj in items if self._keep(obj)])
         self.resource_version = version
         self.relists += 1
         self._listed_at = time.monotonic()
@@ -110,11 +135,29 @@ class KindWatch:
             if not token:
                 return items, str(meta.get("resourceVersion") or "")
 
-    def _keep(self, obj: Mapping[str, Any]) -> bool:
-        if self.kind.selector is not None:
-            return True  # the operator's own: labelled by it
-        # Listed whole (pods an agent makes need not carry the label): kept only inside run namespaces.
+    async def replay(self) -> None:
+        """Every object of the kind in a run namespace to detection, as a fresh list shows it (detection
+        reports each finding once per object state, so what it saw before is not reported again)."""
+        if self.detect is None:
+            return
+        self._feed((await self._list())[0])
+
+    def _feed(self, items: list[dict[str, Any]]) -> None:
+        if self.detect is not None:
+            for obj in items:
+                if self._in_run_namespace(obj):
+                    self.detect(obj, None)
+
+    def _in_run_namespace(self, obj: Mapping[str, Any]) -> bool:
         return self.store.is_run_namespace(str((obj.get("metadata") or {}).get("namespace") or ""))
+
+    def _keep(self, obj: Mapping[str, Any]) -> bool:
+        """Whether the store keeps it: the operator's own (labelled by it), or for a kind the store keeps
+        whole (pods an agent makes need not carry the label), what is inside a run namespace."""
+        if self.kind.stored == "labelled":
+            found = (obj.get("metadata") or {}).get("labels") or {}
+            return self.kind.selector is not None or labels.AGENTRUN in found
+        return self.kind.stored == "every" and self._in_run_namespace(obj)
 
     # Watching -----------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -213,6 +256,8 @@ class KindWatch:
         if kind == "BOOKMARK":
             return
         obj = {"apiVersion": self.kind.api_version, "kind": self.kind.kind, **obj}
+        if self.detect is not None and self._in_run_namespace(obj):
+            self.detect(obj, str(kind) if kind else None)  # every event, the operator's own echoes included
         if not self._keep(obj):
             return
         if kind == "DELETED":
@@ -244,15 +289,20 @@ class KindWatch:
 class WatchLayer:
     """Every watched kind: primed together at start-up, then one task per kind."""
 
-    def __init__(self, kube: Kube, store: Store, trigger: Trigger) -> None:
-        self.watches = [KindWatch(kube, store, kind, trigger) for kind in KINDS]
+    def __init__(self, kube: Kube, store: Store, trigger: Trigger, detect: Detect | None = None) -> None:
+        self.watches = [KindWatch(kube, store, kind, trigger, detect) for kind in KINDS]
         self._tasks: list[asyncio.Task[None]] = []
 
     async def prime(self) -> None:
         """Fill the store before the first reconcile, so that "not seen yet" is never taken for "missing"
         (which would re-create what exists). Namespaces first: pods are kept only inside run namespaces."""
-        await self.watches[0].relist()
-        await asyncio.gather(*(watch.relist() for watch in self.watches[1:]))
+        await self.watches[0].relist(feed=False)
+        await asyncio.gather(*(watch.relist(feed=False) for watch in self.watches[1:]))
+
+    async def replay(self) -> None:
+        """Every detected object in a run namespace to detection (at start, once the AgentRuns are known,
+        and when this replica takes over: a standby judges nothing)."""
+        await asyncio.gather(*(watch.replay() for watch in self.watches if watch.detect is not None))
 
     def start(self) -> None:
         self._tasks = [asyncio.get_running_loop().create_task(w.run(), name=f"watch-{w.kind.kind}")

@@ -14,7 +14,6 @@ import pytest
 from stockade import kinds, rbac, watch
 from stockade.admission import vap, webhook
 from stockade.admission.policy import Request, Run, decide
-from stockade.detect import handlers as detect_handlers
 from stockade.detect import rules
 from stockade.kube import object_path
 from stockade.plan import PlanSettings, RunRef, build
@@ -75,8 +74,10 @@ def test_rules_group_by_api_group_in_table_order_and_keep_the_order_given() -> N
 @pytest.mark.parametrize("kind", GUARDRAILS)
 def test_a_guardrail_is_watched_repaired_confined_and_refused_to_everyone_else(kind: kinds.Kind) -> None:
     assert kind.namespaced
-    assert next(w for w in watch.KINDS if w.kind == kind.kind).selector == "stockade.io/agentrun"
-    assert (kind.group, kind.version, kind.plural, kind.kind) in detect_handlers.WATCHED
+    # One stream for the store and detection: watched whole (detection sees what anyone made), stored when the
+    # operator's label is on it, and its events in run namespaces go to detection.
+    stream = next(w for w in watch.KINDS if w.kind == kind.kind)
+    assert (stream.selector, stream.stored, stream.detected) == (None, "labelled", True)
     assert {(kind.group, kind.plural, op) for op in ("UPDATE", "DELETE")} <= allowlist()
     for name in ("stockade-baseline", "stockade-operator-confinement"):
         assert {(kind.group, kind.plural, op) for op in ("CREATE", "UPDATE", "DELETE")} <= matched(name), name

@@ -24,13 +24,46 @@ def store_with_run() -> Store:
     return store
 
 
-def policy(rv: str, namespace: str = "team-agent") -> dict[str, Any]:
-    return {"metadata": {"name": "stockade-egress", "namespace": namespace, "resourceVersion": rv}}
+def policy(rv: str, namespace: str = "team-agent", name: str = "stockade-egress", mine: bool = True) -> dict[str, Any]:
+    """A NetworkPolicy: the operator's own carries its label (the store keeps only those)."""
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "resourceVersion": rv}
+    if mine:
+        meta["labels"] = {labels.AGENTRUN: "agent", labels.AGENTRUN_NAMESPACE: "team"}
+    return {"metadata": meta}
 
 
-def watcher(store: Store, kind: Any = POLICY) -> tuple[KindWatch, list[tuple[str, str]]]:
+def watcher(store: Store, kind: Any = POLICY, detect: Any = None) -> tuple[KindWatch, list[tuple[str, str]]]:
     triggered: list[tuple[str, str]] = []
-    return KindWatch(None, store, kind, triggered.append), triggered  # type: ignore[arg-type]
+    return KindWatch(None, store, kind, triggered.append, detect), triggered  # type: ignore[arg-type]
+
+
+def test_one_stream_feeds_the_store_and_detection():
+    """A guardrail kind's stream: the store keeps the operator's own, detection sees every object in a run
+    namespace (what someone else made too, and the operator's own echoes); outside run namespaces, nothing."""
+    store = store_with_run()
+    seen: list[tuple[str, str | None]] = []
+    watch, triggered = watcher(store, detect=lambda obj, event: seen.append((obj["metadata"]["name"], event)))
+    watch._on_event({"type": "ADDED", "object": policy("5")})
+    watch._on_event({"type": "ADDED", "object": policy("6", name="made-by-someone", mine=False)})
+    watch._on_event({"type": "ADDED", "object": policy("7", namespace="kube-system", name="elsewhere", mine=False)})
+    assert seen == [("stockade-egress", "ADDED"), ("made-by-someone", "ADDED")]
+    assert store.get("NetworkPolicy", "team-agent", "stockade-egress") is not None
+    assert store.get("NetworkPolicy", "team-agent", "made-by-someone") is None
+    assert store.get("NetworkPolicy", "kube-system", "elsewhere") is None
+    assert triggered == [KEY]
+    watch._on_event({"type": "MODIFIED", "object": policy("5")})  # the echo: the store has it, detection sees it
+    assert seen[-1] == ("stockade-egress", "MODIFIED") and triggered == [KEY]
+
+
+def test_a_kind_only_detection_judges_is_not_stored():
+    service = next(k for k in KINDS if k.kind == "Service")
+    assert (service.selector, service.stored, service.detected) == (None, None, True)
+    store = store_with_run()
+    seen: list[str] = []
+    watch, triggered = watcher(store, service, detect=lambda obj, event: seen.append(obj["kind"]))
+    watch._on_event({"type": "ADDED", "object": {"metadata": {"name": "web", "namespace": "team-agent",
+                                                             "resourceVersion": "3"}}})
+    assert seen == ["Service"] and store.get("Service", "team-agent", "web") is None and triggered == []
 
 
 def test_a_deletion_reaches_the_store_and_triggers_its_run():

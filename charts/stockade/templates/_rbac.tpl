@@ -40,7 +40,7 @@
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["delete"]
-# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.handlers:_register_detection
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.watch:WatchLayer.replay
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["list", "watch"]
@@ -52,7 +52,7 @@
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["delete"]
-# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.handlers:_register_detection, stockade.handlers:team_quota_event, stockade.budget_watch:BudgetWatch.start
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.watch:WatchLayer.replay, stockade.handlers:team_quota_event, stockade.budget_watch:BudgetWatch.start
 - apiGroups: [""]
   resources: ["resourcequotas"]
   verbs: ["list", "watch"]
@@ -64,7 +64,7 @@
 - apiGroups: [""]
   resources: ["resourcequotas"]
   verbs: ["delete"]
-# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.handlers:_register_detection
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.watch:WatchLayer.replay
 - apiGroups: [""]
   resources: ["limitranges"]
   verbs: ["list", "watch"]
@@ -76,7 +76,7 @@
 - apiGroups: [""]
   resources: ["limitranges"]
   verbs: ["delete"]
-# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.handlers:_register_detection
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.watch:WatchLayer.replay
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["list", "watch"]
@@ -88,7 +88,7 @@
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["delete"]
-# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.handlers:_register_detection
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.watch:WatchLayer.replay
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles"]
   verbs: ["list", "watch"]
@@ -100,7 +100,7 @@
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles"]
   verbs: ["delete"]
-# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.handlers:_register_detection
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.watch:WatchLayer.replay
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["rolebindings"]
   verbs: ["list", "watch"]
@@ -137,7 +137,7 @@
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["delete"]
-# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.handlers:_register_detection
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.watch:WatchLayer.replay
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "watch"]
@@ -153,27 +153,27 @@
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["delete"]
-# stockade.handlers:_register_detection
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.watch:WatchLayer.replay
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["list", "watch"]
-# stockade.handlers:_register_detection
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.watch:WatchLayer.replay
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["list", "watch"]
-# stockade.handlers:_register_detection
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.watch:WatchLayer.replay
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["list", "watch"]
-# stockade.handlers:_register_detection
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.watch:WatchLayer.replay
 - apiGroups: ["apps"]
   resources: ["daemonsets"]
   verbs: ["list", "watch"]
-# stockade.handlers:_register_detection
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.watch:WatchLayer.replay
 - apiGroups: ["apps"]
   resources: ["replicasets"]
   verbs: ["list", "watch"]
-# stockade.handlers:_register_detection
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.watch:WatchLayer.replay
 - apiGroups: ["batch"]
   resources: ["cronjobs"]
   verbs: ["list", "watch"]

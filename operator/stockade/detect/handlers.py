@@ -1,6 +1,7 @@
 """Detection's parts, started by the composition root (:mod:`stockade.app`): the signal endpoint and the
-Prometheus poller; and the kinds it watches in run namespaces (registered with kopf by
-:mod:`stockade.handlers`). Everything here only feeds the detector and the responder; the rules decide.
+Prometheus poller. The objects it judges in run namespaces come from the watch layer (:mod:`stockade.watch`,
+the kinds marked ``detected`` in :mod:`stockade.kinds`). Everything here only feeds the detector and the
+responder; the rules decide.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from stockade import kinds, labels
+from stockade import labels
 from stockade.detect.config import DetectSettings
 from stockade.detect.prom import Poller
 from stockade.detect.server import SignalServer
@@ -19,10 +20,6 @@ from stockade.respond import Responder
 from stockade.store import Store
 
 log = logging.getLogger("stockade.detect")
-
-# Objects in a run namespace that the grant does not cover (or guardrails someone edited).
-WATCHED: list[tuple[str, str, str, str]] = [  # (api group, version, plural, kind)
-    (kind.group, kind.version, kind.plural, kind.kind) for kind in kinds.DETECTED]
 
 
 class Detection:
@@ -58,9 +55,6 @@ class Detection:
             await self.server.stop()
         if self.poller is not None:
             await self.poller.stop()
-
-    def in_run_namespace(self, namespace: str | None) -> bool:
-        return bool(namespace) and self.store.is_run_namespace(namespace or "")
 
     def release_requested(self, event: Mapping[str, Any], body: Mapping[str, Any]) -> None:
         """``stockade release`` (or anyone) set the release annotation: lift the quarantine, once."""
