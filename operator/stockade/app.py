@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stockade import labels
 from stockade.admission.config import AdmissionSettings
-from stockade.admission.grant_policy import GrantPolicy
+from stockade.admission.grant_policy import GrantPolicy, namespace_indexed
 from stockade.admission.guard import AdmissionGuard
 from stockade.admission.record import Recorder
 from stockade.admission.reviews import Reviews
@@ -36,7 +37,7 @@ from stockade.reconcile import Reconciler
 from stockade.respond import Responder
 from stockade.settings import Settings
 from stockade.store import RunKey, Store
-from stockade.watch import WatchLayer
+from stockade.watch import Listener, WatchLayer
 
 log = logging.getLogger("stockade")
 
@@ -183,12 +184,30 @@ def build(config: Settings, emit: EmitEvent) -> App:
             detector.on_object(obj, event_type)
 
     recorder = Recorder(kube, store, admission_config.admission_violations_kept)
+    budget = BudgetWatch(kube, store, reconciler.budget)
+
+    def teams(handle: Callable[[Mapping[str, Any], Mapping[str, Any]], None]) -> Listener:
+        """Only what is not the operator's own (team namespaces and their quotas), as kopf's filter did."""
+        def listener(obj: Mapping[str, Any], event_type: str | None) -> None:
+            if labels.AGENTRUN not in ((obj.get("metadata") or {}).get("labels") or {}):
+                handle({"type": event_type}, obj)
+        return listener
+
+    def every(handle: Callable[[Mapping[str, Any], Mapping[str, Any]], None]) -> Listener:
+        return lambda obj, event_type: handle({"type": event_type}, obj)
+
+    # The policy index and budgets hear namespaces and team quotas from the watch layer's streams.
+    listeners: dict[str, list[Listener]] = {
+        "Namespace": [every(namespace_indexed), teams(budget.team_namespace_event)],
+        "ResourceQuota": [teams(budget.team_quota_event)],
+    }
+    layer = WatchLayer(kube, store, on_change, detect, listeners)
     return App(
-        config=config, kube=kube, store=store, layer=WatchLayer(kube, store, on_change, detect), leadership=leadership,
+        config=config, kube=kube, store=store, layer=layer, leadership=leadership,
         reconciler=reconciler, responder=responder, detector=detector,
         detection=Detection(detect_settings, kube, store, responder, detector=detector, now=_now,
                             standby=lambda: not leadership.active),
         admission=AdmissionSetup(admission_config, excluded=[config.namespace]), guard=guard, recorder=recorder,
         reviews=Reviews(kube, store, recorder), grant_policy=GrantPolicy(kube, store, responder),
-        budget=BudgetWatch(kube, store, reconciler.budget),
+        budget=budget,
     )

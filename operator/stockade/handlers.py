@@ -117,23 +117,8 @@ async def agentpolicy_indexed(event: Mapping[str, Any], body: kopf.Body, **_: An
     grant_policy.agentpolicy_indexed(event, body)
 
 
-@kopf.on.event("", "v1", "namespaces")
-async def namespace_indexed(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
-    grant_policy.namespace_indexed(event, body)
-
-
 @kopf.on.event(GROUP, VERSION, POLICY_PLURAL)
 async def policy_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _app(memo).budget.policy_event(event, body)
-
-
-@kopf.on.event("", "v1", "namespaces", labels={labels.AGENTRUN: kopf.ABSENT})
-async def team_namespace_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    _app(memo).budget.team_namespace_event(event, body)
-
-
-@kopf.on.event("", "v1", "resourcequotas", labels={labels.AGENTRUN: kopf.ABSENT})
-async def team_quota_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    _app(memo).budget.team_quota_event(event, body)
 
 

@@ -44,6 +44,9 @@ class Kind:
     update_subresources: tuple[str, ...] = ()  # subresources whose updates the webhook judges as well
     inert: bool = False  # data that starts nothing and opens nothing: allowed in run namespaces
     admission: bool = False  # the operator's own admission configuration: watched, restored, reported
+    # Watched whole though the store keeps only the operator's own: the policy index and budgets read every
+    # namespace's labels (AgentPolicy selectors) and team ResourceQuotas from the same stream.
+    whole: bool = False
 
     @property
     def api_version(self) -> str:
@@ -96,7 +99,7 @@ def _admission(plural: str, kind: str) -> Kind:
 KINDS: tuple[Kind, ...] = (
     # The run namespace: made, labelled and deleted by the operator; judged by a webhook of its own. First:
     # the watch layer lists it before the rest (pods are kept only inside run namespaces).
-    Kind("", "v1", "namespaces", "Namespace", namespaced=False, watched="labelled"),
+    Kind("", "v1", "namespaces", "Namespace", namespaced=False, watched="labelled", whole=True),
     # Compute and ways in.
     Kind("", "v1", "pods", "Pod", watched="every", makes_pods=True, run_workload=True,
          update_subresources=("ephemeralcontainers", "resize")),

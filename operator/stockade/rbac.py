@@ -56,7 +56,7 @@ def _child(group: str, resource: str, applied_by: tuple[str, ...] = (), deleted_
 # Who else watches, applies or deletes a fence kind (the reconciler applies, prunes and watches them all).
 _FENCE_SITES: dict[str, dict[str, tuple[str, ...]]] = {
     # Team namespaces' own ResourceQuotas count against their runs (budgets): watched and listed at start.
-    "ResourceQuota": {"watched_by": ("stockade.handlers:team_quota_event", "stockade.budget_watch:BudgetWatch.start")},
+    "ResourceQuota": {"watched_by": ("stockade.budget_watch:BudgetWatch.start",)},
     # The quarantine NetworkPolicy.
     "NetworkPolicy": {"applied_by": ("stockade.rungs:RungsMixin._apply_policy",),
                       "deleted_by": ("stockade.release:ReleaseMixin._release",)},
@@ -85,9 +85,8 @@ PERMISSIONS: tuple[Permission, ...] = (
     # The run namespace: applied like a guardrail, deleted when the AgentRun goes.
     Permission("", "namespaces", ("list", "watch"), ("stockade.watch:KindWatch.run", "stockade.watch:WatchLayer.prime",
                                                     "stockade.lifecycle:RunLifecycle.sweep",
-                                                    "stockade.handlers:namespace_indexed",
-                                                    "stockade.admission.grant_policy:GrantPolicy.prime_index",
-                                                    "stockade.handlers:team_namespace_event")),
+                                                    "stockade.watch:WatchLayer.prime",
+                                                    "stockade.admission.grant_policy:GrantPolicy.prime_index")),
     # A team namespace created a moment ago, before its watch event: its labels say which policies bound it.
     Permission("", "namespaces", ("get",), ("stockade.admission.grant_policy:GrantPolicy._ensure_namespace",
                                          # and a run namespace someone else made first: whose is it?

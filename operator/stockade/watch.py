@@ -28,7 +28,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +64,7 @@ class WatchedKind:
 def _watched(kind: kinds.Kind) -> WatchedKind:
     # Detection needs what the agent made too, which the operator's label does not select: such a kind is
     # watched whole and the store keeps only what it would have selected.
-    whole = kind.detected or kind.watched == "every"
+    whole = kind.whole or kind.detected or kind.watched == "every"
     return WatchedKind(kind.api_version, kind.kind, kind.collection, selector=None if whole else labels.AGENTRUN,
                        stored=kind.watched, detected=kind.detected)
 
@@ -75,6 +75,7 @@ def _watched(kind: kinds.Kind) -> WatchedKind:
 KINDS: tuple[WatchedKind, ...] = tuple(_watched(k) for k in kinds.KINDS if k.watched is not None or k.detected)
 
 Detect = Callable[[Mapping[str, Any], "str | None"], None]  # (object, event type: ADDED, MODIFIED, DELETED, None)
+Listener = Detect  # every event of one kind, wherever it is (the policy index, budgets)
 
 
 class Gone(Exception):
@@ -89,13 +90,14 @@ Trigger = Callable[[RunKey], None]
 
 
 class KindWatch:
-    def __init__(self, kube: Kube, store: Store, kind: WatchedKind, trigger: Trigger,
-                 detect: Detect | None = None) -> None:
+    def __init__(self, kube: Kube, store: Store, kind: WatchedKind, trigger: Trigger, *,
+                 detect: Detect | None = None, listeners: Sequence[Listener] = ()) -> None:
         self.kube = kube
         self.store = store
         self.kind = kind
         self.trigger = trigger
         self.detect = detect if kind.detected else None
+        self.listeners = tuple(listeners)
         self.resource_version: str | None = None
         self.relists = 0  # how often the kind was listed (start-up included)
         self.events = 0
@@ -108,6 +110,8 @@ class KindWatch:
         items, version = await self._list()
         if feed:
             self._feed(items)
+            for obj in items:
+                self._tell(obj, None)
         changed: set[ObjectKey] = set()
         if self.kind.stored is not None:
             changed = self.store.replace_kind(self.kind.kind, [obj for obj in items if self._keep(obj)])
@@ -147,6 +151,13 @@ class KindWatch:
             for obj in items:
                 if self._in_run_namespace(obj):
                     self.detect(obj, None)
+
+    def _tell(self, obj: Mapping[str, Any], event_type: str | None) -> None:
+        for listener in self.listeners:
+            try:
+                listener(obj, event_type)
+            except Exception:  # one consumer's bug must not break the stream the store depends on
+                log.exception("a listener of %s failed on %s", self.kind.kind, (obj.get("metadata") or {}).get("name"))
 
     def _in_run_namespace(self, obj: Mapping[str, Any]) -> bool:
         return self.store.is_run_namespace(str((obj.get("metadata") or {}).get("namespace") or ""))
@@ -258,6 +269,7 @@ class KindWatch:
         obj = {"apiVersion": self.kind.api_version, "kind": self.kind.kind, **obj}
         if self.detect is not None and self._in_run_namespace(obj):
             self.detect(obj, str(kind) if kind else None)  # every event, the operator's own echoes included
+        self._tell(obj, str(kind) if kind else None)
         if not self._keep(obj):
             return
         if kind == "DELETED":
@@ -289,8 +301,12 @@ class KindWatch:
 class WatchLayer:
     """Every watched kind: primed together at start-up, then one task per kind."""
 
-    def __init__(self, kube: Kube, store: Store, trigger: Trigger, detect: Detect | None = None) -> None:
-        self.watches = [KindWatch(kube, store, kind, trigger, detect) for kind in KINDS]
+    def __init__(self, kube: Kube, store: Store, trigger: Trigger, detect: Detect | None = None,
+                 listeners: Mapping[str, Sequence[Listener]] | None = None) -> None:
+        """``listeners``: by kind, what else hears every event of it (the stream must be whole: see KINDS)."""
+        found = listeners or {}
+        self.watches = [KindWatch(kube, store, kind, trigger, detect=detect,
+                                  listeners=found.get(kind.kind, ())) for kind in KINDS]
         self._tasks: list[asyncio.Task[None]] = []
 
     async def prime(self) -> None:

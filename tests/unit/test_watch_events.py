@@ -34,7 +34,7 @@ def policy(rv: str, namespace: str = "team-agent", name: str = "stockade-egress"
 
 def watcher(store: Store, kind: Any = POLICY, detect: Any = None) -> tuple[KindWatch, list[tuple[str, str]]]:
     triggered: list[tuple[str, str]] = []
-    return KindWatch(None, store, kind, triggered.append, detect), triggered  # type: ignore[arg-type]
+    return KindWatch(None, store, kind, triggered.append, detect=detect), triggered  # type: ignore[arg-type]
 
 
 def test_one_stream_feeds_the_store_and_detection():
@@ -113,3 +113,31 @@ def test_pods_outside_run_namespaces_are_not_kept():
 def test_every_kind_names_its_rbac_resource():
     assert POLICY.resource == ("networking.k8s.io", "networkpolicies")
     assert POD.resource == ("", "pods")
+
+
+def test_namespaces_are_one_stream_for_the_store_and_the_policy_index():
+    """Team namespaces' labels (AgentPolicy selectors, budgets) come from the Namespace stream, which is watched
+    whole; the store keeps the run namespaces only."""
+    namespace = next(k for k in KINDS if k.kind == "Namespace")
+    assert namespace is KINDS[0] and namespace.selector is None and namespace.stored == "labelled"
+    store = store_with_run()
+    heard: list[tuple[str, str | None]] = []
+    watch = KindWatch(None, store, namespace, lambda key: None,  # type: ignore[arg-type]
+                      listeners=[lambda obj, event: heard.append((obj["metadata"]["name"], event))])
+    watch._on_event({"type": "ADDED", "object": {"metadata": {"name": "team", "resourceVersion": "3",
+                                                             "labels": {"tier": "gpu"}}}})
+    watch._on_event({"type": "MODIFIED", "object": {"metadata": {"name": "team-agent", "resourceVersion": "4",
+                                                                "labels": {labels.AGENTRUN: "agent"}}}})
+    assert heard == [("team", "ADDED"), ("team-agent", "MODIFIED")]
+    assert store.get("Namespace", "", "team") is None and store.get("Namespace", "", "team-agent") is not None
+
+
+def test_a_failing_listener_does_not_break_the_stream():
+    store = store_with_run()
+
+    def broken(obj: Any, event: Any) -> None:
+        raise RuntimeError("a bug")
+
+    watch = KindWatch(None, store, POLICY, lambda key: None, listeners=[broken])  # type: ignore[arg-type]
+    watch._on_event({"type": "ADDED", "object": policy("5")})
+    assert store.get("NetworkPolicy", "team-agent", "stockade-egress") is not None

@@ -16,7 +16,7 @@
 - apiGroups: ["stockade.io"]
   resources: ["agentruns/status"]
   verbs: ["patch"]
-# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.lifecycle:RunLifecycle.sweep, stockade.handlers:namespace_indexed, stockade.admission.grant_policy:GrantPolicy.prime_index, stockade.handlers:team_namespace_event
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.lifecycle:RunLifecycle.sweep, stockade.watch:WatchLayer.prime, stockade.admission.grant_policy:GrantPolicy.prime_index
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
@@ -52,7 +52,7 @@
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["delete"]
-# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.watch:WatchLayer.replay, stockade.handlers:team_quota_event, stockade.budget_watch:BudgetWatch.start
+# stockade.watch:KindWatch.run, stockade.watch:WatchLayer.prime, stockade.watch:WatchLayer.replay, stockade.budget_watch:BudgetWatch.start
 - apiGroups: [""]
   resources: ["resourcequotas"]
   verbs: ["list", "watch"]
