@@ -6,6 +6,10 @@
 
 Both run in the same process against the same cluster in the same session, one at a time and then
 N at once. Optionally the operator's RSS with M AgentRuns present. Figures are printed, never asserted.
+
+On a cluster with an audit log (`make bench` starts it with bench/audit-policy.yaml), the API requests
+each run cost from creation to Ready, by client, verb and resource (bench/api_requests.py): the
+operator runs as a ServiceAccount of its own so that its requests can be told from the rest.
 """
 
 from __future__ import annotations
@@ -19,15 +23,18 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 
+import yaml  # noqa: E402
 from kubernetes import watch  # noqa: E402
 
+from api_requests import CLIENT_AGENT, OPERATOR_ACCOUNT, AuditLog, Window, audit_log_path, count  # noqa: E402
+from api_requests import report as report_requests  # noqa: E402
 from stockade.api.models import AgentRunSpec  # noqa: E402
 from stockade.kube import Kube, KubeError  # noqa: E402
 from stockade.plan import PlanSettings, RunRef, build  # noqa: E402
@@ -46,6 +53,7 @@ class Watcher:
     def __init__(self, kube: Kube, path: str, selector: str, done: Callable[[dict[str, Any]], bool]) -> None:
         self.kube, self.path, self.selector, self.done = kube, path, selector, done
         self.seen: dict[str, float] = {}
+        self.seen_wall: dict[str, float] = {}  # the same moments by the wall clock (the audit log's)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -66,6 +74,7 @@ class Watcher:
                     key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
                     if key not in self.seen and self.done(body):
                         self.seen[key] = time.perf_counter()
+                        self.seen_wall[key] = time.time()
                     if self._stop.is_set():
                         break
             except Exception:  # a dropped watch is re-opened
@@ -187,9 +196,74 @@ async def cleanup(kube: Kube, team: str) -> None:
     await asyncio.gather(*(delete("Namespace", "v1", None, n) for n in [*floors, team]))
 
 
-def start_operator(team: str) -> subprocess.Popen[bytes]:
+async def requests_per_run(kube: Kube, audit: AuditLog, mode: str, runs: int, *, team: str,
+                           operator_user: str, settle: float = 1.0) -> list[str]:
+    """``runs`` runs one at a time, each followed by a quiet ``settle`` seconds; their requests from the audit log."""
+    label = f"{mode}-{uuid.uuid4().hex[:6]}"
+    watcher = Watcher(kube, "agentruns" if mode == "stockade" else "pods", f"bench={label}",
+                      agentrun_ready if mode == "stockade" else pod_running)
+    await asyncio.sleep(0.5)
+    offset = audit.mark()
+    windows = []
+    start_one: Callable[[str], Awaitable[None]] = (
+        (lambda name: stockade_one(kube, team, name, label)) if mode == "stockade"
+        else (lambda name: floor_one(kube, name, label)))
+    for _ in range(runs):
+        name = f"b{uuid.uuid4().hex[:8]}"
+        key = f"{team}/{name}" if mode == "stockade" else f"floor-{name}/{name}"
+        started = time.time()
+        await start_one(name)
+        await wait_all(watcher, [key])
+        await asyncio.sleep(settle)
+        windows.append(Window(started, watcher.seen_wall[key], time.time()))
+    watcher.stop()
+    await asyncio.sleep(0.5)  # the last requests written to the log
+    counts = count(audit.since(offset), windows, operator_user)
+    return report_requests("floor client" if mode == "floor" else "Stockade", counts,
+                           clients=("client",) if mode == "floor" else ("client", "stockade"))
+
+
+async def operator_kubeconfig(kube: Kube, path: Path) -> str:
+    """A kubeconfig whose credential is a token of a ServiceAccount of the operator's own (bound to cluster-admin,
+    as the kubeconfig's user is): its requests are then its own in the audit log. Returns the username."""
+    namespace, name = OPERATOR_ACCOUNT
+    for call in (
+        lambda: kube.create({"apiVersion": "v1", "kind": "ServiceAccount",
+                             "metadata": {"name": name, "namespace": namespace}}),
+        lambda: kube.call("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]}),
+    ):
+        try:
+            await call()
+        except KubeError as err:
+            if not err.conflict:
+                raise
+    token = await kube.call("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", {
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 21600}})
+    write_kubeconfig(path, token["status"]["token"])
+    return f"system:serviceaccount:{namespace}:{name}"
+
+
+def write_kubeconfig(path: Path, token: str) -> None:
+    """The current kubeconfig's cluster and context with ``token`` as the only credential."""
+    source = Path(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]).expanduser()
+    config = yaml.safe_load(source.read_text())
+    current = next(c for c in config["contexts"] if c["name"] == config["current-context"])
+    current["context"]["user"] = "bench-operator"
+    config["users"] = [{"name": "bench-operator", "user": {"token": token}}]
+    config["contexts"] = [current]
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+
+
+def start_operator(team: str, kubeconfig: Path | None = None) -> subprocess.Popen[bytes]:
     log = Path(f"/tmp/stockade-bench-operator-{team}.log").open("wb")  # noqa: SIM115 (the child keeps it)
-    env = {**os.environ, "STOCKADE_METRICS_PORT": "0"}
+    # This checkout's operator, whichever checkout the virtual environment was installed from.
+    env = {**os.environ, "STOCKADE_METRICS_PORT": "0", "PYTHONPATH": str(ROOT / "operator")}
+    if kubeconfig is not None:
+        env["KUBECONFIG"] = str(kubeconfig)
     return subprocess.Popen([sys.executable, "-m", "stockade.cli", "run", "--liveness", "http://127.0.0.1:0/healthz"],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -200,17 +274,25 @@ async def main() -> None:
     parser.add_argument("--concurrent", type=int, default=100, help="runs applied at once")
     parser.add_argument("--memory-runs", type=int, default=0, help="AgentRuns present for the RSS figure (e.g. 1000)")
     parser.add_argument("--operator-pid", type=int, help="measure an operator already running (else one is started)")
+    parser.add_argument("--operator-user", help="that operator's username (for the request counts)")
+    parser.add_argument("--request-runs", type=int, default=10,
+                        help="runs one at a time whose API requests are counted (needs the audit log)")
     args = parser.parse_args()
 
     kube = Kube.connect(workers=64)
+    kube.api.user_agent = CLIENT_AGENT
     team = f"bench-{uuid.uuid4().hex[:5]}"
     await kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": team}})
     proc = None
     pid = args.operator_pid
+    operator_user = args.operator_user or ""
     if pid is None:
-        proc = start_operator(team)
+        kubeconfig = Path(f"/tmp/stockade-bench-operator-{team}.kubeconfig")
+        operator_user = await operator_kubeconfig(kube, kubeconfig)
+        proc = start_operator(team, kubeconfig)
         pid = proc.pid
         await asyncio.sleep(4)
+    audit_path = audit_log_path() if args.request_runs else None
     try:
         rows = []
         for label, count, concurrent in (("one at a time", args.sequential, False),
@@ -228,6 +310,16 @@ async def main() -> None:
                       f"{fig['p99']:>9.3f}{fig['max']:>9.3f}")
             print(f"{'':<16}{'ratio':>10}{'':>4}{ours['p50'] / floor['p50']:>9.2f}{'':>9}"
                   f"{ours['p99'] / floor['p99']:>9.2f}")
+        if audit_path is None:
+            print("\nAPI requests per run: not counted (no audit log; start the cluster with "
+                  "STOCKADE_AUDIT_POLICY=bench/audit-policy.yaml, as `make bench` does)")
+        elif not operator_user:
+            print("\nAPI requests per run: not counted (--operator-user is needed with --operator-pid)")
+        else:
+            audit = AuditLog(audit_path)
+            for mode in ("floor", "stockade"):
+                print("\n".join(await requests_per_run(kube, audit, mode, args.request_runs, team=team,
+                                                          operator_user=operator_user)))
         print(f"\noperator RSS after the runs above: {operator_rss_mb(pid):.0f} MB")
         if args.memory_runs:
             sem = asyncio.Semaphore(32)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import logging
 import ssl
 import threading
@@ -24,15 +25,30 @@ from typing import Any
 import aiohttp.web
 import kopf
 
+from stockade.admission.config import AdmissionSettings
 from stockade.admission.metrics import SERVED
 
 log = logging.getLogger("stockade.admission")
 
 
+# A trivial webhook beside the real ones (STOCKADE_ADMISSION_FLOOR_ENDPOINT; bench/admission_latency.py): it allows
+# every request without reading it, on the same thread, loop, TLS and connections, so a benchmark that points
+# a webhook configuration at it measures what serving any webhook costs here, and the ratio isolates ours.
+FLOOR_PATH = "stockade-floor"
+
+
+async def _allow(request: aiohttp.web.Request) -> aiohttp.web.Response:
+    review = json.loads(await request.read())
+    return aiohttp.web.json_response({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                                      "response": {"uid": review["request"]["uid"], "allowed": True}})
+
+
 class _ServerThread(threading.Thread):
-    def __init__(self, fn: Any, addr: str | None, port: int, context: ssl.SSLContext | None) -> None:
+    def __init__(self, fn: Any, addr: str | None, port: int, context: ssl.SSLContext | None, *,
+                 floor: bool = False) -> None:
         super().__init__(name="stockade-webhook", daemon=True)
         self.fn = fn
+        self.floor = floor
         self.addr = addr
         self.port = port
         self.context = context
@@ -54,6 +70,8 @@ class _ServerThread(threading.Thread):
                     SERVED.labels(webhook=request.match_info.get("id", "")).observe(time.perf_counter() - started)
 
             app = aiohttp.web.Application()
+            if self.floor:
+                app.add_routes([aiohttp.web.post(f"/{FLOOR_PATH}", _allow)])
             app.add_routes([aiohttp.web.post("/{id:.*}", serve)])
             runner = aiohttp.web.AppRunner(app, handle_signals=False, access_log=None)
             loop.run_until_complete(runner.setup())
@@ -86,7 +104,7 @@ class ThreadedWebhookServer(kopf.WebhookServer):
         port = self.port or self._allocate_free_port()
         while True:
             cadata, context = self._build_ssl()
-            thread = _ServerThread(fn, self.addr, port, context)
+            thread = _ServerThread(fn, self.addr, port, context, floor=AdmissionSettings().admission_floor_endpoint)
             thread.start()
             await asyncio.get_running_loop().run_in_executor(None, thread.ready.wait)
             if thread.error is not None:
