@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -170,6 +171,14 @@ async def wait_all(watcher: Watcher, keys: list[str], limit: float = 180) -> Non
         await asyncio.sleep(0.002)
 
 
+def read_when_written(path: Path, limit: float = 600) -> str:
+    """A file another process writes (and renames into place), once it is there."""
+    deadline = time.monotonic() + limit
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return path.read_text() if path.exists() else f"{path}: not written within {limit:.0f} s"
+
+
 def operator_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -258,13 +267,14 @@ def write_kubeconfig(path: Path, token: str) -> None:
     path.chmod(0o600)
 
 
-def start_operator(team: str, kubeconfig: Path | None = None) -> subprocess.Popen[bytes]:
+def start_operator(team: str, kubeconfig: Path | None = None, *, traced: bool = False) -> subprocess.Popen[bytes]:
     log = Path(f"/tmp/stockade-bench-operator-{team}.log").open("wb")  # noqa: SIM115 (the child keeps it)
     # This checkout's operator, whichever checkout the virtual environment was installed from.
     env = {**os.environ, "STOCKADE_METRICS_PORT": "0", "PYTHONPATH": str(ROOT / "operator")}
     if kubeconfig is not None:
         env["KUBECONFIG"] = str(kubeconfig)
-    return subprocess.Popen([sys.executable, "-m", "stockade.cli", "run", "--liveness", "http://127.0.0.1:0/healthz"],
+    command = [str(ROOT / "bench/traced_operator.py")] if traced else ["-m", "stockade.cli"]
+    return subprocess.Popen([sys.executable, *command, "run", "--liveness", "http://127.0.0.1:0/healthz"],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -275,6 +285,9 @@ async def main() -> None:
     parser.add_argument("--memory-runs", type=int, default=0, help="AgentRuns present for the RSS figure (e.g. 1000)")
     parser.add_argument("--operator-pid", type=int, help="measure an operator already running (else one is started)")
     parser.add_argument("--operator-user", help="that operator's username (for the request counts)")
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="run the operator under tracemalloc (bench/traced_operator.py) and print where the "
+                             "memory with --memory-runs went (its RSS is then not the figure)")
     parser.add_argument("--request-runs", type=int, default=10,
                         help="runs one at a time whose API requests are counted (needs the audit log)")
     args = parser.parse_args()
@@ -289,7 +302,9 @@ async def main() -> None:
     if pid is None:
         kubeconfig = Path(f"/tmp/stockade-bench-operator-{team}.kubeconfig")
         operator_user = await operator_kubeconfig(kube, kubeconfig)
-        proc = start_operator(team, kubeconfig)
+        for stale in Path("/tmp").glob("stockade-tracemalloc.*"):
+            stale.unlink()
+        proc = start_operator(team, kubeconfig, traced=args.tracemalloc)
         pid = proc.pid
         await asyncio.sleep(4)
     audit_path = audit_log_path() if args.request_runs else None
@@ -321,6 +336,8 @@ async def main() -> None:
                 print("\n".join(await requests_per_run(kube, audit, mode, args.request_runs, team=team,
                                                           operator_user=operator_user)))
         print(f"\noperator RSS after the runs above: {operator_rss_mb(pid):.0f} MB")
+        if args.memory_runs and args.tracemalloc:
+            os.kill(pid, signal.SIGUSR2)  # the baseline
         if args.memory_runs:
             sem = asyncio.Semaphore(32)
 
@@ -334,6 +351,9 @@ async def main() -> None:
             watcher.stop()
             await asyncio.sleep(5)
             print(f"operator RSS with {args.memory_runs} more AgentRuns Ready: {operator_rss_mb(pid):.0f} MB")
+            if args.tracemalloc:
+                os.kill(pid, signal.SIGUSR2)
+                print(await asyncio.to_thread(read_when_written, Path("/tmp/stockade-tracemalloc.1")))
     finally:
         await cleanup(kube, team)
         if proc is not None:
