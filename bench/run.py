@@ -273,6 +273,8 @@ def start_operator(team: str, kubeconfig: Path | None = None, *, traced: bool = 
     env = {**os.environ, "STOCKADE_METRICS_PORT": "0", "PYTHONPATH": str(ROOT / "operator")}
     if kubeconfig is not None:
         env["KUBECONFIG"] = str(kubeconfig)
+    for stale in Path("/tmp").glob("stockade-tracemalloc.*") if traced else ():
+        stale.unlink()
     command = [str(ROOT / "bench/traced_operator.py")] if traced else ["-m", "stockade.cli"]
     return subprocess.Popen([sys.executable, *command, "run", "--liveness", "http://127.0.0.1:0/healthz"],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -302,8 +304,6 @@ async def main() -> None:
     if pid is None:
         kubeconfig = Path(f"/tmp/stockade-bench-operator-{team}.kubeconfig")
         operator_user = await operator_kubeconfig(kube, kubeconfig)
-        for stale in Path("/tmp").glob("stockade-tracemalloc.*"):
-            stale.unlink()
         proc = start_operator(team, kubeconfig, traced=args.tracemalloc)
         pid = proc.pid
         await asyncio.sleep(4)
