@@ -287,6 +287,7 @@ async def main() -> None:
     parser.add_argument("--memory-runs", type=int, default=0, help="AgentRuns present for the RSS figure (e.g. 1000)")
     parser.add_argument("--operator-pid", type=int, help="measure an operator already running (else one is started)")
     parser.add_argument("--operator-user", help="that operator's username (for the request counts)")
+    parser.add_argument("--no-cleanup", action="store_true", help="leave what it made (the cluster is thrown away)")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="run the operator under tracemalloc (bench/traced_operator.py) and print where the "
                              "memory with --memory-runs went (its RSS is then not the figure)")
@@ -355,7 +356,8 @@ async def main() -> None:
                 os.kill(pid, signal.SIGUSR2)
                 print(await asyncio.to_thread(read_when_written, Path("/tmp/stockade-tracemalloc.1")))
     finally:
-        await cleanup(kube, team)
+        if not args.no_cleanup:
+            await cleanup(kube, team)
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
