@@ -46,6 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 
+import bench_policy  # noqa: E402
 from stockade.kube import Kube  # noqa: E402
 
 METRIC = "apiserver_admission_webhook_admission_duration_seconds"
@@ -203,6 +204,8 @@ def main() -> None:
 
     operator = None
     metrics_port = free_port()
+    kubectl("apply", "--server-side", "--field-manager=stockade-bench", "--force-conflicts", "-f", "-",
+            stdin=json.dumps(bench_policy.POLICY))
     if not args.no_operator:
         health = free_port()
         log = Path(os.environ.get("TMPDIR", "/tmp")) / f"stockade-bench-{os.getpid()}.log"
@@ -218,7 +221,8 @@ def main() -> None:
     team = f"bench-{uuid.uuid4().hex[:6]}"
     total = args.pods * args.rounds * (2 if args.floor else 1)
     try:
-        kubectl("create", "namespace", team)
+        kubectl("create", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "Namespace",
+                                                       "metadata": {"name": team, "labels": bench_policy.LABEL}}))
         kubectl("apply", "-f", "-", stdin=json.dumps(agentrun(team, total + 1)))
         run = wait(lambda: (r := json.loads(kubectl("get", "agentrun", "bench", "-n", team, "-o", "json")))
                    .get("status", {}).get("phase") == "Running" and r, 90, "the AgentRun to run")
@@ -325,7 +329,7 @@ def floor_webhook(in_process: bool) -> Iterator[None]:
     if in_process:
         # Same host, port and CA as the real webhooks: only the path differs.
         client = saved["validatingwebhookconfiguration"]["webhooks"][0]["clientConfig"]
-        url = client["url"].rsplit("/", 1)[0] + "/stockade-floor"
+        url = client["url"].rsplit("/", 1)[0] + "/stockade-floor"  # + "/<id>" below
         bundle = client["caBundle"]
     else:
         port = free_port()
@@ -338,7 +342,9 @@ def floor_webhook(in_process: bool) -> Iterator[None]:
         for kind, obj in saved.items():
             floor = _plain(obj, f"{CONFIGURATION}-floor")
             for hook in floor["webhooks"]:
-                hook["clientConfig"] = {"url": url, "caBundle": bundle}
+                # One URL per webhook, as Stockade's: the API server keeps a client (and connections) per URL.
+                path = hook["clientConfig"].get("url", "").rsplit("/", 1)[-1] if in_process else ""
+                hook["clientConfig"] = {"url": f"{url}/{path}" if path else url, "caBundle": bundle}
             kubectl("delete", kind, CONFIGURATION)
             kubectl("create", "-f", "-", stdin=json.dumps(floor))
         time.sleep(1)  # the API server's webhook informer picks the change up

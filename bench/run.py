@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "operator"))
 import yaml  # noqa: E402
 from kubernetes import watch  # noqa: E402
 
+import bench_policy  # noqa: E402
 from api_requests import CLIENT_AGENT, OPERATOR_ACCOUNT, AuditLog, Window, audit_log_path, count  # noqa: E402
 from api_requests import report as report_requests  # noqa: E402
 from stockade.api.models import AgentRunSpec  # noqa: E402
@@ -298,7 +299,10 @@ async def main() -> None:
     kube = Kube.connect(workers=64)
     kube.api.user_agent = CLIENT_AGENT
     team = f"bench-{uuid.uuid4().hex[:5]}"
-    await kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": team}})
+    await kube.create({"apiVersion": "v1", "kind": "Namespace",
+                       "metadata": {"name": team, "labels": bench_policy.LABEL}})
+    await kube.call("PATCH", bench_policy.PATH, bench_policy.POLICY, content_type="application/apply-patch+yaml",
+                    query=[("fieldManager", "stockade-bench"), ("force", "true")])
     proc = None
     pid = args.operator_pid
     operator_user = args.operator_user or ""
@@ -308,6 +312,7 @@ async def main() -> None:
         proc = start_operator(team, kubeconfig, traced=args.tracemalloc)
         pid = proc.pid
         await asyncio.sleep(4)
+    print(f"operator RSS at start: {operator_rss_mb(pid):.0f} MB")
     audit_path = audit_log_path() if args.request_runs else None
     try:
         rows = []

@@ -6,6 +6,7 @@ import-linter contract), and the grammar is small and fixed by the API.
 
 from __future__ import annotations
 
+import functools
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -18,6 +19,9 @@ _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _FORM = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))((?:[KMGTPE]i)|[numkMGTPE]|(?:[eE][+-]?[0-9]+))?$")
 
 
+# The same few quantities ("100m", "64Mi") are parsed for every pod on every admission request: remembered.
+# Decimals are immutable, so sharing one is safe; typed, so 1 and 1.0 stay apart; errors are never cached.
+@functools.lru_cache(maxsize=4096, typed=True)
 def parse_quantity(value: str | int | float) -> Decimal:
     """Parse a quantity; raise ValueError naming the bad value."""
     text = str(value).strip()

@@ -48,7 +48,7 @@ def _post(thread: server._ServerThread, path: str) -> dict[str, Any]:
 def test_the_floor_allows_without_reaching_kopf_and_the_real_webhooks_still_do() -> None:
     thread, reached = _serve(floor=True)
     try:
-        assert _post(thread, server.FLOOR_PATH)["response"] == {"uid": "u-1", "allowed": True}
+        assert _post(thread, f"{server.FLOOR_PATH}/allowlist")["response"] == {"uid": "u-1", "allowed": True}
         assert reached == []
         assert _post(thread, "allowlist")["response"]["allowed"] is False
         assert reached == ["allowlist"]
@@ -59,10 +59,10 @@ def test_the_floor_allows_without_reaching_kopf_and_the_real_webhooks_still_do()
 def test_without_the_setting_the_floor_path_is_an_ordinary_webhook_id() -> None:
     thread, reached = _serve(floor=False)
     try:
-        answer = _post(thread, server.FLOOR_PATH)
+        answer = _post(thread, f"{server.FLOOR_PATH}/allowlist")
     except urllib.error.HTTPError as err:  # pragma: no cover (kopf's handler decides)
         pytest.fail(f"unexpected {err}")
     finally:
         thread.stop()
     assert answer["response"]["allowed"] is False
-    assert reached == [server.FLOOR_PATH]
+    assert reached == [f"{server.FLOOR_PATH}/allowlist"]

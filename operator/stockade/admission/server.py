@@ -32,9 +32,10 @@ from stockade.admission.metrics import SERVED
 log = logging.getLogger("stockade.admission")
 
 
-# A trivial webhook beside the real ones (STOCKADE_ADMISSION_FLOOR_ENDPOINT; bench/admission_latency.py): it allows
-# every request without reading it, on the same thread, loop, TLS and connections, so a benchmark that points
-# a webhook configuration at it measures what serving any webhook costs here, and the ratio isolates ours.
+# A trivial webhook beside the real ones (STOCKADE_ADMISSION_FLOOR_ENDPOINT; bench/admission_latency.py): under
+# /stockade-floor/<id> it allows every request, on the same thread, loop, TLS and certificate, so a benchmark that
+# points each webhook at its own such path (one client and connection pool per URL in the API server, as for the
+# real ones) measures what serving any webhook costs here, and the ratio isolates ours.
 FLOOR_PATH = "stockade-floor"
 
 
@@ -82,7 +83,7 @@ class _ServerThread(threading.Thread):
 
             app = aiohttp.web.Application()
             if self.floor:
-                app.add_routes([aiohttp.web.post(f"/{FLOOR_PATH}", _allow)])
+                app.add_routes([aiohttp.web.post(f"/{FLOOR_PATH}/{{id:.*}}", _allow)])
             app.add_routes([aiohttp.web.post("/{id:.*}", serve)])
             runner = aiohttp.web.AppRunner(app, handle_signals=False, access_log=None)
             loop.run_until_complete(runner.setup())
