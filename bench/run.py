@@ -311,7 +311,7 @@ async def main() -> None:
         operator_user = await operator_kubeconfig(kube, kubeconfig)
         proc = start_operator(team, kubeconfig, traced=args.tracemalloc)
         pid = proc.pid
-        await asyncio.sleep(4)
+        await asyncio.sleep(20 if args.tracemalloc else 4)  # traced, the start takes several times longer
     print(f"operator RSS at start: {operator_rss_mb(pid):.0f} MB")
     audit_path = audit_log_path() if args.request_runs else None
     try:
