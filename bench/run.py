@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -277,7 +278,11 @@ def start_operator(team: str, kubeconfig: Path | None = None, *, traced: bool = 
     for stale in Path("/tmp").glob("stockade-tracemalloc.*") if traced else ():
         stale.unlink()
     command = [str(ROOT / "bench/traced_operator.py")] if traced else ["-m", "stockade.cli"]
-    return subprocess.Popen([sys.executable, *command, "run", "--liveness", "http://127.0.0.1:0/healthz"],
+    # A free port of its own: kopf reads port 0 as port 80, which a second operator on the machine then lacks.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        liveness = f"http://127.0.0.1:{sock.getsockname()[1]}/healthz"
+    return subprocess.Popen([sys.executable, *command, "run", "--liveness", liveness],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
