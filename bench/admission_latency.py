@@ -11,9 +11,13 @@ buckets are coarse (5 ms, 25 ms, 100 ms, ...): "p99 < 25 ms" holds exactly when 
 the calls fall in the 25 ms bucket, which the table shows directly. The operator's own finer
 histograms (time in the handler; time from reading a request to answering it) are printed alongside.
 
-``--floor`` then repeats the bursts against a trivial allow-everything HTTPS webhook in a process
-of its own, with the operator still running: what any webhook costs on this machine at this load,
-the baseline to read Stockade's figures against.
+``--floor`` interleaves each burst with one against a trivial allow-everything webhook: the webhook
+configurations are replaced by the same webhooks pointing at the operator's own /stockade-floor endpoint
+(STOCKADE_ADMISSION_FLOOR_ENDPOINT, served by the same thread, event loop, TLS set-up and certificate as
+the real ones), so that the ratio of the two isolates what Stockade's handlers and kopf's dispatch cost.
+With --no-operator the trivial webhook runs in a process of its own instead. Each pod creation is also
+timed by the client (end to end, both webhooks and the API server's own work included): those are the
+fine-grained p50/p99 figures; the API server's admission histogram has 5/25/100 ms buckets only.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 
+import bench_policy  # noqa: E402
 from stockade.kube import Kube  # noqa: E402
 
 METRIC = "apiserver_admission_webhook_admission_duration_seconds"
@@ -151,20 +157,27 @@ def pod(name: str) -> dict[str, Any]:
     }
 
 
-async def burst(kube: Kube, namespace: str, count: int, tag: str) -> tuple[int, float]:
-    async def one(index: int) -> bool:
+async def burst(kube: Kube, namespace: str, count: int, tag: str) -> tuple[list[float], float]:
+    """``count`` pods created at once: each successful creation's own time, and the whole burst's."""
+    async def one(index: int) -> float | None:
         body = pod(f"bench-{tag}-{index}")
         body["metadata"]["namespace"] = namespace
+        started = time.perf_counter()
         try:
             await kube.create(body)
         except Exception as err:  # report, do not stop the burst
             print(f"  create failed: {err}", file=sys.stderr)
-            return False
-        return True
+            return None
+        return time.perf_counter() - started
 
     started = time.perf_counter()
     results = await asyncio.gather(*(one(i) for i in range(count)))
-    return sum(results), time.perf_counter() - started
+    return [r for r in results if r is not None], time.perf_counter() - started
+
+
+def exact(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 def wait(check: Any, timeout: float, what: str) -> Any:
@@ -186,17 +199,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="bursts, each of --pods new pods")
     parser.add_argument("--no-operator", action="store_true", help="use an operator that is already running")
     parser.add_argument("--floor", action="store_true", help="also measure a trivial webhook as the baseline")
+    parser.add_argument("--py-spy", help="this py-spy binary samples the operator meanwhile ($PROFILE_OUT)")
     args = parser.parse_args()
 
     operator = None
     metrics_port = free_port()
+    kubectl("apply", "--server-side", "--field-manager=stockade-bench", "--force-conflicts", "-f", "-",
+            stdin=json.dumps(bench_policy.POLICY))
     if not args.no_operator:
         health = free_port()
         log = Path(os.environ.get("TMPDIR", "/tmp")) / f"stockade-bench-{os.getpid()}.log"
         operator = subprocess.Popen(
             [sys.executable, "-m", "stockade.cli", "run", "--liveness", f"http://127.0.0.1:{health}/healthz"],
             env={**os.environ, "STOCKADE_METRICS_PORT": str(metrics_port), "PYTHONPATH": str(ROOT / "operator"),
-                 "STOCKADE_WEBHOOK_CONFIGURATION": CONFIGURATION, "STOCKADE_ADMISSION_RECREATE_WEBHOOKS": "false"},
+                 "STOCKADE_WEBHOOK_CONFIGURATION": CONFIGURATION, "STOCKADE_ADMISSION_RECREATE_WEBHOOKS": "false",
+                 "STOCKADE_ADMISSION_FLOOR_ENDPOINT": "true"},
             stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
         wait(lambda: urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1).status == 200,
              60, "the operator")
@@ -204,7 +221,8 @@ def main() -> None:
     team = f"bench-{uuid.uuid4().hex[:6]}"
     total = args.pods * args.rounds * (2 if args.floor else 1)
     try:
-        kubectl("create", "namespace", team)
+        kubectl("create", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "Namespace",
+                                                       "metadata": {"name": team, "labels": bench_policy.LABEL}}))
         kubectl("apply", "-f", "-", stdin=json.dumps(agentrun(team, total + 1)))
         run = wait(lambda: (r := json.loads(kubectl("get", "agentrun", "bench", "-n", team, "-o", "json")))
                    .get("status", {}).get("phase") == "Running" and r, 90, "the AgentRun to run")
@@ -216,11 +234,8 @@ def main() -> None:
         kube = Kube.connect(workers=args.pods + 8, impersonate=f"system:serviceaccount:{namespace}:agent")
         print(f"\n{args.rounds} bursts of {args.pods} concurrent pod creations as system:serviceaccount:"
               f"{namespace}:agent")
-        measure(kube, namespace, args, metrics_port if operator else None, "stockade")
-        if args.floor:
-            with floor_webhook():
-                print("\nthe same against a trivial allow-everything webhook (the floor), operator running:")
-                measure(kube, namespace, args, None, "floor")
+        measure(kube, namespace, args, metrics_port if operator else None, in_process=operator is not None,
+                profile=(args.py_spy, operator.pid) if args.py_spy and operator else None)
     finally:
         # The AgentRun first, while the operator runs: its finalizer removes the run namespace.
         kubectl("delete", "agentrun", "--all", "-n", team, "--timeout=90s")
@@ -235,20 +250,66 @@ CONFIGURATION = os.environ.get("STOCKADE_WEBHOOK_CONFIGURATION", "stockade-local
 HANDLERS = {"allowlist", "gpu-visibility"}
 
 
-def measure(kube: Kube, namespace: str, args: argparse.Namespace, metrics_port: int | None, tag: str) -> None:
-    before = buckets(kubectl("get", "--raw", "/metrics"), METRIC, NAMES)
-    mine_before = _operator_metrics(metrics_port) if metrics_port else ""
+Series = dict[tuple[str, str], dict[float, float]]
+OPERATOR_METRICS = {"stockade_admission_handler_duration_seconds": "time inside the handler",
+                    "stockade_admission_request_duration_seconds": "request read to answer, kopf included"}
+
+
+def _add(total: Series, part: Series) -> None:
+    for key, series in part.items():
+        mine = total.setdefault(key, defaultdict(float))
+        for bound, value in series.items():
+            mine[bound] += value
+
+
+def measure(kube: Kube, namespace: str, args: argparse.Namespace, metrics_port: int | None, *,
+            in_process: bool, profile: tuple[str, int] | None = None) -> None:
+    """``args.rounds`` rounds, each a Stockade burst and (--floor) then a floor burst, so both see the same load."""
+    tags = ("stockade", "floor") if args.floor else ("stockade",)
+    times: dict[str, list[float]] = {tag: [] for tag in tags}
+    server: dict[str, Series] = {tag: {} for tag in tags}
+    mine: dict[str, Series] = {metric: {} for metric in OPERATOR_METRICS}
+    spy = _py_spy(*profile) if profile else None
     for round_ in range(args.rounds):
-        created, seconds = asyncio.run(burst(kube, namespace, args.pods, f"{tag}-{round_}"))
-        print(f"  burst {round_ + 1}: {created}/{args.pods} created in {seconds:.2f} s")
-    after = buckets(kubectl("get", "--raw", "/metrics"), METRIC, NAMES)
-    report(f"API server: {METRIC} (CREATE)", diff(after, before))
+        for tag in tags:
+            with floor_webhook(in_process) if tag == "floor" else contextlib.nullcontext():
+                before = buckets(kubectl("get", "--raw", "/metrics"), METRIC, NAMES)
+                mine_before = _operator_metrics(metrics_port) if metrics_port and tag == "stockade" else ""
+                durations, seconds = asyncio.run(burst(kube, namespace, args.pods, f"{tag}-{round_}"))
+                _add(server[tag], diff(buckets(kubectl("get", "--raw", "/metrics"), METRIC, NAMES), before))
+                if mine_before:
+                    mine_after = _operator_metrics(metrics_port or 0)
+                    for metric, series in mine.items():
+                        _add(series, diff(buckets(mine_after, metric, HANDLERS),
+                                          buckets(mine_before, metric, HANDLERS)))
+            times[tag] += durations
+            print(f"  round {round_ + 1} {tag}: {len(durations)}/{args.pods} created in {seconds:.2f} s; "
+                  f"each p50 {exact(durations, 0.5) * 1000:.1f} ms, p99 {exact(durations, 0.99) * 1000:.1f} ms")
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=120)
+    print(f"\npod creation end to end, as the client times it ({args.rounds} bursts of {args.pods} each):")
+    for tag in tags:
+        print(f"  {tag:<9} n={len(times[tag])}  p50 {exact(times[tag], 0.5) * 1000:.1f} ms  "
+              f"p90 {exact(times[tag], 0.9) * 1000:.1f} ms  p99 {exact(times[tag], 0.99) * 1000:.1f} ms")
+    if args.floor:
+        ratio = {q: exact(times["stockade"], q) / exact(times["floor"], q) for q in (0.5, 0.99)}
+        print(f"  ratio     p50 {ratio[0.5]:.2f}x  p99 {ratio[0.99]:.2f}x  "
+              f"(floor: {'/stockade-floor in the operator' if in_process else 'a process of its own'})")
+    for tag in tags:
+        report(f"API server: {METRIC} (CREATE), {tag}", server[tag])
     if metrics_port:
-        mine_after = _operator_metrics(metrics_port)
-        for metric, what in (("stockade_admission_handler_duration_seconds", "time inside the handler"),
-                             ("stockade_admission_request_duration_seconds", "request read to answer, kopf included")):
-            report(f"operator: {metric} ({what})",
-                   diff(buckets(mine_after, metric, HANDLERS), buckets(mine_before, metric, HANDLERS)))
+        for metric, what in OPERATOR_METRICS.items():
+            report(f"operator: {metric} ({what})", mine[metric])
+
+
+def _py_spy(binary: str, pid: int) -> subprocess.Popen[bytes]:
+    """py-spy sampling the operator (every thread) for the whole measurement, into $PROFILE_OUT (collapsed stacks)."""
+    out = os.environ.get("PROFILE_OUT", "/tmp/stockade-admission-profile.txt")
+    spy = subprocess.Popen([binary, "record", "--pid", str(pid), "--rate", "500", "--threads", "--idle",
+                            "--format", "raw", "--output", out, "--nonblocking"])
+    time.sleep(1)
+    return spy
 
 
 def _plain(obj: dict[str, Any], name: str) -> dict[str, Any]:
@@ -257,32 +318,47 @@ def _plain(obj: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def floor_webhook() -> Iterator[None]:
-    """Stockade's webhooks replaced by the same webhooks pointing at a trivial server for a while, then put back.
-    The operator started here does not re-create its deleted configurations (STOCKADE_ADMISSION_RECREATE_WEBHOOKS
-    =false; it would restore a changed one at once, which is why they are replaced, not edited)."""
-    port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="stockade-floor-"))
-    server = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, str(port), str(workdir), str(ROOT / "operator")])
+def floor_webhook(in_process: bool) -> Iterator[None]:
+    """Stockade's webhooks replaced by the same webhooks pointing at a trivial one for a while, then put back:
+    the operator's own /stockade-floor (``in_process``) or a server of its own. The operator started here does
+    not re-create its deleted configurations (STOCKADE_ADMISSION_RECREATE_WEBHOOKS=false; it would restore a
+    changed one at once, which is why they are replaced, not edited)."""
     saved = {kind: json.loads(kubectl("get", kind, CONFIGURATION, "-o", "json"))
              for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration")}
-    try:
+    server = workdir = None
+    if in_process:
+        # Same host, port and CA as the real webhooks: only the path differs.
+        client = saved["validatingwebhookconfiguration"]["webhooks"][0]["clientConfig"]
+        url = client["url"].rsplit("/", 1)[0] + "/stockade-floor"  # + "/<id>" below
+        bundle = client["caBundle"]
+    else:
+        port = free_port()
+        workdir = Path(tempfile.mkdtemp(prefix="stockade-floor-"))
+        server = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, str(port), str(workdir), str(ROOT / "operator")])
         wait(lambda: (workdir / "ca.crt").exists() and _listening(port), 30, "the floor webhook")
+        url = f"https://127.0.0.1:{port}/floor"
         bundle = base64.b64encode((workdir / "ca.crt").read_bytes()).decode()
+    try:
         for kind, obj in saved.items():
             floor = _plain(obj, f"{CONFIGURATION}-floor")
             for hook in floor["webhooks"]:
-                hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}/floor", "caBundle": bundle}
+                # One URL per webhook, as Stockade's: the API server keeps a client (and connections) per URL.
+                path = hook["clientConfig"].get("url", "").rsplit("/", 1)[-1] if in_process else ""
+                hook["clientConfig"] = {"url": f"{url}/{path}" if path else url, "caBundle": bundle}
             kubectl("delete", kind, CONFIGURATION)
             kubectl("create", "-f", "-", stdin=json.dumps(floor))
+        time.sleep(1)  # the API server's webhook informer picks the change up
         yield
     finally:
         for kind, obj in saved.items():
             kubectl("delete", kind, f"{CONFIGURATION}-floor", "--ignore-not-found")
             kubectl("create", "-f", "-", stdin=json.dumps(_plain(obj, CONFIGURATION)))
-        server.terminate()
-        server.wait(timeout=10)
-        shutil.rmtree(workdir, ignore_errors=True)
+        time.sleep(1)
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _listening(port: int) -> bool:

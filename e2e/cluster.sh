@@ -6,6 +6,7 @@
 #   e2e/cluster.sh down     stop every process it started and remove its state
 #   e2e/cluster.sh status   say whether the cluster is up
 #   e2e/cluster.sh env      print `export KUBECONFIG=...` (eval it) and the binary dir for PATH
+#   e2e/cluster.sh auditlog print the API server's audit log path (a cluster started with STOCKADE_AUDIT_POLICY)
 #   e2e/cluster.sh tool N   build e2e/tools/N (a small Go program of ours) if needed; print its path
 #   e2e/cluster.sh dataplane up|down   a real NetworkPolicy dataplane for the wire tests (e2e/dataplane.py):
 #                           the node's network namespace, kube-router firewall-only, the API relay
@@ -213,12 +214,18 @@ cmd_up() {
   local start=$SECONDS
   if cluster_up_p; then
     log "cluster $CLUSTER_NAME already up"
+    [ -z "${STOCKADE_AUDIT_POLICY:-}" ] || [ -f "$KWOK_WORKDIR/clusters/$CLUSTER_NAME/logs/audit.log" ] ||
+      log "it was started without an audit log: STOCKADE_AUDIT_POLICY applies from its next start"
   else
     # A stale cluster (processes gone after a reboot) is removed before a clean start.
     "$BIN_DIR/kwokctl" delete cluster --name "$CLUSTER_NAME" >/dev/null 2>&1 || true
     log "starting kwok cluster $CLUSTER_NAME"
+    # STOCKADE_AUDIT_POLICY (a policy file, e.g. bench/audit-policy.yaml): the API server writes an audit log,
+    # which `make bench` reads to count each client's requests per run (apiserver_request_total has no user).
+    local audit=()
+    [ -z "${STOCKADE_AUDIT_POLICY:-}" ] || audit=(--kube-audit-policy "$(realpath "$STOCKADE_AUDIT_POLICY")")
     PATH="$BIN_DIR:$PATH" "$BIN_DIR/kwokctl" --config "$HERE/cluster/kwokctl.yaml" \
-      create cluster --name "$CLUSTER_NAME" --runtime binary \
+      create cluster --name "$CLUSTER_NAME" --runtime binary "${audit[@]}" \
       --kube-apiserver-binary "$BIN_DIR/kube-apiserver" \
       --kube-controller-manager-binary "$BIN_DIR/kube-controller-manager" \
       --kube-scheduler-binary "$BIN_DIR/kube-scheduler" \
@@ -446,9 +453,10 @@ case "${1:-}" in
   env) cmd_env ;;
   bindir) echo "$BIN_DIR" ;;
   kubeconfig) echo "$KUBECONFIG_FILE" ;;
+  auditlog) f="$KWOK_WORKDIR/clusters/$CLUSTER_NAME/logs/audit.log"; [ -f "$f" ] || die "no audit log: start the cluster with STOCKADE_AUDIT_POLICY"; echo "$f" ;;
   tool) shift; cmd_tool "$@" ;;
   component) shift; cmd_component "$@" ;;
   established) shift; cmd_established "$@" ;;
   dataplane) shift; cmd_dataplane "$@" ;;
-  *) echo "usage: $0 build|up|down|status|env|bindir|kubeconfig|tool NAME|component pause|restart|revive NAME|dataplane up|down|established KUBECTL OBJECT..." >&2; exit 2 ;;
+  *) echo "usage: $0 build|up|down|status|env|bindir|kubeconfig|auditlog|tool NAME|component pause|restart|revive NAME|dataplane up|down|established KUBECTL OBJECT..." >&2; exit 2 ;;
 esac

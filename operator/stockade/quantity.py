@@ -6,8 +6,10 @@ import-linter contract), and the grammar is small and fixed by the API.
 
 from __future__ import annotations
 
+import functools
 import re
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
@@ -20,6 +22,20 @@ _FORM = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))((?:[KMGTPE]i)|[num
 
 def parse_quantity(value: str | int | float) -> Decimal:
     """Parse a quantity; raise ValueError naming the bad value."""
+    try:
+        return _remembered(value)
+    except TypeError:  # unhashable: a list or a mapping where a quantity belongs (refused below)
+        return _parse(value)
+
+
+# The same few quantities ("100m", "64Mi") are parsed for every pod on every admission request: remembered.
+# Decimals are immutable, so sharing one is safe; typed, so 1 and 1.0 stay apart; errors are never cached.
+@functools.lru_cache(maxsize=4096, typed=True)
+def _remembered(value: str | int | float) -> Decimal:
+    return _parse(value)
+
+
+def _parse(value: Any) -> Decimal:
     text = str(value).strip()
     match = _FORM.match(text)
     if not match:

@@ -56,6 +56,9 @@ DESCRIPTIONS: dict[str, str] = {
                                    "them: a deleted one is reported, not re-created).",
     "admission_violations_kept": "Admission violations kept in an AgentRun's status (older ones stay in Events "
                                  "and metrics).",
+    "admission_floor_endpoint": "Also serve /stockade-floor/<id>, a webhook that allows every request, on the same "
+                                "server (a baseline for bench/admission_latency.py; never point a configuration "
+                                "at it in production).",
     "admission_switch_interval_seconds": "sys.setswitchinterval for the operator's process (webhook latency).",
     # stockade.detect.config.DetectSettings
     "signal_host": "Address of the signal endpoint (Falcosidekick's webhook output).",

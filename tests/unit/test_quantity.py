@@ -41,3 +41,16 @@ def test_durations_are_parsed_where_the_models_can_use_them():
     assert parse_duration("1h30m") == 5400
     with pytest.raises(ValueError, match="duration"):
         parse_duration("1d")
+
+
+@pytest.mark.parametrize("bad", [{"cpu": 1}, [1], "1x"])
+def test_a_remembered_parse_still_refuses_what_is_no_quantity_with_a_value_error(bad):
+    # Parses are cached (every admission request parses the same few): an unhashable value is no quantity either.
+    for _ in range(2):
+        with pytest.raises(ValueError, match="not a Kubernetes quantity"):
+            parse_quantity(bad)
+
+
+def test_a_remembered_parse_keeps_types_apart():
+    assert str(parse_quantity(2)) == "2" and str(parse_quantity(2.0)) == "2.0"
+    assert parse_quantity("100m") is parse_quantity("100m")  # the cache answers the second time

@@ -43,6 +43,8 @@ class AdmissionSettings(BaseSettings):
     admission_recreate_webhooks: bool = True
     # Violations kept in an AgentRun's status (the newest; older ones stay in Events and metrics).
     admission_violations_kept: int = Field(default=20, ge=1, le=200)
+    # Serve /stockade-floor, a webhook that allows everything, beside the real ones (admission.server.FLOOR_PATH).
+    admission_floor_endpoint: bool = False
     # sys.setswitchinterval for the operator's process (see stockade.app: App._start_admission).
     admission_switch_interval_seconds: float = Field(default=0.0005, gt=0, le=0.1)
 
