@@ -20,7 +20,7 @@ from stockade.admission import grant_policy, webhook
 from stockade.api.models import GROUP, PLURAL, VERSION
 from stockade.api.policy import POLICY_PLURAL
 from stockade.app import App, build
-from stockade.detect.handlers import WATCHED
+from stockade.detect.detection import WATCHED
 from stockade.kopf_tuning import tune
 from stockade.settings import Settings
 

@@ -14,8 +14,7 @@ import pytest
 from stockade import kinds, rbac, watch
 from stockade.admission import vap, webhook
 from stockade.admission.policy import Request, Run, decide
-from stockade.detect import handlers as detect_handlers
-from stockade.detect import rules
+from stockade.detect import detection, rules
 from stockade.kube import object_path
 from stockade.plan import PlanSettings, RunRef, build
 
@@ -76,7 +75,7 @@ def test_rules_group_by_api_group_in_table_order_and_keep_the_order_given() -> N
 def test_a_guardrail_is_watched_repaired_confined_and_refused_to_everyone_else(kind: kinds.Kind) -> None:
     assert kind.namespaced
     assert next(w for w in watch.KINDS if w.kind == kind.kind).selector == "stockade.io/agentrun"
-    assert (kind.group, kind.version, kind.plural, kind.kind) in detect_handlers.WATCHED
+    assert (kind.group, kind.version, kind.plural, kind.kind) in detection.WATCHED
     assert {(kind.group, kind.plural, op) for op in ("UPDATE", "DELETE")} <= allowlist()
     for name in ("stockade-baseline", "stockade-operator-confinement"):
         assert {(kind.group, kind.plural, op) for op in ("CREATE", "UPDATE", "DELETE")} <= matched(name), name
