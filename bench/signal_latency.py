@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT / "operator"))
 
 from kubernetes import client, watch  # noqa: E402
 
+from stockade.detect.respond import quarantine_policy  # noqa: E402
 from stockade.kube import Kube, KubeError, object_path  # noqa: E402
-from stockade.respond import quarantine_policy  # noqa: E402
 
 SPEC: dict[str, Any] = {
     "template": {"spec": {"containers": [{"name": "agent", "image": "registry.example/agent:1",

@@ -26,7 +26,8 @@ from stockade.api.models import GROUP, VERSION
 from stockade.budget_watch import BudgetWatch
 from stockade.clock import stamp, utcnow
 from stockade.detect.config import DetectSettings
-from stockade.detect.handlers import Detection
+from stockade.detect.detection import Detection
+from stockade.detect.respond import Responder
 from stockade.detect.watch import ApiDetector
 from stockade.dnsresolve import HostResolver
 from stockade.events import EmitEvent, EventPoster, FallbackEmit
@@ -34,7 +35,6 @@ from stockade.kube import Kube
 from stockade.leadership import Leadership, Readiness
 from stockade.metrics_serve import serve as serve_metrics
 from stockade.reconcile import Reconciler
-from stockade.respond import Responder
 from stockade.settings import Settings
 from stockade.store import RunKey, Store
 from stockade.watch import Listener, WatchLayer

@@ -35,7 +35,7 @@ ADMISSION_RESTORED = Counter("stockade_admission_restored_total",
 BUILD_INFO = Gauge("stockade_build_info", "The operator's version (always 1)", ["version"])
 BUILD_INFO.labels(version=__version__).set(1)
 
-# Detection and response (stockade.detect, stockade.respond).
+# Detection and response (stockade.detect).
 SIGNALS = Counter("stockade_signals_total", "Signals received, by source and outcome", ["source", "outcome"])
 QUARANTINE_ACTIONS = Counter("stockade_quarantine_actions_total", "Rungs of the quarantine ladder applied",
                              ["step", "outcome"])

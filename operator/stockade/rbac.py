@@ -58,10 +58,10 @@ _FENCE_SITES: dict[str, dict[str, tuple[str, ...]]] = {
     # Team namespaces' own ResourceQuotas count against their runs (budgets): watched and listed at start.
     "ResourceQuota": {"watched_by": ("stockade.budget_watch:BudgetWatch.start",)},
     # The quarantine NetworkPolicy.
-    "NetworkPolicy": {"applied_by": ("stockade.rungs:RungsMixin._apply_policy",),
-                      "deleted_by": ("stockade.release:ReleaseMixin._release",)},
+    "NetworkPolicy": {"applied_by": ("stockade.detect.rungs:RungsMixin._apply_policy",),
+                      "deleted_by": ("stockade.detect.release:ReleaseMixin._release",)},
     # Freezing deletes the agent's RoleBinding.
-    "RoleBinding": {"deleted_by": ("stockade.rungs:RungsMixin._act",)},
+    "RoleBinding": {"deleted_by": ("stockade.detect.rungs:RungsMixin._act",)},
 }
 
 
@@ -72,15 +72,15 @@ PERMISSIONS: tuple[Permission, ...] = (
                 "stockade.handlers:release_requested", "stockade.lifecycle:RunLifecycle.sweep")),
     # Re-read after a conflicting status write (write_status, for the responder, a release and admission).
     Permission("stockade.io", "agentruns", ("get",),
-               ("stockade.kube:write_status", "stockade.respond:Responder._record",
-                "stockade.release:ReleaseMixin.release", "stockade.admission.record:Recorder._write")),
+               ("stockade.kube:write_status", "stockade.detect.respond:Responder._record",
+                "stockade.detect.release:ReleaseMixin.release", "stockade.admission.record:Recorder._write")),
     # Finalizer (JSON patch); the release annotation is removed once handled.
     Permission("stockade.io", "agentruns", ("patch",),
                ("stockade.lifecycle:RunLifecycle.add_finalizer", "stockade.lifecycle:RunLifecycle.finalize",
-                "stockade.release:ReleaseMixin._release")),
+                "stockade.detect.release:ReleaseMixin._release")),
     Permission("stockade.io", "agentruns/status", ("patch",),
                ("stockade.kube:write_status", "stockade.reconcile:Reconciler._write_status",
-                "stockade.respond:Responder._record", "stockade.release:ReleaseMixin.release",
+                "stockade.detect.respond:Responder._record", "stockade.detect.release:ReleaseMixin.release",
                 "stockade.admission.record:Recorder._write")),
     # The run namespace: applied like a guardrail, deleted when the AgentRun goes.
     Permission("", "namespaces", ("list", "watch"), ("stockade.watch:KindWatch.run", "stockade.watch:WatchLayer.prime",
@@ -114,12 +114,13 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "pods", ("list", "watch"), ("stockade.watch:KindWatch.run", "stockade.watch:WatchLayer.prime")),
     Permission("", "pods", ("get",), ("stockade.detect.server:SignalServer._owner",)),
     Permission("", "pods", ("create",), ("stockade.workload:ensure_workload",)),
-    Permission("", "pods", ("patch",), ("stockade.rungs:RungsMixin._label", "stockade.release:ReleaseMixin._unlabel")),
+    Permission("", "pods", ("patch",),
+               ("stockade.detect.rungs:RungsMixin._label", "stockade.detect.release:ReleaseMixin._unlabel")),
     Permission("", "pods", ("delete",),
-               ("stockade.workload:stop_workload", "stockade.rungs:RungsMixin._evict")),
+               ("stockade.workload:stop_workload", "stockade.detect.rungs:RungsMixin._evict")),
     Permission("batch", "jobs", ("list", "watch"), WATCH_CHILD),
     Permission("batch", "jobs", ("create",), ("stockade.workload:ensure_workload",)),
-    Permission("batch", "jobs", ("patch",), ("stockade.rungs:RungsMixin._suspend",)),
+    Permission("batch", "jobs", ("patch",), ("stockade.detect.rungs:RungsMixin._suspend",)),
     Permission("batch", "jobs", ("delete",), ("stockade.workload:stop_workload",)),
     # Other kinds detection watches in run namespaces (what the agent makes, if its grant lets it).
     *(Permission(kind.group, kind.plural, ("list", "watch"), WATCH_DETECT)
@@ -128,7 +129,7 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "events", ("create",),
                ("stockade.handlers:emit_event", "kopf._cogs.clients.events:post_event",
                 "stockade.events:EventPoster.post")),
-    Permission("", "events", ("list",), ("stockade.respond:Responder._pod_events",)),
+    Permission("", "events", ("list",), ("stockade.detect.respond:Responder._pod_events",)),
     # Admission kept whole: the webhook configurations and admission policies are watched (by name, from a
     # cluster-wide watch: RBAC cannot select a list by name), so one deleted or changed is reported on every
     # AgentRun; the operator restores the configurations (patch, below) and never re-creates one the chart

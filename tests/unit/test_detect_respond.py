@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from stockade import labels, respond
+from stockade import labels
 from stockade.api.models import Violation
-from stockade.detect import rules
+from stockade.detect import respond, rules
 from stockade.detect.config import DetectSettings
+from stockade.detect.respond import FallbackEmit, Incident, Responder
 from stockade.kube import KubeError, object_path
-from stockade.respond import FallbackEmit, Incident, Responder
 from stockade.store import Store
 
 from .fakes import Events, FakeKube, conflict, merge
@@ -439,7 +439,7 @@ def test_the_last_guard_refuses_another_namespace() -> None:
     world = World(agentrun(), [pod("rome")])
 
     async def scenario() -> None:
-        from stockade.respond import ConfinementError
+        from stockade.detect.respond import ConfinementError
         with pytest.raises(ConfinementError):
             await world.responder._isolate(("team", "rome"), "kube-system", {"coredns": ssh("coredns")})
         with pytest.raises(ConfinementError):

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from stockade import respond
+from stockade.detect import respond
 from stockade.detect.config import DetectSettings
+from stockade.detect.respond import Incident
 from stockade.detect.server import SignalServer
 from stockade.kube import object_path
-from stockade.respond import Incident
 from stockade.store import Store
 
 from .fakes import FakeKube

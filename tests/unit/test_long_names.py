@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from stockade import labels
 from stockade.detect.rules import _ours
+from stockade.detect.rungs import quarantine_policy
 from stockade.naming import label_value
-from stockade.rungs import quarantine_policy
 
 LONG = "a" * 200 + ".b" * 26  # 252 characters, dots included: a name the API server accepts
 

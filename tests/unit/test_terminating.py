@@ -13,11 +13,11 @@ import pytest
 
 from stockade import logconfig, metrics
 from stockade.conditions import Observed
+from stockade.detect.rungs import RungsMixin
 from stockade.inputcheck import terminating_namespace
 from stockade.kube import KubeError, _kube_error
 from stockade.reconcile_failures import FailureHandling
 from stockade.refusals import Refusals
-from stockade.rungs import RungsMixin
 from stockade.store import RunKey, Store
 
 from .test_audit_logs import json_log  # noqa: F401  (a fixture)

@@ -4,15 +4,15 @@
 - apiGroups: ["stockade.io"]
   resources: ["agentruns"]
   verbs: ["list", "watch"]
-# stockade.kube:write_status, stockade.respond:Responder._record, stockade.release:ReleaseMixin.release, stockade.admission.record:Recorder._write
+# stockade.kube:write_status, stockade.detect.respond:Responder._record, stockade.detect.release:ReleaseMixin.release, stockade.admission.record:Recorder._write
 - apiGroups: ["stockade.io"]
   resources: ["agentruns"]
   verbs: ["get"]
-# stockade.lifecycle:RunLifecycle.add_finalizer, stockade.lifecycle:RunLifecycle.finalize, stockade.release:ReleaseMixin._release
+# stockade.lifecycle:RunLifecycle.add_finalizer, stockade.lifecycle:RunLifecycle.finalize, stockade.detect.release:ReleaseMixin._release
 - apiGroups: ["stockade.io"]
   resources: ["agentruns"]
   verbs: ["patch"]
-# stockade.kube:write_status, stockade.reconcile:Reconciler._write_status, stockade.respond:Responder._record, stockade.release:ReleaseMixin.release, stockade.admission.record:Recorder._write
+# stockade.kube:write_status, stockade.reconcile:Reconciler._write_status, stockade.detect.respond:Responder._record, stockade.detect.release:ReleaseMixin.release, stockade.admission.record:Recorder._write
 - apiGroups: ["stockade.io"]
   resources: ["agentruns/status"]
   verbs: ["patch"]
@@ -80,11 +80,11 @@
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["list", "watch"]
-# stockade.reconcile:Reconciler._apply, stockade.rungs:RungsMixin._apply_policy
+# stockade.reconcile:Reconciler._apply, stockade.detect.rungs:RungsMixin._apply_policy
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["create", "patch"]
-# stockade.reconcile:Reconciler._prune, stockade.release:ReleaseMixin._release
+# stockade.reconcile:Reconciler._prune, stockade.detect.release:ReleaseMixin._release
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["delete"]
@@ -108,7 +108,7 @@
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["rolebindings"]
   verbs: ["create", "patch"]
-# stockade.reconcile:Reconciler._prune, stockade.rungs:RungsMixin._act
+# stockade.reconcile:Reconciler._prune, stockade.detect.rungs:RungsMixin._act
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["rolebindings"]
   verbs: ["delete"]
@@ -129,11 +129,11 @@
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["create"]
-# stockade.rungs:RungsMixin._label, stockade.release:ReleaseMixin._unlabel
+# stockade.detect.rungs:RungsMixin._label, stockade.detect.release:ReleaseMixin._unlabel
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["patch"]
-# stockade.workload:stop_workload, stockade.rungs:RungsMixin._evict
+# stockade.workload:stop_workload, stockade.detect.rungs:RungsMixin._evict
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["delete"]
@@ -145,7 +145,7 @@
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create"]
-# stockade.rungs:RungsMixin._suspend
+# stockade.detect.rungs:RungsMixin._suspend
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["patch"]
@@ -181,7 +181,7 @@
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-# stockade.respond:Responder._pod_events
+# stockade.detect.respond:Responder._pod_events
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["list"]

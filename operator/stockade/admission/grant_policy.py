@@ -22,12 +22,12 @@ from stockade.admission.metrics import REQUESTS, SECONDS
 from stockade.api.models import GROUP, VERSION
 from stockade.api.policy import POLICY_PLURAL
 from stockade.clock import stamp, utcnow
+from stockade.detect.respond import Incident, Responder
 from stockade.detect.rules import violation
 from stockade.grantpolicy import admit
 from stockade.grantpolicy.findings import summary
 from stockade.grantpolicy.index import INDEX
 from stockade.kube import Kube, KubeError
-from stockade.respond import Incident, Responder
 from stockade.store import Store
 
 log = logging.getLogger("stockade.admission")

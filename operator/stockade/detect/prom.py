@@ -24,7 +24,7 @@ from stockade import metrics
 from stockade.api.models import AgentRunSpec, Violation
 from stockade.detect import rules
 from stockade.detect.config import DetectSettings
-from stockade.respond import Incident, Responder
+from stockade.detect.respond import Incident, Responder
 from stockade.store import RunKey, Store
 
 log = logging.getLogger("stockade.prometheus")

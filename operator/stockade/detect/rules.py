@@ -1,7 +1,7 @@
 """(grant, observation) -> Violation: pure rules, one per kind of signal.
 
 Nothing here talks to the cluster; callers hand in the grant, what the watches or a detector saw,
-and the time to stamp. The response (what to do about a violation) lives in ``stockade.respond``.
+and the time to stamp. The response (what to do about a violation) lives in ``stockade.detect.respond``.
 """
 
 from __future__ import annotations

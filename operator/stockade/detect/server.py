@@ -37,15 +37,15 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from stockade import confine, k8snames, metrics, respond
+from stockade import confine, k8snames, metrics
 from stockade.admission import certs
 from stockade.api.models import AgentRunSpec, Violation
-from stockade.detect import evidence, falco, peers, rules
+from stockade.detect import evidence, falco, peers, respond, rules
 from stockade.detect.config import DetectSettings
+from stockade.detect.respond import Incident, Responder
 from stockade.detect.schema import JSONTooDeep, Signal, json_schema, loads_bounded
 from stockade.kube import KubeError
 from stockade.kubeapi import KubeAPI
-from stockade.respond import Incident, Responder
 from stockade.store import RunKey, Store
 
 log = logging.getLogger("stockade.signals")

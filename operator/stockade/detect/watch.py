@@ -14,8 +14,8 @@ from typing import Any
 from stockade import labels
 from stockade.api.models import AgentRunSpec
 from stockade.detect import rules
+from stockade.detect.respond import Incident, Responder
 from stockade.naming import run_namespace_name
-from stockade.respond import Incident, Responder
 from stockade.store import RunKey, Store
 
 log = logging.getLogger("stockade.detect")

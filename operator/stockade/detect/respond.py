@@ -30,15 +30,17 @@ from stockade.clock import stamp, utcnow
 from stockade.confine import confined_pod, run_namespace
 from stockade.detect import evidence
 from stockade.detect.config import DetectSettings
+from stockade.detect.incident import DROPPED, FAILED, GONE, RECORDED, Ack, Incident, settle
+from stockade.detect.release import ReleaseMixin
 from stockade.detect.rules import at_least
+from stockade.detect.rungs import ConfinementError, RungsMixin, quarantine_policy
 from stockade.events import EmitEvent, EventPoster, FallbackEmit
-from stockade.incident import DROPPED, FAILED, GONE, RECORDED, Ack, Incident, settle
 from stockade.kube import Decide, KubeError, object_path, write_status
 from stockade.kubeapi import KubeAPI
-from stockade.release import ReleaseMixin
-from stockade.rungs import ConfinementError, RungsMixin, quarantine_policy
 from stockade.store import RunKey, Store, uid_of
 
+# One logger for the whole response (rungs and release log on it too), named as before the move into
+# stockade.detect: log queries and alerts select on it.
 log = logging.getLogger("stockade.respond")
 
 __all__ = ["DROPPED", "FAILED", "GONE", "RECORDED", "Ack", "ConfinementError", "EventPoster", "FallbackEmit",

@@ -13,10 +13,10 @@ from typing import Any
 from stockade import labels
 from stockade.detect.config import DetectSettings
 from stockade.detect.prom import Poller
+from stockade.detect.respond import Responder
 from stockade.detect.server import SignalServer
 from stockade.detect.watch import ApiDetector
 from stockade.kube import Kube
-from stockade.respond import Responder
 from stockade.store import Store
 
 log = logging.getLogger("stockade.detect")

@@ -15,7 +15,7 @@ from typing import Any
 
 from stockade import audit, labels, metrics
 from stockade.confine import run_namespace
-from stockade.incident import Incident
+from stockade.detect.incident import Incident
 from stockade.kube import KubeError, object_path
 from stockade.kubeapi import KubeAPI
 from stockade.naming import label_value
