@@ -267,6 +267,9 @@ cmd_down() {
   if [ -x "$BIN_DIR/kwokctl" ]; then
     "$BIN_DIR/kwokctl" delete cluster --name "$CLUSTER_NAME" >&2 || true
   fi
+  # A component the fault tests restarted (cmd_component) can outlive kwokctl's delete: stop whatever still
+  # runs from this cluster's binaries, so no API server keeps a core busy after the cluster is gone.
+  pkill -KILL -f "^$KWOK_WORKDIR/clusters/$CLUSTER_NAME/bin/" 2>/dev/null || true
   rm -rf "$KWOK_WORKDIR/clusters/$CLUSTER_NAME" "$KUBECONFIG_FILE"
   log "cluster $CLUSTER_NAME down"
 }
