@@ -207,6 +207,10 @@ class Responder(RungsMixin, ReleaseMixin):
                 return
             recorded = time.perf_counter()
             plan = decision.plan  # the decision the status holds
+            # Logged once, as recorded: a decision made again after a conflict is not a second violation.
+            with audit.context(run_namespace=decision.run_ns or None, quarantine_id=decision.quarantine_id):
+                for index, incident in enumerate(batch):
+                    _log_violation(decision.body, incident, plan.actions[index])
             if plan.acting:
                 missed = {pod: i for pod, i in plan.targets.items() if pod not in first.plan.targets}
                 if early and missed:  # a pod the first decision did not know of
@@ -223,7 +227,7 @@ class Responder(RungsMixin, ReleaseMixin):
 
     async def _decision(self, key: RunKey, body: Mapping[str, Any], batch: list[Incident],
                         events: dict[str, list[dict[str, Any]]]) -> _Decision:
-        """What to record and do, decided on ``body``'s status; each violation is logged with it."""
+        """What to record and do, decided on ``body``'s status (logged by the caller once it is recorded)."""
         spec = self.store.valid_spec(key)  # parsed once per generation, by the store
         if spec is None:
             log.warning("violations for %s/%s recorded without a response: its spec is invalid", *key)
@@ -239,9 +243,6 @@ class Responder(RungsMixin, ReleaseMixin):
             patch["quarantine"] = self._quarantine(status, plan, ladder)
         quarantine = patch.get("quarantine") or status.get("quarantine") or {}
         qid = audit.quarantine_id(uid_of(body), quarantine.get("since") if quarantine.get("active") else None)
-        with audit.context(run_namespace=confirmed, quarantine_id=qid):
-            for index, incident in enumerate(batch):
-                _log_violation(body, incident, plan.actions[index])
         return _Decision(body, spec, ladder, confirmed or "", plan, patch, qid)
 
     def _decide(self, key: RunKey, spec: AgentRunSpec | None, status: Mapping[str, Any], run_ns: str | None,
