@@ -102,17 +102,9 @@ def test_a_violation_its_rungs_and_its_release_are_logged_with_fields(json_log: 
 
 
 def test_a_violation_decided_again_after_a_conflict_is_logged_once(json_log: Any) -> None:
-    from .fakes import conflict
-    from .test_detect_respond import STATUS_PATH
+    from .test_detect_respond import after_a_status_conflict
 
-    world = World(agentrun(response=["isolate"]), [pod("rome")])
-    world.kube.fail("PATCH", STATUS_PATH, conflict())
-
-    async def scenario() -> None:
-        world.submit(ssh())
-        await world.responder.idle()
-
-    run(scenario())
+    world = after_a_status_conflict()
     assert [line["action"] for line in violation_lines(json_log())] == ["violation", "isolate"]
     assert world.status["quarantine"]["active"] is True
 

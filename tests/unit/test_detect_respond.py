@@ -281,7 +281,8 @@ def test_a_run_level_violation_puts_every_live_pod_on_the_ladder() -> None:
     assert len(labelled) == 2
 
 
-def test_a_status_conflict_is_read_again_and_retried() -> None:
+def after_a_status_conflict() -> World:
+    """An SSH violation answered while the first status write meets a conflict (decided again on a re-read)."""
     world = World(agentrun(response=["isolate"]), [pod("rome")])
     world.kube.fail("PATCH", STATUS_PATH, conflict())
 
@@ -290,6 +291,11 @@ def test_a_status_conflict_is_read_again_and_retried() -> None:
         await world.responder.idle()
 
     run(scenario())
+    return world
+
+
+def test_a_status_conflict_is_read_again_and_retried() -> None:
+    world = after_a_status_conflict()
     assert ("GET", AR_PATH) in world.kube.calls
     assert world.status["quarantine"]["active"] is True
     assert world.kube.verbs().count(("PATCH", POD_PATH)) == 1
