@@ -44,17 +44,14 @@ def _parse(stamp: str) -> datetime.datetime | None:
 
 def is_active(peers: Mapping[str, Any], identity: str, priority: int, now: datetime.datetime) -> bool:
     """kopf's rule, from the peering object's status: no other live peer at or above our priority."""
-    for other, info in peers.items():
-        if other == identity or not isinstance(info, Mapping):
+    for other in live_peers(peers, now):
+        if other == identity:
             continue
-        seen = _parse(str(info.get("lastseen") or ""))
         try:
-            lifetime = int(info.get("lifetime") or 0)
-            theirs = int(info.get("priority") or 0)
+            theirs = int(peers[other].get("priority") or 0)
         except (TypeError, ValueError):
             continue
-        alive = seen is not None and seen + datetime.timedelta(seconds=lifetime) > now
-        if alive and theirs >= priority:
+        if theirs >= priority:
             return False
     return True
 
