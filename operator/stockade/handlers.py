@@ -44,7 +44,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
-    settings.queueing.idle_timeout = 30.0
+    settings.queueing.idle_timeout = 5.0  # kopf's default: an idle per-object worker (and its body) goes soon
     settings.execution.max_workers = 32
     settings.peering.lifetime = config.peering_lifetime_seconds
     tune(settings)

@@ -47,6 +47,9 @@ OnReconcile = Callable[[RunKey, dict[str, Any], AgentRunSpec], Awaitable[None]]
 AdmissionState = Callable[[], tuple[bool, str, str] | None]
 
 PRUNABLE_COMPONENTS = kinds.GUARDRAIL_COMPONENTS  # the planned fence (not the quarantine policy)
+# A workload this process just created is not reported Pending for this long: most start within it, and
+# the status is then written once, Running, instead of Pending and then Running.
+WORKLOAD_SETTLE_SECONDS = 1.0
 
 
 class Reconciler(FailureHandling):
@@ -71,6 +74,7 @@ class Reconciler(FailureHandling):
         self._fence_up: dict[RunKey, tuple[int, bool]] = {}
         self._planned: dict[RunKey, dict[tuple[str, str], Any]] = {}  # the guardrails last applied in full
         self._gone: dict[RunKey, str] = {}  # uid of an AgentRun whose DELETED event came, until looked at
+        self._started: dict[RunKey, float] = {}  # when this process created the run's workload (monotonic)
         self.lifecycle = RunLifecycle(kube, store, emit)
         # Budgets and team quotas: a run starts only once admitted (budget_gate), queued runs re-triggered.
         self.budget = BudgetGate(store, emit, self.trigger_soon,
@@ -244,13 +248,26 @@ class Reconciler(FailureHandling):
             "refusals": [refusal_status(f) for f in plan.refusals] or None,
             **policies,
         }
-        if not started:
+        if started:
+            self._started[key] = time.monotonic()
+        starting = not (expired or plan.refusals or admission.stop) and terminal is None and quarantined is None
+        settling = self._settling(key, phase if starting else "stopping")
+        if not started and settling is None:
             # Right after the workload is created its own events (scheduled, running, unschedulable) come
             # within moments and bring the status with them: one write fewer on every run's start.
             await self._write_status(key, body, observed, extra)
-        delays = [d for d in (refresh_in, (expires - now).total_seconds() if expires and not expired else None)
-                  if d is not None]
+        delays = [d for d in (refresh_in, (expires - now).total_seconds() if expires and not expired else None,
+                              settling) if d is not None]
         self._arm_timer(key, min(delays) if delays else None)
+
+    def _settling(self, key: RunKey, workload_phase: str | None) -> float | None:
+        """Seconds left in which the just-created workload, still Pending, is not reported; None: report now."""
+        since = self._started.get(key)
+        left = WORKLOAD_SETTLE_SECONDS - (time.monotonic() - since) if since is not None else 0.0
+        if workload_phase not in (None, "Pending") or left <= 0:
+            self._started.pop(key, None)
+            return None
+        return left
 
     # Steps ---------------------------------------------------------------------------------------
     async def _apply(self, desired: Mapping[str, Any], body: Mapping[str, Any], fence_was_up: bool,
@@ -349,6 +366,7 @@ class Reconciler(FailureHandling):
         self._cache.forget(key)
         self._refusals.forget(key)
         self._terminating.pop(key, None)
+        self._started.pop(key, None)
         self._warned.pop(key, None)
         self._egress.forget(key)
         self._phases.note(key, None)

@@ -109,6 +109,7 @@ class Case:
     meanwhile: Callable[[World], None] | None = None  # what changed after them, before the pass under test
     restart: bool = False  # the pass under test is the first of a new operator process
     hours_later: float = 0.0  # the pass under test runs this much later than the ones before
+    settled: bool = True  # False: every pass runs within the settle time of a workload just made
     want_writes: tuple[tuple[str, str], ...] = ()  # every call that asks for a change, in order
     want_phase: str | None = None  # status.phase the API server holds afterwards
     want_conditions: dict[str, tuple[str, str]] = field(default_factory=dict)  # type: (status, reason)
@@ -157,6 +158,14 @@ CASES = [
                           "Admitted": ("True", "Admitted"), "EgressResolved": ("True", "AllHostsResolved"),
                           "Stalled": ("False", "AsExpected")},
          want_events=(("Normal", "PhasePending"), ("Normal", "FenceComplete"))),
+    Case("a workload still Pending right after it was made is not reported yet",
+         run=agentrun(), before=1, settled=False, want_writes=(), want_phase=None),
+    Case("the agent running within the settle time: the status is written once, Running",
+         run=agentrun(), before=1, settled=False,
+         meanwhile=lambda w: w.change("v1", "Pod", "rome", {"status": {"phase": "Running"}}),
+         want_writes=(("PATCH", "agentruns/rome/status"),), want_phase="Running",
+         want_conditions={"Ready": ("True", "Running"), "GuardrailsReady": ("True", "GuardrailsApplied")},
+         want_events=(("Normal", "PhaseRunning"), ("Normal", "FenceComplete"))),
     Case("nothing changed: no request at all",
          run=agentrun(), before=2, want_writes=(), want_phase="Pending", want_reads=False),
     Case("the agent running: the status says so, nothing else is written",
@@ -222,6 +231,8 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_reconcile(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+    if case.settled:
+        monkeypatch.setattr(reconcile, "WORKLOAD_SETTLE_SECONDS", 0.0)
     world = World(case.run, case.live)
     for verb, where, err in case.fail:
         path = next((p for p in [*world.kube.objects, object_path("v1", "Pod", RUN_NS, "rome")] if short(p) == where),
