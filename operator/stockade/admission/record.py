@@ -18,6 +18,7 @@ from typing import Any
 
 from stockade import audit, metrics, violations
 from stockade.admission.policy import Decision, Request, is_absolute
+from stockade.api.reasons import ADMISSION_AUDIT, ADMISSION_REFUSED
 from stockade.events import EventPoster
 from stockade.kube import StatusConflict, object_path, write_status
 from stockade.kubeapi import EmitEvent, KubeAPI
@@ -95,7 +96,7 @@ class Recorder:
         self._events[token] = now
         if len(self._events) > 4096:
             self._events = {k: v for k, v in self._events.items() if now - v < EVENT_DEDUP_SECONDS}
-        reason = "AdmissionRefused" if decision.action == "denied" else "AdmissionAudit"
+        reason = ADMISSION_REFUSED if decision.action == "denied" else ADMISSION_AUDIT
         detail = decision.message or "would be refused: " + "; ".join(f.text() for f in decision.findings)
         log.warning("violation %s of %s/%s: %s %s in %s by %s %s", decision.kind, key[0], key[1], req.operation,
                     req.what, req.namespace, req.username, decision.action, extra=audit.fields(
