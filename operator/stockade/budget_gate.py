@@ -7,8 +7,8 @@ one reconcile step at a time, so a decision and its record happen together: two 
 slot cannot both get it), and re-triggers the queued runs the moment capacity may have freed: a run ended
 or was deleted, a policy, a namespace's labels or a team quota changed.
 
-It makes no API call; Events go through ``emit`` (kopf posts them), and the status is the reconciler's
-single write.
+It makes no API call; Events go through ``emit`` (the operator's one EventPoster), and the status is the
+reconciler's single write.
 """
 
 from __future__ import annotations

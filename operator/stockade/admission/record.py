@@ -19,7 +19,6 @@ from typing import Any
 from stockade import audit, metrics, violations
 from stockade.admission.policy import Decision, Request, is_absolute
 from stockade.api.reasons import ADMISSION_AUDIT, ADMISSION_REFUSED
-from stockade.events import EventPoster
 from stockade.kube import StatusConflict, object_path, write_status
 from stockade.kubeapi import EmitEvent, KubeAPI
 from stockade.store import RunKey, Store
@@ -55,14 +54,13 @@ def violation(req: Request, decision: Decision, now: datetime.datetime) -> dict[
 
 
 class Recorder:
-    def __init__(self, kube: KubeAPI, store: Store, keep: int, post: EmitEvent | None = None) -> None:
+    def __init__(self, kube: KubeAPI, store: Store, keep: int, post: EmitEvent) -> None:
         # Made on the operator's main loop, where the store lives; the webhook's thread hands over.
         self.loop = asyncio.get_running_loop()
         self.kube = kube
         self.store = store
         self.keep = keep
-        # Posted directly (fire and forget): kopf.event() works only inside kopf's own watch-handling tasks.
-        self.post = post or EventPoster(kube)
+        self.post = post  # the operator's one EventPoster (fire and forget)
         self._queued: dict[RunKey, list[dict[str, Any]]] = {}
         self._events: dict[tuple[RunKey, str], float] = {}
 

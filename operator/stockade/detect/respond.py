@@ -35,7 +35,7 @@ from stockade.detect.incident import DROPPED, FAILED, GONE, RECORDED, Ack, Incid
 from stockade.detect.release import ReleaseMixin
 from stockade.detect.rules import at_least
 from stockade.detect.rungs import ConfinementError, RungsMixin, quarantine_policy
-from stockade.events import EmitEvent, EventPoster, FallbackEmit
+from stockade.events import EmitEvent
 from stockade.kube import Decide, KubeError, object_path, write_status
 from stockade.kubeapi import KubeAPI
 from stockade.store import RunKey, Store, uid_of
@@ -44,8 +44,8 @@ from stockade.store import RunKey, Store, uid_of
 # stockade.detect: log queries and alerts select on it.
 log = logging.getLogger("stockade.respond")
 
-__all__ = ["DROPPED", "FAILED", "GONE", "RECORDED", "Ack", "ConfinementError", "EventPoster", "FallbackEmit",
-           "Incident", "Responder", "quarantine_policy"]
+__all__ = ["DROPPED", "FAILED", "GONE", "RECORDED", "Ack", "ConfinementError", "Incident", "Responder",
+           "quarantine_policy"]
 
 EVENTS_PER_BATCH = 5
 
