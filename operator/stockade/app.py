@@ -30,7 +30,7 @@ from stockade.detect.detection import Detection
 from stockade.detect.respond import Responder
 from stockade.detect.watch import ApiDetector
 from stockade.dnsresolve import HostResolver
-from stockade.events import EmitEvent, EventPoster, FallbackEmit
+from stockade.events import FLUSH_SECONDS, EventPoster
 from stockade.kube import Kube
 from stockade.leadership import Leadership, Readiness
 from stockade.metrics_serve import serve as serve_metrics
@@ -66,6 +66,7 @@ class App:
     reviews: Reviews
     grant_policy: GrantPolicy
     budget: BudgetWatch
+    events: EventPoster  # every Event of the operator: flushed at stop
     started: set[str] = field(default_factory=set)  # the steps of start() done (kopf retries a failed start-up)
     tasks: dict[str, Any] = field(default_factory=dict)
 
@@ -145,16 +146,15 @@ class App:
         await self.layer.stop()
         await self.guard.stop()
         await self.detection.stop()
+        await self.events.flush(FLUSH_SECONDS)  # the Events of the last moments, not lost at shutdown
 
 
-def build(config: Settings, emit: EmitEvent) -> App:
-    """Every part, each given what it uses. ``emit`` posts an Event on an AgentRun from a kopf handler's task
-    (kopf.event); elsewhere (the responder's tasks) Events are posted directly. Call on the running loop."""
+def build(config: Settings) -> App:
+    """Every part, each given what it uses; every Event goes through the one poster. Call on the running loop."""
     kube = Kube.connect(workers=config.api_workers, impersonate=config.impersonate)
     store = Store()
     leadership = Leadership(kube, config.peering_name, config.peering_identity, config.peering_priority)
     poster = EventPoster(kube, _now)
-    emit = FallbackEmit(emit, poster)  # reconciles the responder triggers run in its tasks, not kopf's
     reconciler: Reconciler | None = None
 
     def trigger(key: RunKey) -> None:  # the responder's: the reconciler is built after it (it takes its hooks)
@@ -170,9 +170,9 @@ def build(config: Settings, emit: EmitEvent) -> App:
         for key in list(store.agentruns):
             trigger(key)
 
-    guard = AdmissionGuard(kube, store, emit, trigger_runs, lambda: leadership.active)
+    guard = AdmissionGuard(kube, store, poster, trigger_runs, lambda: leadership.active)
     resolver = HostResolver(config.dns_servers, config.dns_min_refresh_seconds, config.dns_max_refresh_seconds)
-    reconciler = Reconciler(kube, store, config.plan_settings(), resolver, emit,
+    reconciler = Reconciler(kube, store, config.plan_settings(), resolver, poster,
                             on_reconcile=[detector.on_reconcile], admission_state=guard.condition)
 
     def on_change(key: RunKey) -> None:  # the watch layer's: a child of this run changed
@@ -183,7 +183,7 @@ def build(config: Settings, emit: EmitEvent) -> App:
         if leadership.active:
             detector.on_object(obj, event_type)
 
-    recorder = Recorder(kube, store, admission_config.admission_violations_kept)
+    recorder = Recorder(kube, store, admission_config.admission_violations_kept, poster)
     budget = BudgetWatch(kube, store, reconciler.budget)
 
     def teams(handle: Callable[[Mapping[str, Any], Mapping[str, Any]], None]) -> Listener:
@@ -209,5 +209,5 @@ def build(config: Settings, emit: EmitEvent) -> App:
                             standby=lambda: not leadership.active),
         admission=AdmissionSetup(admission_config, excluded=[config.namespace]), guard=guard, recorder=recorder,
         reviews=Reviews(kube, store, recorder), grant_policy=GrantPolicy(kube, store, responder),
-        budget=budget,
+        budget=budget, events=poster,
     )

@@ -30,10 +30,10 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar
 
+from stockade.api.reasons import FENCE_COMPLETE
 from stockade.kubeapi import EmitEvent
 from stockade.store import RunKey, Store, uid_of
 
-FENCE_COMPLETE = "FenceComplete"
 FIELDS = ("agentrun_namespace", "agentrun_name", "run_namespace", "pod", "kind", "source", "violation_severity",
           "action", "incident_id", "quarantine_id", "reconcile_id")
 

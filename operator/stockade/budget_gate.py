@@ -7,8 +7,8 @@ one reconcile step at a time, so a decision and its record happen together: two 
 slot cannot both get it), and re-triggers the queued runs the moment capacity may have freed: a run ended
 or was deleted, a policy, a namespace's labels or a team quota changed.
 
-It makes no API call; Events go through ``emit`` (kopf posts them), and the status is the reconciler's
-single write.
+It makes no API call; Events go through ``emit`` (the operator's one EventPoster), and the status is the
+reconciler's single write.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 from stockade import metrics
 from stockade.api.models import AgentRunSpec
+from stockade.api.reasons import ADMITTED, BUDGET_EXHAUSTED, NARROWED_BELOW_GRANT, QUEUED, WITHIN_POLICY
 from stockade.grantpolicy import budget
 from stockade.grantpolicy.ceilings import Bound, check_policy
 from stockade.grantpolicy.index import INDEX, PolicyIndex
@@ -33,7 +34,6 @@ log = logging.getLogger("stockade.budget")
 
 OwnedNamespace = Callable[[RunKey, Mapping[str, Any]], "str | None"]  # the run's existing run namespace, if any
 TERMINAL = ("Succeeded", "Failed", "Expired")
-NARROWED = "NarrowedBelowGrant"
 CARVED = "a child run: carved out of its parent run's grant, which the budgets already count"
 
 
@@ -158,15 +158,15 @@ class BudgetGate:
     def admit(self, key: RunKey, body: Mapping[str, Any], spec: AgentRunSpec) -> Admission:
         """Before anything is created for the run: admitted (with any narrowing to report) or Queued."""
         if self.store.is_run_namespace(key[0]):
-            return Admission(budget.Decision(True, budget.ADMITTED, CARVED))
+            return Admission(budget.Decision(True, ADMITTED, CARVED))
         bounds = self.index.bounding(key[0]) or []
         if self._holds(key, body):
             names = tuple(b.name for b in bounds)
             self._held.add(key)
             return self._narrowing(key, body, spec, bounds,
-                                   budget.Decision(True, budget.ADMITTED, budget.admitted_message(names), names))
+                                   budget.Decision(True, ADMITTED, budget.admitted_message(names), names))
         decision = self.decide().decisions.get(key) or budget.Decision(
-            False, budget.BUDGET_EXHAUSTED, "not counted yet: the AgentRun is not in the operator's store")
+            False, BUDGET_EXHAUSTED, "not counted yet: the AgentRun is not in the operator's store")
         if decision.admitted:
             self._held.add(key)
             self._version += 1
@@ -177,7 +177,7 @@ class BudgetGate:
             if seconds is not None:
                 metrics.QUEUED_SECONDS.observe(max(seconds, 0.0))
             metrics.QUEUED_RUNS.set(len(self._queued))
-            self.emit(body, "Normal", "Admitted", decision.message)
+            self.emit(body, "Normal", ADMITTED, decision.message)
             self._notify()
             return self._narrowing(key, body, spec, bounds, decision)
         previous = self._queued.get(key)
@@ -185,7 +185,7 @@ class BudgetGate:
             self._queued[key] = (previous[0] if previous else time.monotonic(), decision.reason)
             metrics.QUEUED_RUNS.set(len(self._queued))
             if _condition(body, "Admitted").get("reason") != decision.reason:  # once, not after every restart
-                self.emit(body, "Normal", "Queued", f"{decision.reason}: {decision.message}")
+                self.emit(body, "Normal", QUEUED, f"{decision.reason}: {decision.message}")
         return Admission(decision)
 
     def _narrowing(self, key: RunKey, body: Mapping[str, Any], spec: AgentRunSpec, bounds: list[Bound],
@@ -193,27 +193,28 @@ class BudgetGate:
         """An admitted run against the ceilings of the policies bounding it now: narrowed ones are reported
         (condition, Warning Event) and, where a policy says onNarrowed: Stop, end the run."""
         ready = _condition(body, "Ready")
-        if (body.get("status") or {}).get("phase") == "Failed" and ready.get("reason") == NARROWED:
+        if (body.get("status") or {}).get("phase") == "Failed" and ready.get("reason") == NARROWED_BELOW_GRANT:
             message = str(ready.get("message") or "")
-            return Admission(decision, (False, NARROWED, message), (NARROWED, message))  # stopped: it stays so
+            # stopped: it stays so
+            return Admission(decision, (False, NARROWED_BELOW_GRANT, message), (NARROWED_BELOW_GRANT, message))
         if not bounds:
             message = f"no AgentPolicy selects namespace {key[0]} any more"
             self._warn_once(key, body, message)
-            return Admission(decision, (False, NARROWED, message))
+            return Admission(decision, (False, NARROWED_BELOW_GRANT, message))
         findings = [(bound, finding) for bound in bounds for finding in check_policy(spec, bound)]
         if not findings:
-            return Admission(decision, (True, "WithinPolicy", "within the ceilings of AgentPolicy "
+            return Admission(decision, (True, WITHIN_POLICY, "within the ceilings of AgentPolicy "
                                         + ", ".join(b.name for b in bounds)))
         message = "a policy was narrowed below what this run holds: " + " | ".join(f.text() for _, f in findings)
         self._warn_once(key, body, message)
         stop = any(b.spec is not None and b.spec.onNarrowed == "Stop" for b, _ in findings)
-        return Admission(decision, (False, NARROWED, message),
-                         (NARROWED, message + " (onNarrowed: Stop)") if stop else None)
+        return Admission(decision, (False, NARROWED_BELOW_GRANT, message),
+                         (NARROWED_BELOW_GRANT, message + " (onNarrowed: Stop)") if stop else None)
 
     def _warn_once(self, key: RunKey, body: Mapping[str, Any], message: str) -> None:
         if self._warned.get(key) != message:
             self._warned[key] = message
-            self.emit(body, "Warning", NARROWED, message)
+            self.emit(body, "Warning", NARROWED_BELOW_GRANT, message)
 
     # The decision ---------------------------------------------------------------------------------
     def _holds(self, key: RunKey, body: Mapping[str, Any]) -> bool:

@@ -16,6 +16,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from stockade.api.reasons import TEMPLATE_EXCEEDS_GRANT
+
 PHASE_STYLE = {"Running": "bold green", "Succeeded": "bold cyan", "Pending": "bold yellow", "Queued": "bold yellow",
                "Quarantined": "bold white on red", "Failed": "bold red", "Expired": "bold magenta"}
 STATE_STYLE = {"present": ("✓", "green"), "missing": ("✗", "bold red"), "revoked": ("⊘", "yellow"),
@@ -86,7 +88,7 @@ def _header(report: Mapping[str, Any]) -> RenderableType:
         line.append(f"  {cond.get('reason') or ''}", style="bold")
         message = str(cond.get("message") or "")
         # Stalled often repeats Ready's message, and refusals get a panel of their own: say it once.
-        if report["refusals"] and cond.get("reason") == "TemplateExceedsGrant":
+        if report["refusals"] and cond.get("reason") == TEMPLATE_EXCEEDS_GRANT:
             line.append(": see Template refused below", style="dim")
         elif kind == "Quarantined" and cond["status"] == "True" and report["quarantine"]:
             line.append(": see Quarantine below", style="dim")

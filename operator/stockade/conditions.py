@@ -15,9 +15,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeVar
+
+from stockade.api.models import AgentRunStatus, Condition
+from stockade.api.policy import PolicyCondition
+from stockade.api.reasons import (
+    AS_EXPECTED,
+    EXPIRED,
+    GUARDRAILS_APPLIED,
+    GUARDRAILS_PENDING,
+    NOT_QUARANTINED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    TEMPLATE_EXCEEDS_GRANT,
+    WORKLOAD_FAILED,
+    WORKLOAD_PENDING,
+)
 
 WorkloadPhase = str  # Pending | Running | Succeeded | Failed
+AnyCondition = TypeVar("AnyCondition", Condition, PolicyCondition)  # an AgentRun's or an AgentPolicy's
 
 
 @dataclass(frozen=True)
@@ -45,9 +62,13 @@ class Observed:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _cond(kind: str, ok: bool | None, reason: str, message: str, generation: int) -> dict[str, Any]:
-    status = "Unknown" if ok is None else ("True" if ok else "False")
-    return {"type": kind, "status": status, "reason": reason, "message": message, "observedGeneration": generation}
+def condition_status(ok: bool | None) -> Literal["True", "False", "Unknown"]:
+    return "Unknown" if ok is None else ("True" if ok else "False")
+
+
+def _cond(kind: str, ok: bool | None, reason: str, message: str, generation: int) -> Condition:
+    return Condition(type=kind, status=condition_status(ok), reason=reason, message=message,
+                     observedGeneration=generation)
 
 
 def _queued(obs: Observed) -> bool:
@@ -72,7 +93,7 @@ def compute_phase(obs: Observed) -> str:
     return "Pending"
 
 
-def _policy_conditions(obs: Observed) -> list[dict[str, Any]]:
+def _policy_conditions(obs: Observed) -> list[Condition]:
     found = []
     if obs.admission is not None:
         found.append(_cond("Admitted", *obs.admission, obs.generation))
@@ -83,13 +104,13 @@ def _policy_conditions(obs: Observed) -> list[dict[str, Any]]:
     return found
 
 
-def compute_conditions(obs: Observed) -> list[dict[str, Any]]:
+def compute_conditions(obs: Observed) -> list[Condition]:
     # EgressResolved never changes Ready: an unresolved host allows nothing, so the fence still holds.
     egress = [_cond("EgressResolved", *obs.egress, obs.generation)] if obs.egress is not None else []
     return [*_run_conditions(obs), *_policy_conditions(obs), *egress]
 
 
-def _run_conditions(obs: Observed) -> list[dict[str, Any]]:
+def _run_conditions(obs: Observed) -> list[Condition]:
     gen = obs.generation
     phase = compute_phase(obs)
     if phase == "Queued" and obs.admission is not None:
@@ -97,10 +118,10 @@ def _run_conditions(obs: Observed) -> list[dict[str, Any]]:
         _, reason, message = obs.admission
         return [
             _cond("Ready", False, reason, message, gen),
-            _cond("GuardrailsReady", False, "Queued", "nothing is built until the run is admitted", gen),
+            _cond("GuardrailsReady", False, QUEUED, "nothing is built until the run is admitted", gen),
             _cond("Reconciling", True, reason, message, gen),
-            _cond("Stalled", False, "AsExpected", "", gen),
-            _cond("Quarantined", False, "NotQuarantined", "", gen),
+            _cond("Stalled", False, AS_EXPECTED, "", gen),
+            _cond("Quarantined", False, NOT_QUARANTINED, "", gen),
         ]
     if obs.invalid:
         reason, _, message = obs.invalid.partition(": ")
@@ -124,61 +145,82 @@ def _run_conditions(obs: Observed) -> list[dict[str, Any]]:
             _cond("Ready", False, reason, message, gen),
             _cond("GuardrailsReady", False, reason, message, gen),
             _cond("Reconciling", True, reason, message, gen),
-            _cond("Stalled", False, "AsExpected", "", gen),
+            _cond("Stalled", False, AS_EXPECTED, "", gen),
         ]
     guard = _cond("GuardrailsReady", obs.guardrails_ready,
-                  "GuardrailsApplied" if obs.guardrails_ready else "GuardrailsPending", obs.guardrails_message, gen)
+                  GUARDRAILS_APPLIED if obs.guardrails_ready else GUARDRAILS_PENDING, obs.guardrails_message, gen)
     conditions = [guard]
     stalled: tuple[str, str] | None = None
     if obs.refusals:
         message = "the template asks for what the grant does not give: " + " | ".join(obs.refusals)
-        ready = _cond("Ready", False, "TemplateExceedsGrant", message, gen)
-        stalled = ("TemplateExceedsGrant", message)
+        ready = _cond("Ready", False, TEMPLATE_EXCEEDS_GRANT, message, gen)
+        stalled = (TEMPLATE_EXCEEDS_GRANT, message)
     elif obs.expired:
-        ready = _cond("Ready", False, "Expired", "the run's duration has passed; its pods were deleted", gen)
+        ready = _cond("Ready", False, EXPIRED, "the run's duration has passed; its pods were deleted", gen)
     elif obs.stopped:
         ready = _cond("Ready", False, obs.stopped[0], obs.stopped[1], gen)
         stalled = obs.stopped
     elif obs.quarantined:
         ready = _cond("Ready", False, obs.quarantined[0], obs.quarantined[1], gen)
     elif phase == "Failed":
-        ready = _cond("Ready", False, "WorkloadFailed", obs.workload_message or "the agent's workload failed", gen)
-        stalled = ("WorkloadFailed", ready["message"])
+        ready = _cond("Ready", False, WORKLOAD_FAILED, obs.workload_message or "the agent's workload failed", gen)
+        stalled = (WORKLOAD_FAILED, ready.message)
     elif phase == "Succeeded":
-        ready = _cond("Ready", True, "Succeeded", "the agent's workload completed", gen)
+        ready = _cond("Ready", True, SUCCEEDED, "the agent's workload completed", gen)
     elif not obs.guardrails_ready:
-        ready = _cond("Ready", False, "GuardrailsPending", obs.guardrails_message or "building the fence", gen)
+        ready = _cond("Ready", False, GUARDRAILS_PENDING, obs.guardrails_message or "building the fence", gen)
     elif phase == "Running" and obs.admission_ready is not None and not obs.admission_ready[0]:
         ready = _cond("Ready", False, obs.admission_ready[1], obs.admission_ready[2], gen)
     elif phase == "Running":
-        ready = _cond("Ready", True, "Running", "the agent is running inside its fence", gen)
+        ready = _cond("Ready", True, RUNNING, "the agent is running inside its fence", gen)
     else:
-        ready = _cond("Ready", False, "WorkloadPending",
+        ready = _cond("Ready", False, WORKLOAD_PENDING,
                       obs.workload_message or "waiting for the agent to start", gen)
     conditions.insert(0, ready)
-    settled = ready["status"] == "True" or stalled is not None or obs.expired or obs.quarantined is not None
-    conditions.append(_cond("Reconciling", not settled, ready["reason"], ready["message"] if not settled else "", gen))
-    stalled_reason, stalled_message = stalled or ("AsExpected", "")
+    settled = ready.status == "True" or stalled is not None or obs.expired or obs.quarantined is not None
+    conditions.append(_cond("Reconciling", not settled, ready.reason, ready.message if not settled else "", gen))
+    stalled_reason, stalled_message = stalled or (AS_EXPECTED, "")
     conditions.append(_cond("Stalled", stalled is not None, stalled_reason, stalled_message, gen))
     quarantined = obs.quarantined
     conditions.append(
-        _cond("Quarantined", quarantined is not None, quarantined[0] if quarantined else "NotQuarantined",
+        _cond("Quarantined", quarantined is not None, quarantined[0] if quarantined else NOT_QUARANTINED,
               quarantined[1] if quarantined else "", gen)
     )
     return conditions
 
 
 def merge_conditions(
-    previous: Sequence[Mapping[str, Any]], current: Sequence[dict[str, Any]], now: str
-) -> list[dict[str, Any]]:
-    """Carry lastTransitionTime over from the previous conditions when a status did not change."""
+    previous: Sequence[Mapping[str, Any]], current: Sequence[AnyCondition], now: str
+) -> list[AnyCondition]:
+    """Carry lastTransitionTime over from the previous conditions (as the API server holds them) when a
+    status did not change."""
     before = {c.get("type"): c for c in previous}
     merged = []
     for cond in current:
-        old = before.get(cond["type"])
-        stamp = old.get("lastTransitionTime") if old and old.get("status") == cond["status"] else None
-        merged.append({**cond, "lastTransitionTime": stamp or now})
+        old = before.get(cond.type)
+        stamp = old.get("lastTransitionTime") if old and old.get("status") == cond.status else None
+        merged.append(cond.model_copy(update={"lastTransitionTime": str(stamp or now)}))
     return merged
+
+
+def run_status(observed: Observed, phase: str, conditions: Sequence[Condition],
+               extra: Mapping[str, Any] | None = None) -> AgentRunStatus:
+    """The AgentRun's status as the reconciler writes it: phase, run namespace, generation and conditions,
+    and the fields of ``extra`` (status fields by name; None clears one). Only the fields named are set."""
+    unknown = sorted(set(extra or {}) - set(AgentRunStatus.model_fields))
+    if unknown:
+        raise ValueError(f"not fields of AgentRunStatus: {unknown}")
+    return AgentRunStatus.model_validate({
+        "phase": phase, "runNamespace": observed.run_namespace, "observedGeneration": observed.generation,
+        "conditions": list(conditions), **(extra or {}),
+    })
+
+
+def status_patch(status: AgentRunStatus) -> dict[str, Any]:
+    """What a merge patch of ``status`` writes: every field set, a field set to None as null (the API server
+    then removes it: expiresAt, refusals, ... once they no longer apply), fields never set left out (the
+    violations and the quarantine, which the responder owns)."""
+    return status.model_dump(exclude_unset=True)
 
 
 def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:

@@ -16,14 +16,11 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from stockade.api.reasons import ALL_HOSTS_RESOLVED, HOST_UNRESOLVED, LAST_KNOWN_ADDRESSES, NO_HOSTS_GRANTED
 from stockade.kubeapi import EmitEvent
 from stockade.store import RunKey
 
 Resolution = tuple[bool, str, str]  # (resolved, reason, message): the EgressResolved condition
-HOST_UNRESOLVED = "HostUnresolved"
-ALL_RESOLVED = "AllHostsResolved"
-LAST_KNOWN = "LastKnownAddresses"
-NO_HOSTS = "NoHostsGranted"
 
 
 def _names(hosts: Sequence[str]) -> str:
@@ -35,7 +32,7 @@ def egress_resolution(hosts: Sequence[str], resolved: Mapping[str, Sequence[str]
     """The condition for the granted ``hosts`` given what they resolved to (``stale``: hosts whose last
     lookup failed and that are enforced as the addresses of an earlier one)."""
     if not hosts:
-        return True, NO_HOSTS, "the grant names no egress host (CIDRs need no lookup)"
+        return True, NO_HOSTS_GRANTED, "the grant names no egress host (CIDRs need no lookup)"
     unresolved = [h for h in hosts if not resolved.get(h)]
     kept = [h for h in hosts if h in stale and resolved.get(h)]
     kept_note = f"; {_names(kept)}: the last lookup failed, the addresses of an earlier one are kept" if kept \
@@ -45,8 +42,8 @@ def egress_resolution(hosts: Sequence[str], resolved: Mapping[str, Sequence[str]
         return False, HOST_UNRESOLVED, (f"no address found for {_names(unresolved)}: the agent cannot reach "
                                         f"{them} until {they} (looked up again every few seconds){kept_note}")
     if kept:
-        return True, LAST_KNOWN, f"every granted host has addresses{kept_note}"
-    return True, ALL_RESOLVED, f"every granted host resolved: {_names(hosts)}"
+        return True, LAST_KNOWN_ADDRESSES, f"every granted host has addresses{kept_note}"
+    return True, ALL_HOSTS_RESOLVED, f"every granted host resolved: {_names(hosts)}"
 
 
 

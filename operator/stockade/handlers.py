@@ -24,10 +24,6 @@ from stockade.kopf_tuning import tune
 from stockade.settings import Settings
 
 
-def emit_event(body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
-    kopf.event(cast(kopf.Body, body), type=kind, reason=reason, message=message[:1000])
-
-
 def _app(memo: Any) -> App:
     return cast(App, memo.app)
 
@@ -36,8 +32,9 @@ def _app(memo: Any) -> App:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = Settings()
-    settings.posting.level = logging.WARNING  # Events for anomalies; the reconciler posts its own Normal ones
-    # kopf's Events (kopf.event and its own) name the operator, not "kopf", as the ones posted directly do.
+    # Stockade's Events all go through its one poster (stockade.events); kopf posts only its own, for anomalies
+    # of its handlers, and names the operator in them, not "kopf".
+    settings.posting.level = logging.WARNING
     settings.posting.reporting_component = events.COMPONENT
     settings.posting.reporting_instance = events.reporting_instance()
     settings.posting.event_name_prefix = f"{events.COMPONENT}-event-"
@@ -49,7 +46,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.peering.lifetime = config.peering_lifetime_seconds
     tune(settings)
     if "app" not in memo:  # kopf runs a failed start-up again: the app is built once, started where it failed
-        memo.app = build(config, emit_event)
+        memo.app = build(config)
     await _app(memo).start(settings)
 
 

@@ -16,6 +16,14 @@ from collections.abc import Sequence
 
 from stockade import apirules, podshape
 from stockade.api.models import AgentRunSpec
+from stockade.api.reasons import (
+    ADMISSION_REFUSED,
+    API_RULE_NOT_GRANTABLE,
+    INVALID_TEMPLATE,
+    POD_SECURITY_REFUSED,
+    REFUSED_BY_API_SERVER,
+    problem,
+)
 
 MAX_MESSAGE = 900  # status messages stay readable; the full text is in the Warning Event and the log
 
@@ -30,10 +38,10 @@ def spec_problem(spec: AgentRunSpec) -> str | None:
     rules = [rule.model_dump(exclude_none=True) for rule in spec.grant.kubernetesAPI]
     not_grantable = apirules.rules_findings(rules, "spec.grant.kubernetesAPI")
     if not_grantable:
-        return f"APIRuleNotGrantable: {_join(not_grantable)}"
+        return problem(API_RULE_NOT_GRANTABLE, _join(not_grantable))
     shape = podshape.template_findings(spec.template)
     if shape:
-        return f"InvalidTemplate: {_join(shape)}"
+        return problem(INVALID_TEMPLATE, _join(shape))
     return None
 
 
@@ -47,7 +55,7 @@ def admission_refusal(status: int, message: str) -> str | None:
     platform can change its policy at any time, so the operator asks again later rather than only
     when the spec changes."""
     if status in (400, 403, 422) and ADMISSION_DENIAL.search(message) and "violates PodSecurity" not in message:
-        return f"AdmissionRefused: {message[:MAX_MESSAGE]}"
+        return problem(ADMISSION_REFUSED, message[:MAX_MESSAGE])
     return None
 
 
@@ -56,9 +64,9 @@ def api_refusal(status: int, message: str) -> str | None:
     if admission_refusal(status, message):
         return None
     if status in (400, 422):
-        return f"RefusedByAPIServer: {message[:MAX_MESSAGE]}"
+        return problem(REFUSED_BY_API_SERVER, message[:MAX_MESSAGE])
     if status == 403 and "violates PodSecurity" in message:
-        return f"PodSecurityRefused: {message[:MAX_MESSAGE]}"
+        return problem(POD_SECURITY_REFUSED, message[:MAX_MESSAGE])
     return None
 
 

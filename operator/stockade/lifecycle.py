@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from stockade import labels, metrics, run_namespaces
+from stockade.api.reasons import CLEANUP
 from stockade.kube import KubeError, object_path
 from stockade.kubeapi import EmitEvent, KubeAPI
 from stockade.store import RunKey, Store, owner_uid, run_of, uid_of
@@ -101,7 +102,7 @@ class RunLifecycle:
             if not namespace["metadata"].get("deletionTimestamp"):
                 log.info("deleting run namespace %s", run_namespace)
                 await self.kube.delete("v1", "Namespace", None, run_namespace)
-                self.emit(body, "Normal", "Cleanup", f"deleting run namespace {run_namespace}")
+                self.emit(body, "Normal", CLEANUP, f"deleting run namespace {run_namespace}")
             return False
         index = finalizers.index(labels.FINALIZER)
         path = object_path(AGENTRUN_API, "AgentRun", key[0], key[1])

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from stockade.api.models import AgentRunSpec
+from stockade.api.reasons import VIOLATION
 from stockade.drift import contains
 from stockade.plan import Plan, RunRef
 from stockade.store import Store
@@ -64,5 +65,5 @@ def quarantine_of(status: Mapping[str, Any]) -> tuple[str, str] | None:
     """(reason, message) of an active quarantine, else None."""
     quarantine = status.get("quarantine") or {}
     if quarantine.get("active"):
-        return str(quarantine.get("reason") or "Violation"), str(quarantine.get("message") or "")
+        return str(quarantine.get("reason") or VIOLATION), str(quarantine.get("message") or "")
     return None

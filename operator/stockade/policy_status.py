@@ -16,9 +16,10 @@ from typing import Any
 
 from stockade import metrics
 from stockade.api.models import GROUP, VERSION
-from stockade.api.policy import POLICY_PLURAL
+from stockade.api.policy import POLICY_PLURAL, AgentPolicyStatus, PolicyCondition, PolicyUsage
+from stockade.api.reasons import EVALUABLE, INVALID
 from stockade.budget_gate import BudgetGate
-from stockade.conditions import merge_conditions, status_changed
+from stockade.conditions import condition_status, merge_conditions, status_changed
 from stockade.grantpolicy.budget import usage_status
 from stockade.grantpolicy.ceilings import Bound
 from stockade.grantpolicy.index import INDEX, PolicyIndex
@@ -31,13 +32,18 @@ FLUSH_DELAY = 0.2  # seconds: a burst of admissions and releases becomes one wri
 
 def desired_status(bound: Bound, uses: Mapping[str, Any], *, generation: int | None, selected: int,
                    old: Mapping[str, Any], now: str) -> dict[str, Any]:
-    ready = {"type": "Ready", "status": "True" if bound.spec is not None else "False",
-             "reason": "Evaluable" if bound.spec is not None else "Invalid",
-             "message": "the policy bounds the AgentRuns of the namespaces it selects" if bound.spec is not None
-             else f"the policy cannot be evaluated and admits nothing: {bound.error}",
-             "observedGeneration": generation}
-    return {"observedGeneration": generation, "selectedNamespaces": selected, "usage": usage_status(uses),
-            "conditions": merge_conditions(old.get("conditions") or [], [ready], now)}
+    """The status the operator writes, as a merge patch (AgentPolicyStatus; a field set to None is written as
+    null)."""
+    ok = bound.spec is not None
+    ready = PolicyCondition(
+        type="Ready", status=condition_status(ok), reason=EVALUABLE if ok else INVALID,
+        message="the policy bounds the AgentRuns of the namespaces it selects" if ok
+        else f"the policy cannot be evaluated and admits nothing: {bound.error}",
+        observedGeneration=generation)
+    status = AgentPolicyStatus(observedGeneration=generation, selectedNamespaces=selected,
+                               usage=PolicyUsage.model_validate(usage_status(uses)),
+                               conditions=merge_conditions(old.get("conditions") or [], [ready], now))
+    return status.model_dump(exclude_unset=True)
 
 
 class PolicyStatusWriter:

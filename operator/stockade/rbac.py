@@ -125,10 +125,9 @@ PERMISSIONS: tuple[Permission, ...] = (
     # Other kinds detection watches in run namespaces (what the agent makes, if its grant lets it).
     *(Permission(kind.group, kind.plural, ("list", "watch"), WATCH_DETECT)
       for kind in kinds.DETECTED if kind.watched is None),
-    # Events on the AgentRun (kopf and the responders POST them); a pod's events become evidence.
+    # Events on the AgentRun (the operator's one poster, and kopf its own); a pod's events become evidence.
     Permission("", "events", ("create",),
-               ("stockade.handlers:emit_event", "kopf._cogs.clients.events:post_event",
-                "stockade.events:EventPoster.post")),
+               ("stockade.events:EventPoster.post", "kopf._cogs.clients.events:post_event")),
     Permission("", "events", ("list",), ("stockade.detect.respond:Responder._pod_events",)),
     # Admission kept whole: the webhook configurations and admission policies are watched (by name, from a
     # cluster-wide watch: RBAC cannot select a list by name), so one deleted or changed is reported on every

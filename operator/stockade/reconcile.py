@@ -18,10 +18,19 @@ from typing import Any
 
 from stockade import audit, kinds, labels, metrics, run_namespaces
 from stockade.api.models import AgentRunSpec
+from stockade.api.reasons import phase_reason
 from stockade.budget_gate import BudgetGate
 from stockade.clock import parse_stamp, stamp, utcnow
 from stockade.coalesce import Coalescer
-from stockade.conditions import Observed, compute_conditions, compute_phase, merge_conditions, status_changed
+from stockade.conditions import (
+    Observed,
+    compute_conditions,
+    compute_phase,
+    merge_conditions,
+    run_status,
+    status_changed,
+    status_patch,
+)
 from stockade.dnsresolve import HostResolver
 from stockade.drift import needs_apply
 from stockade.egress_status import EgressEvents, egress_resolution
@@ -338,21 +347,15 @@ class Reconciler(FailureHandling):
         observed = dataclasses.replace(observed, admission_ready=self.admission_state())
         phase = compute_phase(observed)
         self.budget.note_phase(key, phase)  # a terminal run releases its budget share at once
-        now = stamp(utcnow())
-        new: dict[str, Any] = {
-            "phase": phase,
-            "runNamespace": observed.run_namespace,
-            "observedGeneration": observed.generation,
-            "conditions": merge_conditions(old.get("conditions") or [], compute_conditions(observed), now),
-            **(extra or {}),
-        }
+        conditions = merge_conditions(old.get("conditions") or [], compute_conditions(observed), stamp(utcnow()))
+        new = status_patch(run_status(observed, phase, conditions, extra))  # None clears a field (merge patch)
         if observed.invalid:
             self._warn_once(key, body, *observed.invalid.partition(": ")[::2])
         self._phases.note(key, phase)
         if not status_changed(old, new):
             return
         if old.get("phase") != phase:
-            self.emit(body, "Normal", f"Phase{phase}", f"phase {old.get('phase') or 'None'} -> {phase}")
+            self.emit(body, "Normal", phase_reason(phase), f"phase {old.get('phase') or 'None'} -> {phase}")
         # The reconciler owns every field it writes here (violations and the quarantine are not among them):
         # no precondition, and any error is the pass's (stockade.reconcile_failures).
         path = object_path("stockade.io/v1alpha1", "AgentRun", key[0], key[1])

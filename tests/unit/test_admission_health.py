@@ -125,7 +125,7 @@ def _running(admission: tuple[bool, str, str] | None) -> Observed:
 
 
 def _by_type(obs: Observed) -> dict[str, dict[str, Any]]:
-    return {c["type"]: c for c in compute_conditions(obs)}
+    return {c.type: c.model_dump() for c in compute_conditions(obs)}
 
 
 def test_admission_missing_makes_a_running_run_not_ready_but_keeps_its_phase() -> None:

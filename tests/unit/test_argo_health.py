@@ -10,7 +10,7 @@ import pytest
 import yaml
 from lupa import LuaRuntime
 
-from stockade.conditions import Observed, compute_conditions, compute_phase, merge_conditions
+from stockade.conditions import Observed, compute_conditions, compute_phase, merge_conditions, run_status, status_patch
 from stockade.egress_status import egress_resolution
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,8 +134,7 @@ OBSERVED = [
 @pytest.mark.parametrize(("observed", "status"), OBSERVED, ids=[f"{compute_phase(o)}-{s}" for o, s in OBSERVED])
 def test_health_of_operator_statuses(observed: Observed, status: str) -> None:
     conditions = merge_conditions([], compute_conditions(observed), "2026-01-01T00:00:00Z")
-    obj = run({"phase": compute_phase(observed), "observedGeneration": observed.generation,
-               "conditions": conditions}, generation=observed.generation)
+    obj = run(status_patch(run_status(observed, compute_phase(observed), conditions)), generation=observed.generation)
     assert health(obj)[0] == status
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from stockade import audit, events, labels, logconfig
+from stockade.api.reasons import FENCE_COMPLETE
 from stockade.store import RunKey, Store
 
 from .fakes import Events, FakeKube, merge
@@ -151,7 +152,7 @@ def body(generation: int, ready: bool | None, rv: str = "1", seen: int | None = 
 
 
 def fence_events(reconciler: FakeReconciler) -> list[str]:
-    return [message for _, reason, message in reconciler.emit.posted if reason == audit.FENCE_COMPLETE]
+    return [message for _, reason, message in reconciler.emit.posted if reason == FENCE_COMPLETE]
 
 
 def test_fence_complete_once_per_generation() -> None:

@@ -13,11 +13,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stockade.api.reasons import BUDGET_EXHAUSTED, NO_POLICY, POLICY_INVALID, TEAM_QUOTA_EXCEEDED
 from stockade.grantpolicy.budget import (
-    BUDGET_EXHAUSTED,
-    NO_POLICY,
-    POLICY_INVALID,
-    TEAM_QUOTA_EXCEEDED,
     Ask,
     Outcome,
     Policy,

@@ -14,7 +14,7 @@ from stockade import labels
 from stockade.api.models import Violation
 from stockade.detect import respond, rules
 from stockade.detect.config import DetectSettings
-from stockade.detect.respond import FallbackEmit, Incident, Responder
+from stockade.detect.respond import Incident, Responder
 from stockade.kube import KubeError, object_path
 from stockade.store import Store
 
@@ -127,16 +127,6 @@ def test_isolate_and_evict_record_evidence_first() -> None:
     assert [e[1] for e in world.events.posted] == ["Violation", "Quarantined"]
     assert latency_count() == before + 1
     assert world.triggered == [("team", "rome")], "the reconciler follows (its watch echo is skipped)"
-
-
-def test_fallback_emit_posts_directly_outside_kopf() -> None:
-    direct = Events()
-
-    def kopf_event(*_: Any) -> None:
-        raise LookupError("event_queue_loop_var")
-
-    FallbackEmit(kopf_event, direct)({"metadata": {}}, "Normal", "PhaseQuarantined", "m")
-    assert direct.posted == [("Normal", "PhaseQuarantined", "m")]
 
 
 def test_isolation_may_run_beside_the_evidence_write_but_eviction_waits_for_it() -> None:

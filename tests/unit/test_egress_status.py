@@ -44,12 +44,12 @@ def test_a_host_kept_from_an_earlier_answer_is_resolved_but_said_stale() -> None
 
 def test_the_condition_never_changes_ready() -> None:
     unresolved = egress_resolution(["api.example.com"], {"api.example.com": []})
-    found = {c["type"]: c for c in compute_conditions(Observed(
+    found = {c.type: c.model_dump() for c in compute_conditions(Observed(
         2, "ns", guardrails_ready=True, workload_phase="Running", egress=unresolved))}
     assert found["Ready"]["status"] == "True" and found["Reconciling"]["status"] == "False"
     assert (found["EgressResolved"]["status"], found["EgressResolved"]["reason"]) == ("False", "HostUnresolved")
     assert found["EgressResolved"]["observedGeneration"] == 2
-    assert "EgressResolved" not in {c["type"] for c in compute_conditions(Observed(2, "ns"))}
+    assert "EgressResolved" not in {c.type for c in compute_conditions(Observed(2, "ns"))}
 
 
 def body(condition: dict[str, Any] | None = None) -> dict[str, Any]:

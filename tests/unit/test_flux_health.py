@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stockade.conditions import compute_conditions, compute_phase, merge_conditions
+from stockade.conditions import compute_conditions, compute_phase, merge_conditions, run_status, status_patch
 
 from .test_argo_health import CASES, OBSERVED, run
 
@@ -66,8 +66,8 @@ def test_flux_reads_the_operators_own_statuses(evaluator: str) -> None:
     objects = []
     for observed, _ in OBSERVED:
         conditions = merge_conditions([], compute_conditions(observed), "2026-01-01T00:00:00Z")
-        objects.append(as_json(run({"phase": compute_phase(observed), "observedGeneration": observed.generation,
-                                    "conditions": conditions}, generation=observed.generation)))
+        status = status_patch(run_status(observed, compute_phase(observed), conditions))
+        objects.append(as_json(run(status, generation=observed.generation)))
     verdicts = flux(evaluator, objects)
     assert [v.get("status") or v.get("error") for v in verdicts] == [FLUX_STATUS[s] for _, s in OBSERVED]
 

@@ -1,9 +1,11 @@
 """The reasons table (stockade.reasons) against the code: every reason the code writes is in it.
 
-The scan reads the source (ast) for the places a reason is written: Events (emit, _warn_once, the
-posters), conditions (_cond and the (ok, reason, message) / (reason, message) tuples the reconciler
-passes around), "Reason: message" problems (Observed(invalid=...)), budget Decisions, "reason" keys
-and variables, and module constants those name. A reason added anywhere there without a row fails here.
+The reasons are constants beside the API (stockade.api.reasons): each has a row in the table, and each
+row (but the Phase<phase> Events) a constant. The scan reads the source (ast) for the places a reason is
+written: Events (emit, _warn_once, the posters), conditions (_cond and the (ok, reason, message) /
+(reason, message) tuples the reconciler passes around), "Reason: message" problems (Observed(invalid=...),
+api.reasons.problem), budget Decisions, "reason" keys and variables, and the module constants those name
+(as NAME or module.NAME). A reason added anywhere there without a row fails here, literal or constant.
 """
 
 import ast
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from stockade import reasons
+from stockade.api import reasons as api_reasons
 from stockade.api.models import Phase
 
 SOURCE = Path(__file__).resolve().parents[2] / "operator" / "stockade"
@@ -21,7 +24,8 @@ REASON = re.compile(r"^[A-Z][A-Za-z0-9]+$")
 PROBLEM = re.compile(r"^([A-Z][A-Za-z0-9]+): ")
 # Callee -> the positional arguments that hold a reason (or a tuple with one).
 CALLS = {"emit": (2,), "_warn_once": (2,), "post": (2,), "_post_event": (1,), "_cond": (2,), "Decision": (1,),
-         "Admission": (1, 2), "Refusal": (0,)}
+         "Admission": (1, 2), "Refusal": (0,), "problem": (0,), "_tell": (1,), "Health": (1,)}
+CONDITIONS = {"Condition", "PolicyCondition"}  # the API's models: Condition(reason=...)
 TUPLE_KEYWORDS = {"blocked", "held", "stopped", "quarantined", "admission", "compliance", "invalid"}
 # Found by the scan, not reasons of Stockade's conditions or Events.
 NOT_REASONS = {
@@ -35,15 +39,18 @@ def _callee(node: ast.Call) -> str:
 
 
 def _constants(trees: dict[str, ast.Module]) -> dict[str, str]:
-    """Module-level NAME = "CamelCase" of every module (a reason is often named once and imported)."""
+    """Module-level NAME = "CamelCase" (or NAME: Final = ...) of every module (a reason is named once, in
+    stockade/api/reasons.py, and imported)."""
     out = {}
     for tree in trees.values():
         for node in tree.body:
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and \
-                    isinstance(node.value.value, str) and REASON.match(node.value.value):
-                for target in node.targets:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+                if isinstance(node, ast.AnnAssign) else []
+            value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
+            if isinstance(value, ast.Constant) and isinstance(value.value, str) and REASON.match(value.value):
+                for target in targets:
                     if isinstance(target, ast.Name):
-                        out[target.id] = node.value.value
+                        out[target.id] = value.value
     return out
 
 
@@ -74,6 +81,9 @@ class Scan:
                 self.note(node.value, where)
         elif bare and isinstance(node, ast.Name) and node.id in self.names:
             self.note(self.names[node.id], where)
+        elif bare and isinstance(node, ast.Attribute) and node.attr in self.names:
+            self.note(self.names[node.attr], where)  # reasons.NAME
+            return
         for child in ast.iter_child_nodes(node):
             self.reasons_in(child, where, bare)
 
@@ -111,7 +121,7 @@ class Scan:
         if callee == "_cond" and node.args and isinstance(node.args[0], ast.Constant):
             self.condition_types.add(str(node.args[0].value))
         for keyword in node.keywords:
-            if keyword.arg in TUPLE_KEYWORDS:
+            if keyword.arg in TUPLE_KEYWORDS or (callee in CONDITIONS and keyword.arg == "reason"):
                 self.reasons_in(keyword.value, where)
 
 
@@ -121,8 +131,9 @@ def scan(sources: dict[str, str]) -> Scan:
 
 @pytest.fixture(scope="module")
 def code() -> Scan:
+    # The table itself is left out (its rows name every constant); stockade/api/reasons.py is read for them.
     sources = {str(path.relative_to(SOURCE)): path.read_text() for path in sorted(SOURCE.rglob("*.py"))
-               if path.name != "reasons.py"}
+               if path != SOURCE / "reasons.py"}
     return scan(sources)
 
 
@@ -155,14 +166,39 @@ def f(self, body, obs):
     _cond("Ready", False, "CondReason", "m", 1)
     Observed(1, None, invalid=f"ProblemReason: {obs}")
     Observed(1, None, blocked=("BlockedReason", "m"))
+    Observed(1, None, invalid=problem(PROBLEM_REASON, "m"))
+    self.emit(body, "Normal", reasons.ATTR_REASON, "m")
     reason = "VarReason" if obs else "OtherVarReason"
     if obs:
         return True, ALL_GOOD, "m"
     return {"reason": "DictReason"}
 ALL_GOOD = "TupleReason"
+PROBLEM_REASON = "ProblemConstant"
+ATTR_REASON = "AttributeReason"
 '''})
     assert {"ConstantReason", "EventReason", "CondReason", "ProblemReason", "BlockedReason", "VarReason",
-            "OtherVarReason", "DictReason", "TupleReason"} <= set(found.found)
+            "OtherVarReason", "DictReason", "TupleReason", "ProblemConstant", "AttributeReason"} <= set(found.found)
+
+
+def test_every_constant_has_a_row_and_every_row_a_constant() -> None:
+    constants = {value for name, value in vars(api_reasons).items() if name.isupper() and isinstance(value, str)}
+    rows = set(reasons.BY_NAME) - {api_reasons.phase_reason(phase) for phase in typing.get_args(Phase)}
+    assert constants - rows == set(), "constants of stockade/api/reasons.py without a row in stockade/reasons.py"
+    assert rows - constants == set(), "rows of stockade/reasons.py without a constant in stockade/api/reasons.py"
+
+
+def test_a_constant_written_without_a_row_fails_the_scan() -> None:
+    """The check itself: a constant of api/reasons.py the code writes, and which the table lacks, is reported."""
+    found = scan({"api/reasons.py": 'NEW_ONE: Final = "NewOne"\nOTHER: Final = "OtherOne"\n', "x.py": '''
+from stockade.api import reasons
+from stockade.api.reasons import NEW_ONE
+def f(self, body):
+    self.emit(body, "Warning", NEW_ONE, "m")
+    return Condition(type="Ready", status="False", reason=reasons.OTHER)
+'''})
+    assert {"NewOne", "OtherOne"} <= set(found.found)
+    listed = set(reasons.BY_NAME)
+    assert {"NewOne", "OtherOne"} - listed == {"NewOne", "OtherOne"}, "not rows of the table: the test above fails"
 
 
 def test_every_condition_type_and_phase_is_documented(code: Scan) -> None:

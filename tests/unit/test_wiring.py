@@ -11,9 +11,11 @@ import pytest
 import stockade.handlers
 from stockade.admission import webhook
 from stockade.app import build
-from stockade.events import FallbackEmit
+from stockade.events import EventPoster
 from stockade.kube import Kube
 from stockade.settings import Settings
+
+from .fakes import FakeKube
 
 
 def _registered() -> list[object]:
@@ -46,19 +48,18 @@ def test_one_startup_and_one_cleanup() -> None:
 def test_the_composition_root_hands_each_part_what_it_uses(monkeypatch: pytest.MonkeyPatch) -> None:
     kube = object()
     monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, **_: kube))
-    posted: list[tuple[str, str]] = []
 
     async def scenario() -> None:
-        app = build(Settings(), lambda body, kind, reason, message: posted.append((kind, reason)))
+        app = build(Settings())
         reconciler = app.reconciler
         # The detector judges every reconciled run: a constructor argument, not a list appended to later.
         assert reconciler.on_reconcile == (app.detector.on_reconcile,)
         assert reconciler.admission_state == app.guard.condition
-        # Events: kopf's first; outside kopf's tasks (LookupError) the poster the responder posts with.
-        assert isinstance(reconciler.emit, FallbackEmit) and reconciler.emit.fallback is app.responder.emit
-        reconciler.emit({}, "Normal", "R", "m")
-        assert posted == [("Normal", "R")]
-        assert app.guard.emit is reconciler.emit and reconciler.lifecycle.emit is reconciler.emit
+        # Every Event, whoever emits it, goes through the one poster (no kopf.event path, no second poster).
+        assert isinstance(app.events, EventPoster) and app.events.kube is kube
+        emitters = [reconciler.emit, reconciler.lifecycle.emit, reconciler.budget.emit, reconciler._egress.emit,
+                    app.guard.emit, app.responder.emit, app.recorder.post]
+        assert all(emit is app.events for emit in emitters), emitters
         assert {app.kube, app.responder.kube, app.reviews.kube, app.grant_policy.kube, app.budget.kube} == {kube}
         assert {id(p.store) for p in (reconciler, app.responder, app.detector, app.reviews, app.recorder,
                                       app.detection, app.grant_policy, app.budget)} == {id(app.store)}
@@ -68,5 +69,28 @@ def test_the_composition_root_hands_each_part_what_it_uses(monkeypatch: pytest.M
         monkeypatch.setattr(reconciler, "trigger_soon", triggered.append)
         app.responder.trigger(("team", "rome"))
         assert triggered == [("team", "rome")]
+
+    asyncio.run(scenario())
+
+
+def test_the_events_of_the_last_moments_are_posted_at_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """App.stop (kopf's clean-up) flushes the poster: an Event emitted just before is posted before it returns."""
+    kube = FakeKube()
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, **_: kube))
+    run = {"metadata": {"name": "rome", "namespace": "team", "uid": "u1"}}
+
+    async def scenario() -> None:
+        app = build(Settings())
+
+        async def stopped() -> None:
+            return None
+
+        for part in (app.layer, app.guard, app.detection):
+            monkeypatch.setattr(part, "stop", stopped)
+        app.reconciler.emit(run, "Normal", "PhaseRunning", "phase Pending -> Running")
+        app.responder.emit(run, "Warning", "Quarantined", "applied isolate")
+        await app.stop()
+        assert [(e["type"], e["reason"]) for e in kube.bodies("CREATE")] == [
+            ("Normal", "PhaseRunning"), ("Warning", "Quarantined")]
 
     asyncio.run(scenario())

@@ -177,7 +177,7 @@
 - apiGroups: ["batch"]
   resources: ["cronjobs"]
   verbs: ["list", "watch"]
-# stockade.handlers:emit_event, kopf._cogs.clients.events:post_event, stockade.events:EventPoster.post
+# stockade.events:EventPoster.post, kopf._cogs.clients.events:post_event
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -26,6 +26,7 @@ from typing import Any
 
 from stockade import metrics
 from stockade.admission import health, webhook
+from stockade.api.reasons import ADMISSION_RESTORED
 from stockade.kube import Kube, KubeError
 from stockade.kubeapi import EmitEvent
 from stockade.store import ObjectKey as StoreKey
@@ -165,7 +166,7 @@ class AdmissionGuard:
         else:
             gone = ", ".join(item.partition(":")[0] for item in before)
             log.info("admission is whole again: %s restored", gone)
-            self._tell("Normal", health.REASON_RESTORED, f"admission is whole again ({gone} restored)")
+            self._tell("Normal", ADMISSION_RESTORED, f"admission is whole again ({gone} restored)")
         self.trigger_runs()
 
     def _tell(self, kind: str, reason: str, message: str) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from stockade.api.reasons import ADMISSION_CHANGED, ADMISSION_IN_PLACE, ADMISSION_MISSING
 from stockade.drift import contains
 
 OK, MISSING, CHANGED = "ok", "missing", "changed"
@@ -20,11 +21,7 @@ OK, MISSING, CHANGED = "ok", "missing", "changed"
 OPERATOR = "operator"  # the operator applies it: restored when missing or changed
 FILLED = "filled"  # the chart makes it empty, the operator fills it in: restored when changed, reported when missing
 SHIPPED = "shipped"  # the chart ships it whole (STOCKADE_ADMISSION_MANAGE_POLICY=false): reported only
-# Condition reasons (AdmissionReady, and Ready while admission is not whole) and Event reasons.
-READY = "AdmissionInPlace"
-REASON_MISSING = "AdmissionMissing"
-REASON_CHANGED = "AdmissionChanged"
-REASON_RESTORED = "AdmissionRestored"
+# Condition reasons (AdmissionReady, and Ready while admission is not whole) and Event reasons: stockade.api.reasons
 
 ObjectKey = tuple[str, str]  # (kind, name): every admission object is cluster-scoped
 
@@ -145,8 +142,9 @@ def admission_health(desired: Sequence[Mapping[str, Any]], live: Mapping[ObjectK
                     for obj in desired)
     broken = [o for o in objects if o.state != OK]
     if not broken:
-        return Health(True, READY, f"{len(objects)} webhook configurations and admission policies in place", objects)
-    reason = REASON_MISSING if any(o.state == MISSING for o in broken) else REASON_CHANGED
+        return Health(True, ADMISSION_IN_PLACE,
+                      f"{len(objects)} webhook configurations and admission policies in place", objects)
+    reason = ADMISSION_MISSING if any(o.state == MISSING for o in broken) else ADMISSION_CHANGED
     message = "admission is not whole, so what it refuses may get in: " + "; ".join(_describe(o) for o in broken)
     return Health(False, reason, message, objects)
 

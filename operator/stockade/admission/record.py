@@ -18,7 +18,7 @@ from typing import Any
 
 from stockade import audit, metrics, violations
 from stockade.admission.policy import Decision, Request, is_absolute
-from stockade.events import EventPoster
+from stockade.api.reasons import ADMISSION_AUDIT, ADMISSION_REFUSED
 from stockade.kube import StatusConflict, object_path, write_status
 from stockade.kubeapi import EmitEvent, KubeAPI
 from stockade.store import RunKey, Store
@@ -54,14 +54,13 @@ def violation(req: Request, decision: Decision, now: datetime.datetime) -> dict[
 
 
 class Recorder:
-    def __init__(self, kube: KubeAPI, store: Store, keep: int, post: EmitEvent | None = None) -> None:
+    def __init__(self, kube: KubeAPI, store: Store, keep: int, post: EmitEvent) -> None:
         # Made on the operator's main loop, where the store lives; the webhook's thread hands over.
         self.loop = asyncio.get_running_loop()
         self.kube = kube
         self.store = store
         self.keep = keep
-        # Posted directly (fire and forget): kopf.event() works only inside kopf's own watch-handling tasks.
-        self.post = post or EventPoster(kube)
+        self.post = post  # the operator's one EventPoster (fire and forget)
         self._queued: dict[RunKey, list[dict[str, Any]]] = {}
         self._events: dict[tuple[RunKey, str], float] = {}
 
@@ -95,7 +94,7 @@ class Recorder:
         self._events[token] = now
         if len(self._events) > 4096:
             self._events = {k: v for k, v in self._events.items() if now - v < EVENT_DEDUP_SECONDS}
-        reason = "AdmissionRefused" if decision.action == "denied" else "AdmissionAudit"
+        reason = ADMISSION_REFUSED if decision.action == "denied" else ADMISSION_AUDIT
         detail = decision.message or "would be refused: " + "; ".join(f.text() for f in decision.findings)
         log.warning("violation %s of %s/%s: %s %s in %s by %s %s", decision.kind, key[0], key[1], req.operation,
                     req.what, req.namespace, req.username, decision.action, extra=audit.fields(

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from stockade import audit, labels, metrics
+from stockade.api.reasons import RELEASED
 from stockade.kube import KubeError, object_path, write_status
 from stockade.kubeapi import EmitEvent, KubeAPI
 from stockade.naming import job_name, run_namespace_name
@@ -93,14 +94,14 @@ class ReleaseMixin:
             metrics.RELEASES.inc()
             pods = ", ".join(quarantine.get("pods") or []) or "none"
             steps = "+".join(quarantine.get("steps") or [])
-            self.emit(current, "Normal", "Released",
+            self.emit(current, "Normal", RELEASED,
                       f"quarantine ({quarantine.get('reason')}, pods {pods}, steps {steps}) released by {by}")
             log.info("quarantine of %s/%s released by %s (pods %s, steps %s)", key[0], key[1], by, pods, steps,
                      extra=audit.fields(key, run_namespace=run_ns, pods=list(quarantine.get("pods") or []),
                                         kind=quarantine.get("reason"), action="release", by=by,
                                         quarantine_id=audit.quarantine_id(uid_of(body), quarantine.get("since"))))
         else:
-            self.emit(current, "Normal", "Released", f"nothing to release (requested by {by})")
+            self.emit(current, "Normal", RELEASED, f"nothing to release (requested by {by})")
         self.trigger(key)  # the reconciler restores RBAC and the workload
 
     async def _unlabel(self, namespace: str, pod: str) -> None:

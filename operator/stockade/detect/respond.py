@@ -26,6 +26,7 @@ from typing import Any
 
 from stockade import audit, metrics, violations
 from stockade.api.models import AgentRunSpec
+from stockade.api.reasons import QUARANTINED, VIOLATION
 from stockade.clock import stamp, utcnow
 from stockade.confine import confined_pod, run_namespace
 from stockade.detect import evidence
@@ -34,7 +35,7 @@ from stockade.detect.incident import DROPPED, FAILED, GONE, RECORDED, Ack, Incid
 from stockade.detect.release import ReleaseMixin
 from stockade.detect.rules import at_least
 from stockade.detect.rungs import ConfinementError, RungsMixin, quarantine_policy
-from stockade.events import EmitEvent, EventPoster, FallbackEmit
+from stockade.events import EmitEvent
 from stockade.kube import Decide, KubeError, object_path, write_status
 from stockade.kubeapi import KubeAPI
 from stockade.store import RunKey, Store, uid_of
@@ -43,8 +44,8 @@ from stockade.store import RunKey, Store, uid_of
 # stockade.detect: log queries and alerts select on it.
 log = logging.getLogger("stockade.respond")
 
-__all__ = ["DROPPED", "FAILED", "GONE", "RECORDED", "Ack", "ConfinementError", "EventPoster", "FallbackEmit",
-           "Incident", "Responder", "quarantine_policy"]
+__all__ = ["DROPPED", "FAILED", "GONE", "RECORDED", "Ack", "ConfinementError", "Incident", "Responder",
+           "quarantine_policy"]
 
 EVENTS_PER_BATCH = 5
 
@@ -288,7 +289,7 @@ class Responder(RungsMixin, ReleaseMixin):
         reason = first.violation if first else None
         return {
             "active": True,
-            "reason": reason.kind if reason else quarantine.get("reason") or "Violation",
+            "reason": reason.kind if reason else quarantine.get("reason") or VIOLATION,
             "message": reason.detail[:512] if reason else quarantine.get("message") or "",
             "since": quarantine.get("since") if quarantine.get("active") else self.now(),
             "pods": sorted(plan.already | set(plan.targets)),
@@ -364,10 +365,10 @@ class Responder(RungsMixin, ReleaseMixin):
         for index in noted[:EVENTS_PER_BATCH]:
             v = batch[index].violation
             where = f" in pod {v.pod}" if v.pod else ""
-            self.emit(body, "Warning", "Violation",
+            self.emit(body, "Warning", VIOLATION,
                       f"{v.kind} ({v.severity}, {v.source}){where}: {v.detail} -> {plan.actions[index]}")
         if len(noted) > EVENTS_PER_BATCH:
-            self.emit(body, "Warning", "Violation", f"{len(noted) - EVENTS_PER_BATCH} more violation(s) recorded")
+            self.emit(body, "Warning", VIOLATION, f"{len(noted) - EVENTS_PER_BATCH} more violation(s) recorded")
         if plan.acting and spec is not None:
             pods = ", ".join(sorted(plan.targets)) or "none"
-            self.emit(body, "Warning", "Quarantined", f"applied {'+'.join(spec.response)} (pods: {pods})")
+            self.emit(body, "Warning", QUARANTINED, f"applied {'+'.join(spec.response)} (pods: {pods})")

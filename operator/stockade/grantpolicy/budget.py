@@ -35,17 +35,13 @@ from pydantic import ValidationError
 
 from stockade.api.models import Grant
 from stockade.api.policy import AgentPolicySpec, Budget, LabelSelector
+from stockade.api.reasons import ADMITTED, BUDGET_EXHAUSTED, NO_POLICY, POLICY_INVALID, TEAM_QUOTA_EXCEEDED
 from stockade.grantpolicy.ceilings import Bound
 from stockade.grantpolicy.selector import selects
 from stockade.quantity import format_bytes, format_cpu, parse_quantity
 
 RunKey = tuple[str, str]  # (namespace, name) of an AgentRun
 
-ADMITTED = "Admitted"
-BUDGET_EXHAUSTED = "BudgetExhausted"
-TEAM_QUOTA_EXCEEDED = "TeamQuotaExceeded"
-NO_POLICY = "NoPolicy"
-POLICY_INVALID = "PolicyInvalid"
 RUNS = "runs"
 
 # ResourceQuota keys a grant charges, and which part of the grant each one counts.
