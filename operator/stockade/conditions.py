@@ -224,5 +224,14 @@ def status_patch(status: AgentRunStatus) -> dict[str, Any]:
 
 
 def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """True when any field of ``new`` differs from what ``old`` has (what the status write would change)."""
-    return any(old.get(key) != value for key, value in new.items())
+    """True when the merge patch ``new`` would change ``old``: a field that differs, at any depth; a null
+    where ``old`` has no such field changes nothing (the API server drops nulls, so it never has one)."""
+    return any(_patch_changes(old.get(key), value) for key, value in new.items())
+
+
+def _patch_changes(old: Any, new: Any) -> bool:
+    if new is None:
+        return old is not None
+    if isinstance(new, Mapping) and isinstance(old, Mapping):
+        return status_changed(old, new)
+    return bool(old != new)

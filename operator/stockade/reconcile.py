@@ -18,7 +18,14 @@ from typing import Any
 
 from stockade import audit, kinds, labels, metrics, run_namespaces
 from stockade.api.models import AgentRunSpec
-from stockade.api.reasons import phase_reason
+from stockade.api.reasons import (
+    GUARDRAIL_RESTORED,
+    INVALID_SPEC,
+    NAMESPACE_CONFLICT,
+    TEMPLATE_EXCEEDS_GRANT,
+    phase_reason,
+    problem,
+)
 from stockade.budget_gate import BudgetGate
 from stockade.clock import parse_stamp, stamp, utcnow
 from stockade.coalesce import Coalescer
@@ -167,18 +174,19 @@ class Reconciler(FailureHandling):
         if spec is None:
             return  # deleted meanwhile: its DELETED event brings the clean-up
         if isinstance(spec, SpecError):
-            await self._write_status(key, body, Observed(generation, chosen, invalid=f"InvalidSpec: {spec.problems}"))
+            why = problem(INVALID_SPEC, spec.problems)
+            await self._write_status(key, body, Observed(generation, chosen, invalid=why))
             return
         # Input no fence can be built from, or that the API server refused for this generation: a condition, no retry.
-        problem = spec_problem(spec) or self._refusals.stalled(key, generation)
-        if problem:
-            await self._write_status(key, body, Observed(generation, chosen, invalid=problem))
+        unusable = spec_problem(spec) or self._refusals.stalled(key, generation)
+        if unusable:
+            await self._write_status(key, body, Observed(generation, chosen, invalid=unusable))
             return
 
         if chosen is None:
             message = (f"every name this AgentRun's run namespace may have (such as {run.run_namespace}) is taken "
                        "by a namespace that does not belong to it; remove those namespaces or rename the AgentRun")
-            await self._write_status(key, body, Observed(generation, None, blocked=("NamespaceConflict", message)))
+            await self._write_status(key, body, Observed(generation, None, blocked=(NAMESPACE_CONFLICT, message)))
             return
         namespace = self.store.get("Namespace", "", chosen)
         if namespace is not None and namespace["metadata"].get("deletionTimestamp"):
@@ -224,7 +232,7 @@ class Reconciler(FailureHandling):
         elif admission.stop:  # a narrowed policy says Stop: ended, as Failed with its reason
             await stop_workload(self.kube, self.store, run)
         refusal = "; ".join(f.text() for f in plan.refusals)
-        if plan.refusals and not expired and self._warn_once(key, body, "TemplateExceedsGrant", refusal):
+        if plan.refusals and not expired and self._warn_once(key, body, TEMPLATE_EXCEEDS_GRANT, refusal):
             metrics.REFUSALS.inc()  # once per refused generation, not once per reconcile
         started = False
         if not (expired or plan.refusals or admission.stop) and ready and terminal is None and quarantined is None:
@@ -298,7 +306,7 @@ class Reconciler(FailureHandling):
         """Someone changed or removed a guardrail of a fence that was complete: metric, log line and Warning."""
         metrics.DRIFT.labels(kind=kind).inc()
         audit.restoring(kind, meta, what)  # a log line with structured fields
-        self.emit(body, "Warning", "GuardrailRestored", f"{kind} {meta['name']} was {what}; restored from the grant")
+        self.emit(body, "Warning", GUARDRAIL_RESTORED, f"{kind} {meta['name']} was {what}; restored from the grant")
 
     async def _apply_guardrails(self, key: RunKey, plan: Plan, body: Mapping[str, Any], state: tuple[int, bool]
                                 ) -> None:

@@ -170,3 +170,13 @@ def test_a_field_the_status_does_not_have_is_refused_not_dropped():
         run_status(observed, "Pending", [], {"notAField": 1})
     with pytest.raises(ValidationError):
         run_status(observed, "Sleeping", [])  # not a Phase
+
+
+def test_a_null_the_api_server_already_dropped_is_no_change() -> None:
+    # An AgentPolicy without GPU budgets writes usage.gpus: null; the API server keeps no such key, and
+    # comparing the two as different made a write on every watch event of the policy.
+    old = {"usage": {"runs": "1/5", "cpu": "1"}, "expiresAt": "2026-12-07T00:00:00Z"}
+    assert not status_changed(old, {"usage": {"runs": "1/5", "gpus": None, "cpu": "1"}, "refusals": None})
+    assert status_changed(old, {"usage": {"runs": "2/5", "gpus": None}})
+    assert status_changed(old, {"expiresAt": None}), "a null removes a field that is there"
+    assert status_changed(old, {"usage": {"gpus": {"nvidia.com/gpu": "1/8"}}})
