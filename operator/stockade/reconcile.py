@@ -49,7 +49,7 @@ from stockade.lifecycle import NamespaceTaken, RunGone, RunLifecycle
 from stockade.observe import QUOTA_PENDING, await_quota, guardrails_ready, quarantine_of, workload_phase
 from stockade.phase_count import PhaseCount
 from stockade.plan import Plan, PlanSettings, RunRef, parse_duration
-from stockade.plan_cache import PlanCache
+from stockade.plan_cache import PlanCache, digest
 from stockade.reconcile_failures import FailureHandling
 from stockade.refusals import Refusals
 from stockade.store import RunKey, SpecError, Store, uid_of
@@ -88,7 +88,8 @@ class Reconciler(FailureHandling):
         self._terminating: dict[RunKey, str] = {}
         # The (generation, frozen) plan whose fence this process last saw complete, per run.
         self._fence_up: dict[RunKey, tuple[int, bool]] = {}
-        self._planned: dict[RunKey, dict[tuple[str, str], Any]] = {}  # the guardrails last applied in full
+        # A digest of each guardrail last applied in full (digests, not the objects: the plan cache is bounded).
+        self._planned: dict[RunKey, dict[tuple[str, str], int]] = {}
         self._gone: dict[RunKey, str] = {}  # uid of an AgentRun whose DELETED event came, until looked at
         self._started: dict[RunKey, float] = {}  # when this process created the run's workload (monotonic)
         self.lifecycle = RunLifecycle(kube, store, emit)
@@ -295,7 +296,7 @@ class Reconciler(FailureHandling):
             return
         # What the last plan applied did not want like this (a host's new addresses, within one generation)
         # is no drift either.
-        replanned = planned is not None and planned.get((desired["kind"], meta["name"])) != desired
+        replanned = planned is not None and planned.get((desired["kind"], meta["name"])) != digest(desired)
         if fence_was_up and not replanned:
             self._report_drift(body, desired["kind"], meta, "changed" if live is not None else "missing")
         metrics.APPLIES.labels(kind=desired["kind"]).inc()
@@ -324,7 +325,7 @@ class Reconciler(FailureHandling):
         planned = self._planned.get(key)  # unknown after a restart: any difference is drift, as it may be
         await self._apply(plan.namespace, body, fence_was_up, planned)
         await asyncio.gather(*(self._apply(obj, body, fence_was_up, planned) for obj in plan.guardrails[1:]))
-        self._planned[key] = {(obj["kind"], obj["metadata"]["name"]): obj for obj in plan.guardrails}
+        self._planned[key] = {(obj["kind"], obj["metadata"]["name"]): digest(obj) for obj in plan.guardrails}
 
     async def _prune(self, run: RunRef, plan: Plan) -> None:
         wanted = {(obj["kind"], obj["metadata"]["name"]) for obj in plan.guardrails}
