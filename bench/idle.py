@@ -23,7 +23,8 @@ def requests_by_operator(audit: AuditLog, offset: int, start: float, end: float,
 
 
 async def measure(op: Operator, audit: AuditLog | None, operator_user: str, seconds: float,
-                  runs_present: int) -> dict[str, Any]:
+                  runs_present: int, *, quiet: float = 10) -> dict[str, Any]:
+    await asyncio.sleep(quiet)  # what the last runs made settles first (their pods' events, status writes)
     offset = audit.mark() if audit else 0
     start, cpu = time.time(), op.cpu_seconds()
     await asyncio.sleep(seconds)

@@ -37,10 +37,10 @@ def _f(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _verdict(value: float | None, limit: float) -> str:
+def _verdict(value: float | None, limit: float, unit: str = "") -> str:
     if value is None or math.isnan(value):
-        return f"< {limit:g}: not measured"
-    return f"< {limit:g}: {'met' if value < limit else 'NOT met'}"
+        return f"< {limit:g}{unit}: not measured"
+    return f"< {limit:g}{unit}: {'met' if value < limit else 'NOT met'}"
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -75,10 +75,10 @@ def render(doc: Mapping[str, Any]) -> str:
         lines += ["## With AgentRuns present", ""]
         rows = []
         for point in doc["scaling"]:
-            target = next((mb for runs, mb in RSS_TARGETS if point["memory_runs"] == runs), None)
+            limit = next((mb for runs, mb in RSS_TARGETS if point["memory_runs"] == runs), None)
             rows.append([_f(point["memory_runs"]), _f(point["runs_present"]), _f(point["rss_mb"], 0),
                          _f(point["probe"]["p50"]), _f(point["probe"]["max"]), _f(point.get("load_average"), 2),
-                         _verdict(point["rss_mb"], target) + " MB" if target else ""])
+                         _verdict(point["rss_mb"], limit, " MB") if limit else ""])
         lines += _table(["memory runs made", "AgentRuns present", "operator RSS (MB)", "one more: p50",
                          "one more: max", "load", "target"], rows)
     idle = doc.get("idle")
@@ -98,7 +98,7 @@ def render(doc: Mapping[str, Any]) -> str:
             limit = QUARANTINE_P99_TARGET["idle" if row["runs_present"] <= 1 else "runs"]
             rows.append([_f(row["runs_present"]), _f(row["stockade"]["n"]), _f(row["floor"]["p50"], 4),
                          _f(row["stockade"]["p50"], 4), _f(row["floor"]["p99"], 4), _f(row["stockade"]["p99"], 4),
-                         _f(row.get("load_average"), 2), "p99 " + _verdict(row["stockade"]["p99"], limit) + " s"])
+                         _f(row.get("load_average"), 2), "p99 " + _verdict(row["stockade"]["p99"], limit, " s")])
         lines += _table(["AgentRuns present", "signals", "floor p50", "stockade p50", "floor p99", "stockade p99",
                          "load", "target"], rows)
     restart = doc.get("restart")
@@ -119,7 +119,7 @@ def render(doc: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _replace(path: Path, write: Callable[[Path], None]) -> None:
+def _replace(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     tmp.replace(path)

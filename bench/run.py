@@ -402,7 +402,7 @@ async def main() -> None:
                 doc["idle"] = await idle.measure(op, audit, operator_user, args.idle_seconds, present)
                 print(idle.line(doc["idle"]), flush=True)
             if args.signals:
-                doc["quarantine"].append(await quarantine.measure(kube, op, team, args.signals, present))
+                doc["quarantine"].append(await quarantine.measure(kube, op, team, args.signals, runs_present=present))
                 print(quarantine.line(doc["quarantine"][-1]), flush=True)
             if args.restart:
                 doc["restart"] = await restart.measure(kube, op, audit, operator_user, team)

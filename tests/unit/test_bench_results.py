@@ -72,10 +72,10 @@ def test_the_table_holds_each_figure_beside_its_floor_and_the_verdict_on_its_tar
     assert row(text, "one at a time") == ["one at a time", "30", "1.000", "1.200", "1.20", "1.200", "1.500", "1.25",
                                           "1.90", "p50 ratio < 1.3: met"]
     assert row(text, "100 at once")[-1] == "p99 ratio < 1.5: NOT met"
-    assert row(text, "1000")[2:3] == ["420"] and row(text, "1000")[-1] == "< 150: NOT met MB"
+    assert row(text, "1000")[2:3] == ["420"] and row(text, "1000")[-1] == "< 150 MB: NOT met"
     assert row(text, "0")[-1] == ""  # no target at 0 memory runs
     assert row(text, "operator API writes per idle minute") == ["operator API writes per idle minute", "0.0", "0: met"]
-    assert row(text, "1")[-1] == "p99 < 0.5: NOT met s" and row(text, "1146")[-1] == "p99 < 1: met s"
+    assert row(text, "1")[-1] == "p99 < 0.5 s: NOT met" and row(text, "1146")[-1] == "p99 < 1 s: met"
     assert row(text, "duplicate or missing objects") == ["duplicate or missing objects", "none"]
     assert row(text, "writes: patch leases") == ["writes: patch leases", "3"]
 
