@@ -5,7 +5,11 @@
   LimitRange, NetworkPolicies, then the pod once the quota is enforced) and waits for the pod to run.
 
 Both run in the same process against the same cluster in the same session, one at a time and then
-N at once. Optionally the operator's RSS with M AgentRuns present. Figures are printed, never asserted.
+N at once (--concurrent 100,500 adds 500 at once). Then, with --memory-runs AgentRuns made (1000 by default,
+checkpoint by checkpoint: the operator's RSS and one more run's latency at each), the idle window (CPU seconds
+and API writes per minute, bench/idle.py), quarantine signal -> isolation (bench/quarantine.py; also measured
+idle, first) and an operator restart (bench/restart.py). Figures are printed and written to bench/results/
+(results.json, results.md, the plots: bench/results.py, bench/plots.py), never asserted.
 
 On a cluster with an audit log (`make bench` starts it with bench/audit-policy.yaml), the API requests
 each run cost from creation to Ready, by client, verb and resource (bench/api_requests.py): the
