@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make run     start the local cluster (unless KUBECONFIG is set), install the CRDs, run the operator"
 	@echo "make test    unit tests, lint and typing, then the e2e suite against the local cluster"
-	@echo "make bench   speed figures (not part of make test)"
+	@echo "make bench   speed figures into bench/results/ (not part of make test; BENCH_ARGS=--help for the flags)"
 	@echo "make crds    regenerate crds/ from the pydantic models"
 	@echo "make docs    regenerate docs/reasons.md from operator/stockade/reasons.py"
 	@echo "make image   the operator's OCI image, without a container engine: build/image/stockade:<version>"
@@ -97,6 +97,7 @@ test: unit lint e2e
 
 # The cluster's API server keeps an audit log (bench/audit-policy.yaml) from which the bench counts each
 # client's requests per run; a cluster already up without one is used as it is (no request counts).
+# It writes bench/results/ (results.json, results.md, latency.png, scaling.png; see README.md, Performance).
 bench: $(STAMP) deps
 	@export KUBECONFIG=$$(STOCKADE_AUDIT_POLICY=bench/audit-policy.yaml $(CLUSTER) up) STOCKADE_BIN=$(BIN); \
 	$(BIN)/kubectl apply --server-side --field-manager=stockade-install -f crds >/dev/null && \

@@ -5,7 +5,11 @@
   LimitRange, NetworkPolicies, then the pod once the quota is enforced) and waits for the pod to run.
 
 Both run in the same process against the same cluster in the same session, one at a time and then
-N at once. Optionally the operator's RSS with M AgentRuns present. Figures are printed, never asserted.
+N at once (--concurrent 100,500 adds 500 at once). Then, with --memory-runs AgentRuns made (1000 by default,
+checkpoint by checkpoint: the operator's RSS and one more run's latency at each), the idle window (CPU seconds
+and API writes per minute, bench/idle.py), quarantine signal -> isolation (bench/quarantine.py; also measured
+idle, first) and an operator restart (bench/restart.py). Figures are printed and written to bench/results/
+(results.json, results.md, the plots: bench/results.py, bench/plots.py), never asserted.
 
 On a cluster with an audit log (`make bench` starts it with bench/audit-policy.yaml), the API requests
 each run cost from creation to Ready, by client, verb and resource (bench/api_requests.py): the
@@ -16,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import platform
 import signal
-import socket
-import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -36,8 +39,15 @@ import yaml  # noqa: E402
 from kubernetes import watch  # noqa: E402
 
 import bench_policy  # noqa: E402
-from api_requests import CLIENT_AGENT, OPERATOR_ACCOUNT, AuditLog, Window, audit_log_path, count  # noqa: E402
+import idle  # noqa: E402
+import plots  # noqa: E402
+import quarantine  # noqa: E402
+import restart  # noqa: E402
+import results  # noqa: E402
+from api_requests import CLIENT_AGENT, OPERATOR_ACCOUNT, AuditLog, Window, as_json, audit_log_path, count  # noqa: E402
 from api_requests import report as report_requests  # noqa: E402
+from operator_proc import Operator  # noqa: E402
+from stats import percentiles, ratio  # noqa: E402
 from stockade.api.models import AgentRunSpec  # noqa: E402
 from stockade.kube import Kube, KubeError  # noqa: E402
 from stockade.plan import PlanSettings, RunRef, build  # noqa: E402
@@ -126,14 +136,7 @@ async def floor_one(kube: Kube, name: str, label: str) -> None:
             await asyncio.sleep(0.005)
 
 
-def percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    pick = lambda q: ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]  # noqa: E731
-    return {"n": len(values), "p50": statistics.median(ordered), "p90": pick(0.9), "p99": pick(0.99),
-            "max": ordered[-1]}
-
-
-async def measure(kube: Kube, mode: str, count: int, concurrent: bool, team: str) -> dict[str, float]:
+async def measure(kube: Kube, mode: str, count: int, concurrent: bool, team: str) -> dict[str, Any]:
     label = f"{mode}-{uuid.uuid4().hex[:6]}"
     if mode == "stockade":
         watcher = Watcher(kube, "agentruns", f"bench={label}", agentrun_ready)
@@ -161,7 +164,8 @@ async def measure(kube: Kube, mode: str, count: int, concurrent: bool, team: str
             await one(name)
             await wait_all(watcher, [key(name)])
     watcher.stop()
-    return percentiles([watcher.seen[key(n)] - started[n] for n in names])
+    samples = [watcher.seen[key(n)] - started[n] for n in names]
+    return {**percentiles(samples), "samples": samples}
 
 
 async def wait_all(watcher: Watcher, keys: list[str], limit: float = 180) -> None:
@@ -179,13 +183,6 @@ def read_when_written(path: Path, limit: float = 600) -> str:
     while not path.exists() and time.monotonic() < deadline:
         time.sleep(0.5)
     return path.read_text() if path.exists() else f"{path}: not written within {limit:.0f} s"
-
-
-def operator_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def cleanup(kube: Kube, team: str) -> None:
@@ -208,7 +205,7 @@ async def cleanup(kube: Kube, team: str) -> None:
 
 
 async def requests_per_run(kube: Kube, audit: AuditLog, mode: str, runs: int, *, team: str,
-                           operator_user: str, settle: float = 1.0) -> list[str]:
+                           operator_user: str, settle: float = 1.0) -> tuple[list[str], dict[str, Any]]:
     """``runs`` runs one at a time, each followed by a quiet ``settle`` seconds; their requests from the audit log."""
     label = f"{mode}-{uuid.uuid4().hex[:6]}"
     watcher = Watcher(kube, "agentruns" if mode == "stockade" else "pods", f"bench={label}",
@@ -231,7 +228,7 @@ async def requests_per_run(kube: Kube, audit: AuditLog, mode: str, runs: int, *,
     await asyncio.sleep(0.5)  # the last requests written to the log
     counts = count(audit.since(offset), windows, operator_user)
     return report_requests("floor client" if mode == "floor" else "Stockade", counts,
-                           clients=("client",) if mode == "floor" else ("client", "stockade"))
+                           clients=("client",) if mode == "floor" else ("client", "stockade")), as_json(counts)
 
 
 async def operator_kubeconfig(kube: Kube, path: Path) -> str:
@@ -269,38 +266,90 @@ def write_kubeconfig(path: Path, token: str) -> None:
     path.chmod(0o600)
 
 
-def start_operator(team: str, kubeconfig: Path | None = None, *, traced: bool = False) -> subprocess.Popen[bytes]:
-    log = Path(f"/tmp/stockade-bench-operator-{team}.log").open("wb")  # noqa: SIM115 (the child keeps it)
-    # This checkout's operator, whichever checkout the virtual environment was installed from.
-    env = {**os.environ, "STOCKADE_METRICS_PORT": "0", "PYTHONPATH": str(ROOT / "operator")}
-    if kubeconfig is not None:
-        env["KUBECONFIG"] = str(kubeconfig)
-    for stale in Path("/tmp").glob("stockade-tracemalloc.*") if traced else ():
-        stale.unlink()
-    command = [str(ROOT / "bench/traced_operator.py")] if traced else ["-m", "stockade.cli"]
-    # A free port of its own: kopf reads port 0 as port 80, which a second operator on the machine then lacks.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        liveness = f"http://127.0.0.1:{sock.getsockname()[1]}/healthz"
-    return subprocess.Popen([sys.executable, *command, "run", "--liveness", liveness],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+async def scaling(kube: Kube, op: Operator, team: str, *, memory_runs: int, checkpoints: int, probe: int
+                  ) -> list[dict[str, Any]]:
+    """Make ``memory_runs`` AgentRuns, checkpoint by checkpoint (0, 1/4, ... of them with 4); at each, once they
+    are Ready: the operator's RSS, and ``probe`` more runs one at a time (their apply -> Ready)."""
+    sem = asyncio.Semaphore(32)
+
+    async def make(i: int) -> None:
+        async with sem:
+            await stockade_one(kube, team, f"m{i:05d}", "memory")
+
+    watcher = Watcher(kube, "agentruns", "bench=memory", agentrun_ready)
+    points, made = [], 0
+    try:
+        for target in sorted({round(memory_runs * i / max(checkpoints, 1)) for i in range(checkpoints + 1)}):
+            started = time.monotonic()
+            await asyncio.gather(*(make(i) for i in range(made, target)))
+            await wait_all(watcher, [f"{team}/m{i:05d}" for i in range(target)], limit=3600)
+            ready_after = time.monotonic() - started
+            made = target
+            await asyncio.sleep(5)
+            present = len(await kube.list_objects("stockade.io/v1alpha1", "AgentRun", team))
+            point = {"memory_runs": made, "runs_present": present, "rss_mb": op.rss_mb(),
+                     "seconds_to_ready": ready_after, "load_average": os.getloadavg()[0],
+                     "probe": await measure(kube, "stockade", probe, False, team) if probe else percentiles([])}
+            points.append(point)
+            print(f"{made} memory runs Ready after {ready_after:.0f} s, {present} AgentRuns present "
+                  f"(load {point['load_average']:.2f}): operator RSS {point['rss_mb']:.0f} MB, one more run "
+                  f"p50 {point['probe']['p50']:.3f} s max {point['probe']['max']:.3f} s", flush=True)
+    finally:
+        watcher.stop()
+    return points
 
 
-async def main() -> None:
+def print_latency(rows: list[dict[str, Any]]) -> None:
+    print(f"\napply -> Ready with the pod Running (seconds), local kwok cluster, {time.strftime('%F %T')}")
+    print(f"{'scenario':<16}{'':>4}{'n':>6}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}")
+    for row in rows:
+        for who in ("floor", "stockade"):
+            fig = row[who]
+            print(f"{row['scenario']:<16}{who:>10}{fig['n']:>4.0f}{fig['p50']:>9.3f}{fig['p90']:>9.3f}"
+                  f"{fig['p99']:>9.3f}{fig['max']:>9.3f}")
+        print(f"{'':<16}{'ratio':>10}{'':>4}{row['ratio_p50']:>9.2f}{'':>9}{row['ratio_p99']:>9.2f}"
+              f"   (load {row['load_average']:.2f})", flush=True)
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
+    return f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}"
+
+
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sequential", type=int, default=30, help="runs one at a time")
-    parser.add_argument("--concurrent", type=int, default=100, help="runs applied at once")
-    parser.add_argument("--memory-runs", type=int, default=0, help="AgentRuns present for the RSS figure (e.g. 1000)")
-    parser.add_argument("--operator-pid", type=int, help="measure an operator already running (else one is started)")
-    parser.add_argument("--operator-user", help="that operator's username (for the request counts)")
+    parser.add_argument("--concurrent", default="100",
+                        help="runs applied at once: a number or a list (100,500 adds the 500 at once)")
+    parser.add_argument("--memory-runs", type=int, default=1000,
+                        help="AgentRuns made for the figures with runs present (RSS, idle CPU and writes, quarantine, "
+                             "restart); 5000 for issue 12's second memory figure; 0 skips those figures")
+    parser.add_argument("--checkpoints", type=int, default=4, help="RSS sampled at 0, 1/4, ... of the memory runs")
+    parser.add_argument("--probe", type=int, default=5, help="runs one at a time timed at each checkpoint")
+    parser.add_argument("--idle-seconds", type=float, default=60, help="the idle window (0 skips it)")
+    parser.add_argument("--signals", type=int, default=50, help="quarantine signals, idle and with the runs (0 skips)")
+    parser.add_argument("--restart", action=argparse.BooleanOptionalAction, default=True,
+                        help="restart the operator with the memory runs present")
+    parser.add_argument("--results", type=Path, default=results.OUT,
+                        help="where results.json, results.md and the plots go (--no-results: nowhere)")
+    parser.add_argument("--no-results", action="store_true")
     parser.add_argument("--no-cleanup", action="store_true", help="leave what it made (the cluster is thrown away)")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="run the operator under tracemalloc (bench/traced_operator.py) and print where the "
                              "memory with --memory-runs went (its RSS is then not the figure)")
     parser.add_argument("--request-runs", type=int, default=10,
                         help="runs one at a time whose API requests are counted (needs the audit log)")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+async def main() -> None:
+    args = arguments()
+    began = time.monotonic()
+    doc: dict[str, Any] = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git": results.git_head(),
+                           "machine": machine(), "command": " ".join(["bench/run.py", *sys.argv[1:]]),
+                           "args": {k: str(v) for k, v in vars(args).items()},
+                           "load_average": {"start": os.getloadavg()[0]}, "rss_mb": {}}
     kube = Kube.connect(workers=64)
     kube.api.user_agent = CLIENT_AGENT
     team = f"bench-{uuid.uuid4().hex[:5]}"
@@ -308,69 +357,74 @@ async def main() -> None:
                        "metadata": {"name": team, "labels": bench_policy.LABEL}})
     await kube.call("PATCH", bench_policy.PATH, bench_policy.POLICY, content_type="application/apply-patch+yaml",
                     query=[("fieldManager", "stockade-bench"), ("force", "true")])
-    proc = None
-    pid = args.operator_pid
-    operator_user = args.operator_user or ""
-    if pid is None:
-        kubeconfig = Path(f"/tmp/stockade-bench-operator-{team}.kubeconfig")
-        operator_user = await operator_kubeconfig(kube, kubeconfig)
-        proc = start_operator(team, kubeconfig, traced=args.tracemalloc)
-        pid = proc.pid
-        await asyncio.sleep(20 if args.tracemalloc else 4)  # traced, the start takes several times longer
-    print(f"operator RSS at start: {operator_rss_mb(pid):.0f} MB")
-    audit_path = audit_log_path() if args.request_runs else None
+    kubeconfig = Path(f"/tmp/stockade-bench-operator-{team}.kubeconfig")
+    operator_user = await operator_kubeconfig(kube, kubeconfig)
+    op = Operator(team, kubeconfig, traced=args.tracemalloc)
+    await asyncio.to_thread(op.start)
+    await asyncio.sleep(20 if args.tracemalloc else 2)  # traced, the start takes several times longer
+    doc["rss_mb"]["at start"] = op.rss_mb()
+    print(f"operator RSS at start: {op.rss_mb():.0f} MB (load {os.getloadavg()[0]:.2f})", flush=True)
+    audit_path = audit_log_path()
+    audit = AuditLog(audit_path) if audit_path else None
     try:
-        rows = []
-        for label, count, concurrent in (("one at a time", args.sequential, False),
-                                         (f"{args.concurrent} at once", args.concurrent, True)):
-            if not count:
-                continue
-            floor = await measure(kube, "floor", count, concurrent, team)
-            ours = await measure(kube, "stockade", count, concurrent, team)
-            rows.append((label, floor, ours))
-        print(f"\napply -> Ready with the pod Running (seconds), local kwok cluster, {time.strftime('%F %T')}")
-        print(f"{'scenario':<16}{'':>4}{'n':>6}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}")
-        for label, floor, ours in rows:
-            for who, fig in (("floor", floor), ("stockade", ours)):
-                print(f"{label:<16}{who:>10}{fig['n']:>4.0f}{fig['p50']:>9.3f}{fig['p90']:>9.3f}"
-                      f"{fig['p99']:>9.3f}{fig['max']:>9.3f}")
-            print(f"{'':<16}{'ratio':>10}{'':>4}{ours['p50'] / floor['p50']:>9.2f}{'':>9}"
-                  f"{ours['p99'] / floor['p99']:>9.2f}")
-        if audit_path is None:
+        if args.signals:
+            await quarantine.make_target(kube, team)
+            doc["quarantine"] = [await quarantine.measure(kube, op, team, args.signals, runs_present=1)]
+            print(quarantine.line(doc["quarantine"][-1]), flush=True)
+        rows = doc["latency"] = []
+        at_once = [int(c) for c in args.concurrent.split(",") if c.strip()]
+        for label, n, concurrent in [("one at a time", args.sequential, False),
+                                     *((f"{c} at once", c, True) for c in at_once)]:
+            if n:
+                floor = await measure(kube, "floor", n, concurrent, team)
+                ours = await measure(kube, "stockade", n, concurrent, team)
+                rows.append({"scenario": label, "count": n, "concurrent": concurrent, "floor": floor,
+                             "stockade": ours, "ratio_p50": ratio(ours["p50"], floor["p50"]),
+                             "ratio_p99": ratio(ours["p99"], floor["p99"]), "load_average": os.getloadavg()[0]})
+        print_latency(rows)
+        if audit is None:
             print("\nAPI requests per run: not counted (no audit log; start the cluster with "
                   "STOCKADE_AUDIT_POLICY=bench/audit-policy.yaml, as `make bench` does)")
-        elif not operator_user:
-            print("\nAPI requests per run: not counted (--operator-user is needed with --operator-pid)")
-        else:
-            audit = AuditLog(audit_path)
+        elif args.request_runs:
+            doc["requests"] = {}
             for mode in ("floor", "stockade"):
-                print("\n".join(await requests_per_run(kube, audit, mode, args.request_runs, team=team,
-                                                          operator_user=operator_user)))
-        print(f"\noperator RSS after the runs above: {operator_rss_mb(pid):.0f} MB")
-        if args.memory_runs and args.tracemalloc:
-            os.kill(pid, signal.SIGUSR2)  # the baseline
+                lines, doc["requests"][mode] = await requests_per_run(kube, audit, mode, args.request_runs, team=team,
+                                                                      operator_user=operator_user)
+                print("\n".join(lines))
+        doc["rss_mb"]["after the runs above"] = op.rss_mb()
+        print(f"\noperator RSS after the runs above: {op.rss_mb():.0f} MB", flush=True)
         if args.memory_runs:
-            sem = asyncio.Semaphore(32)
-
-            async def make(i: int) -> None:
-                async with sem:
-                    await stockade_one(kube, team, f"m{i:05d}", "memory")
-
-            await asyncio.gather(*(make(i) for i in range(args.memory_runs)))
-            watcher = Watcher(kube, "agentruns", "bench=memory", agentrun_ready)
-            await wait_all(watcher, [f"{team}/m{i:05d}" for i in range(args.memory_runs)], limit=1800)
-            watcher.stop()
-            await asyncio.sleep(5)
-            print(f"operator RSS with {args.memory_runs} more AgentRuns Ready: {operator_rss_mb(pid):.0f} MB")
             if args.tracemalloc:
-                os.kill(pid, signal.SIGUSR2)
+                os.kill(op.pid, signal.SIGUSR2)  # the baseline
+            doc["scaling"] = await scaling(kube, op, team, memory_runs=args.memory_runs, checkpoints=args.checkpoints,
+                                          probe=args.probe)
+            present = doc["scaling"][-1]["runs_present"]
+            if args.tracemalloc:
+                os.kill(op.pid, signal.SIGUSR2)
                 print(await asyncio.to_thread(read_when_written, Path("/tmp/stockade-tracemalloc.1")))
+            if args.idle_seconds:
+                doc["idle"] = await idle.measure(op, audit, operator_user, args.idle_seconds, present)
+                print(idle.line(doc["idle"]), flush=True)
+            if args.signals:
+                doc["quarantine"].append(await quarantine.measure(kube, op, team, args.signals, runs_present=present))
+                print(quarantine.line(doc["quarantine"][-1]), flush=True)
+            if args.restart:
+                doc["restart"] = await restart.measure(kube, op, audit, operator_user, team)
+                print(restart.line(doc["restart"]), flush=True)
     finally:
+        doc["load_average"]["end"] = os.getloadavg()[0]
+        doc["duration_seconds"] = time.monotonic() - began
+        if not args.no_results:
+            written = results.write(doc, args.results, plots.plot)
+            print(f"\nwritten ({doc['duration_seconds']:.0f} s so far): {', '.join(str(w) for w in written)}")
         if not args.no_cleanup:
+            started = time.monotonic()
+            with contextlib.suppress(Exception):
+                if op.proc is None:
+                    await asyncio.to_thread(op.start)  # the finalizers need an operator
             await cleanup(kube, team)
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
+            print(f"cleaned up in {time.monotonic() - started:.0f} s", file=sys.stderr)
+        await asyncio.to_thread(op.stop)
 
 
 if __name__ == "__main__":

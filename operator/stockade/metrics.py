@@ -20,6 +20,9 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 RECONCILE_ERRORS = Counter("stockade_reconcile_errors_total", "Reconciles that failed", ["reason"])
+# After a start it climbs from 0 to the number of AgentRuns as the first passes find each fence in place
+# (bench/restart.py times a restart by it); a run whose fence is incomplete or that is gone is not counted.
+FENCES_CONFIRMED = Gauge("stockade_fences_confirmed", "AgentRuns whose fence this process has seen complete")
 APPLIES = Counter("stockade_applies_total", "Server-side applies issued", ["kind"])
 DRIFT = Counter("stockade_drift_repaired_total", "Guardrails found missing or changed and restored", ["kind"])
 REFUSALS = Counter("stockade_template_refusals_total", "Templates refused for asking beyond the grant")

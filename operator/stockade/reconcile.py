@@ -88,6 +88,7 @@ class Reconciler(FailureHandling):
         self._terminating: dict[RunKey, str] = {}
         # The (generation, frozen) plan whose fence this process last saw complete, per run.
         self._fence_up: dict[RunKey, tuple[int, bool]] = {}
+        metrics.FENCES_CONFIRMED.set_function(lambda: len(self._fence_up))
         # A digest of each guardrail last applied in full (digests, not the objects: the plan cache is bounded).
         self._planned: dict[RunKey, dict[tuple[str, str], int]] = {}
         self._gone: dict[RunKey, str] = {}  # uid of an AgentRun whose DELETED event came, until looked at
