@@ -26,7 +26,6 @@ import os
 import re
 import secrets
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -40,9 +39,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from kubernetes import client, watch  # noqa: E402
 
+from stats import percentiles  # noqa: E402
 from stockade.detect.respond import quarantine_policy  # noqa: E402
 from stockade.kube import Kube, KubeError, object_path  # noqa: E402
 
@@ -110,16 +111,6 @@ class Isolation:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-    return {"n": len(ordered), "p50": statistics.median(ordered), "p90": pick(0.9), "p99": pick(0.99),
-            "max": ordered[-1], "mean": statistics.fmean(ordered)}
 
 
 def falco_ssh(namespace: str, pod: str) -> bytes:
