@@ -81,7 +81,9 @@ def kubectl(*args: str, stdin: str | None = None, as_user: str | None = None, ch
 def apply(obj: dict[str, Any] | list[dict[str, Any]], as_user: str | None = None, server_side: bool = False) -> str:
     docs = obj if isinstance(obj, list) else [obj]
     args = ["apply", "-f", "-"] + (["--server-side", "--field-manager=e2e"] if server_side else [])
-    return kubectl(*args, stdin=yaml.safe_dump_all(docs), as_user=as_user)
+    # JSON, not PyYAML: PyYAML leaves a string such as 0924e7 (a uuid's hex) unquoted, which kubectl reads as
+    # a number (a label value that is no string: the apply fails now and then).
+    return kubectl(*args, stdin="\n---\n".join(json.dumps(doc) for doc in docs), as_user=as_user)
 
 
 def create(obj: dict[str, Any], as_user: str | None = None) -> str:
