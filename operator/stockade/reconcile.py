@@ -236,8 +236,9 @@ class Reconciler(FailureHandling):
         refusal = "; ".join(f.text() for f in plan.refusals)
         if plan.refusals and not expired and self._warn_once(key, body, TEMPLATE_EXCEEDS_GRANT, refusal):
             metrics.REFUSALS.inc()  # once per refused generation, not once per reconcile
+        may_run = not (expired or plan.refusals or admission.stop) and terminal is None and quarantined is None
         started = False
-        if not (expired or plan.refusals or admission.stop) and ready and terminal is None and quarantined is None:
+        if may_run and ready:
             started = await ensure_workload(self.kube, self.store, plan)
 
         phase, message = workload_phase(self.store, run, spec)
@@ -269,8 +270,7 @@ class Reconciler(FailureHandling):
         }
         if started:
             self._started[key] = time.monotonic()
-        starting = not (expired or plan.refusals or admission.stop) and terminal is None and quarantined is None
-        settling = self._settling(key, phase if starting else "stopping")
+        settling = self._settling(key, phase, may_run)
         if not started and settling is None:
             # Right after the workload is created its own events (scheduled, running, unschedulable) come
             # within moments and bring the status with them: one write fewer on every run's start.
@@ -279,11 +279,12 @@ class Reconciler(FailureHandling):
                               settling) if d is not None]
         self._arm_timer(key, min(delays) if delays else None)
 
-    def _settling(self, key: RunKey, workload_phase: str | None) -> float | None:
-        """Seconds left in which the just-created workload, still Pending, is not reported; None: report now."""
+    def _settling(self, key: RunKey, workload_phase: str | None, may_run: bool) -> float | None:
+        """Seconds left in which the just-created workload, still Pending, is not reported; None: report now
+        (it runs, the settle time is over, or the run is stopping)."""
         since = self._started.get(key)
         left = WORKLOAD_SETTLE_SECONDS - (time.monotonic() - since) if since is not None else 0.0
-        if workload_phase not in (None, "Pending") or left <= 0:
+        if not may_run or workload_phase not in (None, "Pending") or left <= 0:
             self._started.pop(key, None)
             return None
         return left

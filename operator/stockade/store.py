@@ -72,11 +72,7 @@ class _Packed:
 
     @classmethod
     def of(cls, obj: Mapping[str, Any]) -> _Packed:
-        meta = dict(obj.get("metadata") or {})  # shallow: what is dropped is dropped from the copy only
-        for dropped in _DROPPED_METADATA:
-            meta.pop(dropped, None)
-        if meta.get("annotations"):
-            meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k not in _DROPPED_ANNOTATIONS}
+        meta = _slim_metadata(obj.get("metadata") or {})
         text = json.dumps({**obj, "metadata": meta}, separators=(",", ":"), ensure_ascii=False, default=_jsonable)
         return cls(meta.get("resourceVersion"), zlib.compress(text.encode(), 1))
 
@@ -169,12 +165,14 @@ class Store:
                     self._namespace_of_uid[uid] = key[2]
 
     def remove(self, obj: Mapping[str, Any]) -> None:
-        key = key_of(obj)
+        self._remove(key_of(obj))
+
+    def _remove(self, key: ObjectKey) -> None:
         self._objects.pop(key, None)
         self._by_namespace[key[1]].discard(key)
         if not self._by_namespace[key[1]]:
             self._by_namespace.pop(key[1], None)
-        if obj["kind"] == "Namespace":
+        if key[0] == "Namespace":
             self._forget_run_namespace(key[2])
 
     def _forget_run_namespace(self, name: str) -> None:
@@ -190,8 +188,8 @@ class Store:
         quiet): what the list lacks is dropped, what is new or newer is kept. Returns the keys that changed."""
         fresh = {key_of(obj): obj for obj in listed}
         changed: set[ObjectKey] = set()
-        for key, packed in [(k, o) for k, o in self._objects.items() if k[0] == kind and k not in fresh]:
-            self.remove(packed.unpack())
+        for key in [k for k in self._objects if k[0] == kind and k not in fresh]:
+            self._remove(key)
             changed.add(key)
         for key, obj in fresh.items():
             current = self._objects.get(key)
@@ -205,11 +203,6 @@ class Store:
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         packed = self._objects.get((kind, namespace, name))
         return packed.unpack() if packed is not None else None
-
-    def version_of(self, kind: str, namespace: str, name: str) -> str | None:
-        """The stored object's resourceVersion, without decoding it (None when none is stored)."""
-        packed = self._objects.get((kind, namespace, name))
-        return packed.version if packed is not None else None
 
     def in_namespace(self, namespace: str, kind: str | None = None) -> Iterator[dict[str, Any]]:
         for key in list(self._by_namespace.get(namespace, ())):
@@ -252,15 +245,18 @@ _DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 
 def _slim(obj: Mapping[str, Any]) -> dict[str, Any]:
     plain = _plain(obj)
-    meta = plain.get("metadata")
-    if isinstance(meta, dict):
-        for key in _DROPPED_METADATA:
-            meta.pop(key, None)
-        annotations = meta.get("annotations")
-        if isinstance(annotations, dict):
-            for key in _DROPPED_ANNOTATIONS:
-                annotations.pop(key, None)
+    if isinstance(plain.get("metadata"), dict):
+        plain["metadata"] = _slim_metadata(plain["metadata"])
     return plain
+
+
+def _slim_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the metadata without what no reader needs (managedFields, kubectl's last-applied)."""
+    slim = {k: v for k, v in meta.items() if k not in _DROPPED_METADATA}
+    annotations = slim.get("annotations")
+    if isinstance(annotations, Mapping):
+        slim["annotations"] = {k: v for k, v in annotations.items() if k not in _DROPPED_ANNOTATIONS}
+    return slim
 
 
 def _jsonable(value: Any) -> Any:
