@@ -32,7 +32,8 @@ async def measure(op: Operator, audit: AuditLog | None, operator_user: str, seco
     elapsed = end - start
     result: dict[str, Any] = {"runs_present": runs_present, "seconds": elapsed, "cpu_seconds": used,
                               "cpu_seconds_per_minute": stats.per_minute(used, elapsed),
-                              "load_average": os.getloadavg()[0], "writes_per_minute": None,
+                              "load_average": os.getloadavg()[0], "rss_mb_at_end": op.rss_mb(),
+                              "writes_per_minute": None,
                               "requests_per_minute": None, "writes_by_request": {}}
     if audit is not None and operator_user:
         await asyncio.sleep(1)  # the window's last events written to the log
@@ -49,7 +50,8 @@ def line(row: dict[str, Any]) -> str:
     writes = row["writes_per_minute"]
     return (f"idle {row['seconds']:.0f} s with {row['runs_present']} AgentRuns present "
             f"(load {row['load_average']:.2f}): "
-            f"{row['cpu_seconds_per_minute']:.3f} CPU s per minute; operator API writes per minute: "
+            f"{row['cpu_seconds_per_minute']:.3f} CPU s per minute, operator RSS at the end "
+            f"{row.get('rss_mb_at_end', 0):.0f} MB; operator API writes per minute: "
             f"{'not counted (no audit log)' if writes is None else f'{writes:.1f}'}"
             + (f" ({', '.join(f'{k} {v:.1f}' for k, v in sorted(row['writes_by_request'].items()))})"
                if row["writes_by_request"] else "")

@@ -88,6 +88,8 @@ def render(doc: Mapping[str, Any]) -> str:
                 ["operator API writes per idle minute", _f(idle["writes_per_minute"], 1),
                  "0: " + ("met" if idle["writes_per_minute"] == 0 else "NOT met")],
                 ["operator API requests per idle minute (all verbs)", _f(idle["requests_per_minute"], 1), ""]]
+        if idle.get("rss_mb_at_end") is not None:  # results written before this figure was kept lack it
+            rows.append(["operator RSS at the end of the idle window (MB)", _f(idle["rss_mb_at_end"], 0), ""])
         writes = sorted((idle.get("writes_by_request") or {}).items())
         rows += [[f"  writes: {what}", _f(n, 1), ""] for what, n in writes]
         lines += _table(["figure", "value", "target"], rows)

@@ -33,6 +33,7 @@ from stockade.dnsresolve import HostResolver
 from stockade.events import FLUSH_SECONDS, EventPoster
 from stockade.kube import Kube
 from stockade.leadership import Leadership, Readiness
+from stockade.memtrim import trim_forever
 from stockade.metrics_serve import serve as serve_metrics
 from stockade.reconcile import Reconciler
 from stockade.settings import Settings
@@ -112,6 +113,8 @@ class App:
         # Run namespaces left by AgentRuns deleted while the operator was down (or in a race): now and periodically.
         self.tasks["sweep"] = asyncio.get_running_loop().create_task(self.reconciler.lifecycle.sweep_forever(
             ORPHAN_SWEEP_SECONDS, when=lambda: self.leadership.active), name="orphan-sweep")
+        self.tasks["trim"] = asyncio.get_running_loop().create_task(
+            trim_forever(config.memory_trim_seconds), name="memory-trim")
         if config.metrics_port:
             serve_metrics(config.metrics_port, self.store)
         log.info("stockade started; metrics on :%s", config.metrics_port)
@@ -140,9 +143,10 @@ class App:
         log.info("admission webhook on %s", setup.where)
 
     async def stop(self) -> None:
-        sweep = self.tasks.pop("sweep", None)
-        if sweep is not None:
-            sweep.cancel()
+        for name in ("sweep", "trim"):
+            task = self.tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
         await self.layer.stop()
         await self.guard.stop()
         await self.detection.stop()

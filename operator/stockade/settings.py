@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # GET /readyz: 200 on the active replica, 503 on a standby (0: off).
     ready_host: str = "0.0.0.0"
     ready_port: int = 0  # the chart sets 8082
+    memory_trim_seconds: float = Field(default=10.0, ge=0, description=(
+        "glibc's malloc_trim every this many seconds, so memory freed after a burst of runs goes back to the "
+        "system; 0 turns it off."))
 
     def plan_settings(self) -> PlanSettings:
         return PlanSettings(

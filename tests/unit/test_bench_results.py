@@ -52,7 +52,7 @@ DOC: dict[str, Any] = {
     "scaling": [{"memory_runs": 0, "runs_present": 141, "rss_mb": 120.0, "probe": figures(1.1, 1.3)},
                 {"memory_runs": 1000, "runs_present": 1146, "rss_mb": 420.0, "probe": figures(1.4, 2.0)}],
     "idle": {"runs_present": 1146, "seconds": 60.0, "cpu_seconds_per_minute": 0.5, "writes_per_minute": 0.0,
-             "requests_per_minute": 2.0, "writes_by_request": {}},
+             "requests_per_minute": 2.0, "writes_by_request": {}, "rss_mb_at_end": 390.0},
     "quarantine": [{"runs_present": 1, "floor": figures(0.01, 0.02), "stockade": figures(0.05, 0.6)},
                    {"runs_present": 1146, "floor": figures(0.01, 0.03), "stockade": figures(0.1, 0.9)}],
     "restart": {"runs": 1146, "seconds_to_confirmed": 42.0, "writes": 3, "run_writes": 0, "objects_before": 9000,
@@ -75,6 +75,7 @@ def test_the_table_holds_each_figure_beside_its_floor_and_the_verdict_on_its_tar
     assert row(text, "1000")[2:3] == ["420"] and row(text, "1000")[-1] == "< 150 MB: NOT met"
     assert row(text, "0")[-1] == ""  # no target at 0 memory runs
     assert row(text, "operator API writes per idle minute") == ["operator API writes per idle minute", "0.0", "0: met"]
+    assert row(text, "operator RSS at the end of the idle window (MB)")[1] == "390"
     assert row(text, "1")[-1] == "p99 < 0.5 s: NOT met" and row(text, "1146")[-1] == "p99 < 1 s: met"
     assert row(text, "duplicate or missing objects") == ["duplicate or missing objects", "none"]
     assert row(text, "writes: patch leases") == ["writes: patch leases", "3"]
