@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from stockade.api.models import AgentRunSpec
 
 RunKey = tuple[str, str]  # (namespace, name) of an AgentRun
 ObjectKey = tuple[str, str, str]  # (kind, namespace or "", name)
+ObjectRef = tuple[str, str | None, Callable[[], dict[str, Any]]]  # (name, resourceVersion, decode it)
 
 
 def key_of(obj: Mapping[str, Any]) -> ObjectKey:
@@ -210,6 +211,14 @@ class Store:
                 packed = self._objects.get(key)
                 if packed is not None:
                     yield packed.unpack()
+
+    def refs_in_namespace(self, namespace: str, kind: str) -> Iterator[ObjectRef]:
+        """(name, resourceVersion, decode) per object of this kind: a reader that keeps its own account by
+        version decodes only what changed."""
+        for key in list(self._by_namespace.get(namespace, ())):
+            packed = self._objects.get(key) if key[0] == kind else None
+            if packed is not None:
+                yield key[2], packed.version, packed.unpack
 
     def run_of_namespace(self, namespace: str) -> RunKey | None:
         """The AgentRun whose run namespace this is: by the uid label (the name labels of a namespace made

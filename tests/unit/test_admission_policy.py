@@ -396,6 +396,23 @@ def test_the_usage_tracker_agrees_with_a_full_count_as_pods_come_change_and_go()
                 assert {k: v for k, v in got.taken(which).items() if v} == want.taken(which)
 
 
+def test_the_usage_tracker_reads_a_pod_body_only_when_its_version_is_new() -> None:
+    reads: list[str] = []
+    body = pod("a", containers=[container(resources={"requests": {"cpu": "1"}})])
+
+    def ref(name: str, version: str) -> tuple[str, str, Any]:
+        def read() -> dict[str, Any]:
+            reads.append(f"{name}@{version}")
+            return {**body, "metadata": {**body["metadata"], "name": name}}
+        return name, version, read
+
+    tracker = policy.UsageTracker()
+    assert tracker.usage_of_refs([ref("a", "1"), ref("b", "1")]).pods == 2
+    assert tracker.usage_of_refs([ref("a", "1"), ref("b", "1")]).pods == 2  # nothing new: nothing read
+    assert tracker.usage_of_refs([ref("a", "2")]).pods == 1  # a changed, b gone
+    assert reads == ["a@1", "b@1", "a@2"]
+
+
 @pytest.mark.parametrize("containers", [
     [container(env=[])],
     [{"name": "bare", "image": "x"}],

@@ -21,6 +21,40 @@ def test_zero_seconds_ends_at_once() -> None:
     asyncio.run(asyncio.wait_for(memtrim.trim_forever(0), timeout=1))
 
 
+def test_a_trim_is_due_only_after_the_rss_grew() -> None:
+    mb = 1 << 20
+    assert memtrim.due(100 * mb, None)  # never trimmed yet
+    assert not memtrim.due(102 * mb, 100 * mb)  # idle: no trim, no cost
+    assert memtrim.due(104 * mb, 100 * mb)  # a burst: trim
+    assert memtrim.due(None, 100 * mb)  # RSS unknown: trim as if it grew
+
+
+def test_idle_rss_means_one_trim(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    looks: list[int] = []
+
+    def trim() -> int:
+        calls.append(1)
+        return 1
+
+    async def run() -> None:
+        tenth = asyncio.Event()
+
+        def rss() -> int:  # on the loop: trim_forever reads the RSS there
+            looks.append(1)
+            if len(looks) == 10:
+                tenth.set()
+            return 100 << 20
+
+        monkeypatch.setattr(memtrim, "load_trim", lambda: trim)
+        task = asyncio.create_task(memtrim.trim_forever(0.005, rss=rss))
+        await tenth.wait()
+        task.cancel()
+
+    asyncio.run(asyncio.wait_for(run(), timeout=5))
+    assert calls == [1]  # the first look trims; the RSS never grew after it
+
+
 def test_trims_repeatedly(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
 
@@ -35,7 +69,7 @@ def test_trims_repeatedly(monkeypatch: pytest.MonkeyPatch) -> None:
             return 1
 
         monkeypatch.setattr(memtrim, "load_trim", lambda: trim)
-        task = asyncio.create_task(memtrim.trim_forever(0.01))
+        task = asyncio.create_task(memtrim.trim_forever(0.01, rss=lambda: None))
         await third.wait()
         task.cancel()
 

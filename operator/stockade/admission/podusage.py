@@ -5,7 +5,7 @@ Pure, like stockade.admission.policy, which re-exports these names.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +17,9 @@ TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
 Amounts = tuple[dict[str, Decimal], dict[str, Decimal]]  # a pod's (requests, limits)
+# A pod as the store holds it: (name, resourceVersion, read the body). The body is read only when the
+# version is new to the tracker, so a request does not decode every pod of the namespace.
+PodRef = tuple[str, Any, Callable[[], Mapping[str, Any]]]
 
 
 def amounts_of(pod: Mapping[str, Any]) -> Amounts:
@@ -44,30 +47,33 @@ class UsageTracker:
     """``usage_of`` for one namespace, kept as running totals: a request re-reads only pods that changed.
 
     Summing every pod's quantities on every request costs more than the rest of a decision once a
-    run has many pods; here each request compares (uid, resourceVersion) and does arithmetic only
-    for pods added, changed or gone since the last one.
+    run has many pods; here each request compares (name, resourceVersion), and decodes and adds up only
+    the pods added, changed or gone since the last one.
     """
 
     def __init__(self) -> None:
-        self._pods: dict[str, tuple[Any, str, bool, Amounts]] = {}  # uid -> (version, name, counted, amounts)
+        self._pods: dict[str, tuple[Any, str, bool, Amounts]] = {}  # name -> (version, name, counted, amounts)
         self._requests: dict[str, Decimal] = {}
         self._limits: dict[str, Decimal] = {}
         self._count = 0
 
     def usage(self, pods: Iterable[Mapping[str, Any]], *, exclude: str = "") -> Usage:
+        refs = (_ref(pod) for pod in pods)
+        return self.usage_of_refs(refs, exclude=exclude)
+
+    def usage_of_refs(self, pods: Iterable[PodRef], *, exclude: str = "") -> Usage:
+        # Keyed by name: a pod made again under the same name has a new resourceVersion, so it is read again.
         seen: set[str] = set()
         excluded: Amounts | None = None
-        for pod in pods:
-            meta = pod.get("metadata") or {}
-            uid = str(meta.get("uid") or meta.get("name"))
+        for uid, version, read in pods:
             seen.add(uid)
-            version = meta.get("resourceVersion")
             known = self._pods.get(uid)
             if known is None or known[0] != version:
                 if known is not None:
                     self._account(known, -1)
+                pod = read()
                 counted = (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES
-                known = (version, str(meta.get("name") or ""), counted, amounts_of(pod))
+                known = (version, uid, counted, amounts_of(pod))
                 self._pods[uid] = known
                 self._account(known, 1)
             if exclude and known[1] == exclude and known[2]:
@@ -89,6 +95,11 @@ class UsageTracker:
         for totals, taken in zip((self._requests, self._limits), entry[3], strict=True):
             for name, amount in taken.items():
                 totals[name] = totals.get(name, Decimal(0)) + sign * amount
+
+
+def _ref(pod: Mapping[str, Any]) -> PodRef:
+    meta = pod.get("metadata") or {}
+    return str(meta.get("name") or ""), meta.get("resourceVersion"), lambda: pod
 
 
 def add_usage(usage: Usage, pods: Iterable[Mapping[str, Any]]) -> Usage:

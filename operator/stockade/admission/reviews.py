@@ -72,10 +72,10 @@ class Reviews:
         live = store.get("Namespace", "", namespace) or {}
         taken = Usage()
         if usage and req.target == policy.POD:
-            pods = list(store.in_namespace(namespace, "Pod"))
+            pods = list(store.refs_in_namespace(namespace, "Pod"))  # decoded only where changed
             tracker = self.usage.setdefault(namespace, policy.UsageTracker())
-            taken = tracker.usage(pods, exclude=req.name if req.operation != "CREATE" else "")
-            seen = {p["metadata"]["name"] for p in pods}
+            taken = tracker.usage_of_refs(pods, exclude=req.name if req.operation != "CREATE" else "")
+            seen = {name for name, _, _ in pods}
             taken = policy.add_usage(taken, self.pending.unseen(namespace, seen, time.monotonic(), exclude=req.name))
             if spec.grant.delegation:  # what the run's child runs were carved is not the run's to use
                 taken = policy.add_usage(taken, admit.child_claims(store, namespace))
