@@ -13,6 +13,7 @@ import os
 import time
 from typing import Any
 
+import official_client
 import stats
 from operator_proc import Operator
 from signal_latency import POLICY, QUARANTINED, SPEC, Isolation, falco_ssh, histogram_quantile, operator_histogram, post
@@ -52,7 +53,7 @@ async def _released(kube: Kube, path: str, settle: float) -> None:
 
 async def stockade_path(kube: Kube, op: Operator, team: str, signals: int, settle: float) -> list[float]:
     namespace = f"{team}-{NAME}"
-    tracker = Isolation(kube.api, namespace, NAME)
+    tracker = Isolation(official_client.shared(), namespace, NAME)
     url = f"http://127.0.0.1:{op.signal_port}/falco"
     path = object_path("stockade.io/v1alpha1", "AgentRun", team, NAME)
     out = []
@@ -74,7 +75,7 @@ async def stockade_path(kube: Kube, op: Operator, team: str, signals: int, settl
 
 async def floor_path(kube: Kube, team: str, signals: int, settle: float) -> list[float]:
     namespace, pod = f"{team}-qfloor", "plain"
-    tracker = Isolation(kube.api, namespace, pod)
+    tracker = Isolation(official_client.shared(), namespace, pod)
     policy = quarantine_policy(namespace, "floor", "floor")
     policy["metadata"]["labels"] = {"bench": "floor"}
     pod_path = object_path("v1", "Pod", namespace, pod)

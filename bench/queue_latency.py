@@ -31,9 +31,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from kubernetes import client, watch  # noqa: E402
 
+import official_client  # noqa: E402
 from stockade.api.models import AgentRunSpec  # noqa: E402
 from stockade.kube import Kube, KubeError  # noqa: E402
 from stockade.plan import PlanSettings, RunRef, build  # noqa: E402
@@ -60,7 +62,8 @@ class Events:
         self._thread.start()
 
     def _list(self, **kw: Any) -> Any:
-        core, custom = client.CoreV1Api(self.kube.api), client.CustomObjectsApi(self.kube.api)
+        shared = official_client.shared()
+        core, custom = client.CoreV1Api(shared), client.CustomObjectsApi(shared)
         if self.kind == "pods":
             return core.list_pod_for_all_namespaces(**kw)
         if self.kind == "namespaces":
@@ -73,7 +76,7 @@ class Events:
                 for event in watch.Watch().stream(self._list, label_selector=self.selector, timeout_seconds=30):  # type: ignore[no-untyped-call]
                     now = time.perf_counter()
                     obj = event["object"]
-                    body = obj if isinstance(obj, dict) else self.kube.api.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+                    body = obj if isinstance(obj, dict) else official_client.shared().sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
                     meta = body["metadata"]
                     key = f"{meta.get('namespace') or ''}/{meta['name']}"
                     if event["type"] == "ADDED":

@@ -40,6 +40,7 @@ from kubernetes import watch  # noqa: E402
 
 import bench_policy  # noqa: E402
 import idle  # noqa: E402
+import official_client  # noqa: E402
 import plots  # noqa: E402
 import quarantine  # noqa: E402
 import restart  # noqa: E402
@@ -74,7 +75,8 @@ class Watcher:
     def _run(self) -> None:
         from kubernetes import client
 
-        api = client.CustomObjectsApi(self.kube.api) if "agentruns" in self.path else client.CoreV1Api(self.kube.api)
+        shared = official_client.shared()
+        api = client.CustomObjectsApi(shared) if "agentruns" in self.path else client.CoreV1Api(shared)
         while not self._stop.is_set():
             stream = watch.Watch()
             func = (lambda **kw: api.list_cluster_custom_object("stockade.io", "v1alpha1", "agentruns", **kw)) \
@@ -83,7 +85,7 @@ class Watcher:
                 for event in stream.stream(func, label_selector=self.selector, timeout_seconds=60,
                                            _preload_content=True):
                     obj = event["object"]
-                    body = obj if isinstance(obj, dict) else self.kube.api.sanitize_for_serialization(obj)
+                    body = obj if isinstance(obj, dict) else official_client.shared().sanitize_for_serialization(obj)
                     key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
                     if key not in self.seen and self.done(body):
                         self.seen[key] = time.perf_counter()
@@ -351,7 +353,7 @@ async def main() -> None:
                            "args": {k: str(v) for k, v in vars(args).items()},
                            "load_average": {"start": os.getloadavg()[0]}, "rss_mb": {}}
     kube = Kube.connect(workers=64)
-    kube.api.user_agent = CLIENT_AGENT
+    kube.connection.user_agent = CLIENT_AGENT
     team = f"bench-{uuid.uuid4().hex[:5]}"
     await kube.create({"apiVersion": "v1", "kind": "Namespace",
                        "metadata": {"name": team, "labels": bench_policy.LABEL}})

@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from kubernetes import client, watch  # noqa: E402
 
+import official_client  # noqa: E402
 from stats import percentiles  # noqa: E402
 from stockade.detect.respond import quarantine_policy  # noqa: E402
 from stockade.kube import Kube, KubeError, object_path  # noqa: E402
@@ -238,7 +239,7 @@ class Bench:
     # Measurements ---------------------------------------------------------------------------------------
     async def operator_path(self) -> list[float]:
         namespace = f"{self.team}-target"
-        tracker = Isolation(self.kube.api, namespace, "target")
+        tracker = Isolation(official_client.shared(), namespace, "target")
         url = f"http://127.0.0.1:{self.signal_port}/falco"
         ar_path = object_path("stockade.io/v1alpha1", "AgentRun", self.team, "target")
         out = []
@@ -279,7 +280,7 @@ class Bench:
         raise TimeoutError("the release did not complete")
 
     async def floor(self, namespace: str, pod: str) -> list[float]:
-        tracker = Isolation(self.kube.api, namespace, pod)
+        tracker = Isolation(official_client.shared(), namespace, pod)
         policy = quarantine_policy(namespace, "floor", "floor")
         policy["metadata"]["labels"] = {"bench": "floor"}
         pod_path = object_path("v1", "Pod", namespace, pod)

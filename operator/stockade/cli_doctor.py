@@ -224,17 +224,16 @@ def doctor(
     resolver answering. Exit 1 on a failure."""
     import os
 
-    from kubernetes.config import ConfigException
-
     from stockade.admission.config import AdmissionSettings
     from stockade.kube import KubeError
+    from stockade.kubeconn import NoCredentials
     from stockade.settings import Settings
 
     name = webhook_configuration or (AdmissionSettings().webhook_configuration
                                      if os.environ.get("STOCKADE_WEBHOOK_CONFIGURATION") else None)
     try:
         checks = run_checks(liveness, name, dns_server or Settings().dns_servers)
-    except (KubeError, ConfigException) as err:
+    except (KubeError, NoCredentials) as err:
         fail(output, f"doctor could not read the cluster: {err}", 1)
     healthy = all(c.ok for c in checks)
     if output is Output.json:

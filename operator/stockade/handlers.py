@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import kopf
 
-from stockade import events, labels
+from stockade import events, kubeconn, labels
 from stockade.admission import grant_policy, webhook
 from stockade.api.models import GROUP, PLURAL, VERSION
 from stockade.api.policy import POLICY_PLURAL
@@ -29,6 +29,13 @@ def _app(memo: Any) -> App:
 
 
 # Start-up and clean-up ----------------------------------------------------------------------------------
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's watches and the operator's own calls log in the same way (stockade.kubeconn), and kopf tries
+    none of its fallbacks (which would load the official client)."""
+    return kubeconn.login()
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = Settings()

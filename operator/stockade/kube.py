@@ -1,8 +1,8 @@
-"""Kubernetes I/O: a thin REST layer over the official client.
+"""Kubernetes I/O: a thin REST layer over one pool of connections (stockade.kubeconn).
 
-Server-side apply with one field manager for everything the operator owns. Calls go through the
-official client's ApiClient (auth, TLS, kubeconfig or in-cluster config) but skip its model
-classes: manifests are plain dicts in and out, which keeps the planner pure and the calls cheap.
+Server-side apply with one field manager for everything the operator owns. Manifests are plain dicts in
+and out, JSON on the wire (an apply patch is YAML, of which JSON is a part), which keeps the planner pure
+and the calls cheap.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import urllib3
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
 from stockade import k8snames, kinds, labels
 from stockade.inputcheck import terminating_namespace
 from stockade.kubeapi import KubeAPI
+from stockade.kubeconn import Connection, NoCredentials
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +93,6 @@ def path_of(obj: Mapping[str, Any]) -> str:
     return object_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
 
 
-def load_config() -> client.ApiClient:
-    """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    configuration.connection_pool_maxsize = 64
-    return client.ApiClient(configuration)
-
-
 # Retry-After from the API server (429 Too Many Requests, 503 while it starts or sheds load): how long to
 # honour it at most, and how often one call waits and tries again before its caller sees the error.
 RETRY_AFTER_MAX_SECONDS = 30.0
@@ -148,14 +136,15 @@ class Backoff:
 class Kube:
     """Blocking REST calls run on a thread pool so the asyncio loop (kopf) never waits on them."""
 
-    api: client.ApiClient
+    connection: Connection
     executor: ThreadPoolExecutor
     impersonate: str | None = None
     backoff: Backoff = field(default_factory=Backoff)
 
     @classmethod
     def connect(cls, workers: int = 32, impersonate: str | None = None) -> Kube:
-        return cls(load_config(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube"), impersonate)
+        return cls(Connection.open(maxsize=max(workers, 1)),
+                   ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube"), impersonate)
 
     def request(
         self,
@@ -169,27 +158,56 @@ class Kube:
         headers = {"Content-Type": content_type, "Accept": "application/json"}
         if self.impersonate:
             headers["Impersonate-User"] = self.impersonate
-        method, url, headers, body, _ = self.api.param_serialize(
-            method=method, resource_path=path, query_params=query or [], header_params=headers, body=body,
-            auth_settings=["BearerToken"],
-        )
+        data = None if body is None else json.dumps(body).encode()
+        relogged = False
         for attempt in range(RETRY_AFTER_TRIES + 1):
             self.backoff.wait()
+            info = self.connection.info
             try:
-                response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
-            except ApiException as err:  # transport-level failures
-                raise KubeError(int(err.status or 0), str(err.reason or "ConnectionError"), str(err)) from None
+                response = self.connection.request(method, path, query or [], headers, body=data, timeout=30)
             except urllib3.exceptions.HTTPError as err:  # refused, reset, timed out: the API server is away
                 raise KubeError(0, "ConnectionError", str(err)) from None
-            raw: bytes = response.read()  # type: ignore[no-untyped-call]
+            raw = response.data
             if 200 <= response.status < 300:
                 result: dict[str, Any] = json.loads(raw) if raw else {}
                 return result
-            wait = retry_after(response.status, response.getheaders())  # type: ignore[no-untyped-call]
+            if response.status == 401 and not relogged:  # expired credentials: log in again, once
+                relogged = True
+                try:
+                    if self.connection.relogin(info):
+                        continue
+                except NoCredentials as err:
+                    log.warning("%s %s: 401, and logging in again failed: %s", method, path, err)
+            wait = retry_after(response.status, response.headers)
             if wait is None or attempt == RETRY_AFTER_TRIES:
                 raise _kube_error(response.status, str(response.reason or ""), raw, wait)
             log.info("%s %s: %s, retrying after %.1fs as the API server asks", method, path, response.status, wait)
             self.backoff.push(wait)
+        raise AssertionError("unreachable")
+
+    def open_stream(self, path: str, query: list[tuple[str, str]], timeout: urllib3.Timeout
+                    ) -> urllib3.BaseHTTPResponse:
+        """A GET whose body is read as it comes (a watch); the caller closes it. Raises KubeError."""
+        headers = {"Accept": "application/json"}
+        if self.impersonate:
+            headers["Impersonate-User"] = self.impersonate
+        for relogged in (False, True):
+            info = self.connection.info
+            try:
+                response = self.connection.request("GET", path, query, headers, body=None, timeout=timeout, stream=True)
+            except urllib3.exceptions.HTTPError as err:
+                raise KubeError(0, "ConnectionError", str(err)) from None
+            if response.status == 200:
+                return response
+            raw = response.read()
+            response.release_conn()
+            if response.status == 401 and not relogged:
+                try:
+                    if self.connection.relogin(info):
+                        continue
+                except NoCredentials as err:
+                    log.warning("GET %s: 401, and logging in again failed: %s", path, err)
+            raise _kube_error(response.status, str(response.reason or ""), raw)
         raise AssertionError("unreachable")
 
     async def call(self, method: str, path: str, body: Any = None, *, query: list[tuple[str, str]] | None = None,

@@ -32,8 +32,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
+
 from stockade import kinds, labels
-from stockade.kube import Kube, KubeError
+from stockade.kube import Kube
 from stockade.store import ObjectKey, RunKey, Store, run_of
 
 log = logging.getLogger("stockade.watch")
@@ -232,18 +234,9 @@ class KindWatch:
                  ("timeoutSeconds", str(SERVER_TIMEOUT_SECONDS))]
         if self.kind.selector:
             query.append(("labelSelector", self.kind.selector))
-        headers = {"Accept": "application/json"}
-        if self.kube.impersonate:
-            headers["Impersonate-User"] = self.kube.impersonate
-        method, url, headers, _, _ = self.kube.api.param_serialize(
-            method="GET", resource_path=self.kind.path, query_params=query, header_params=headers,
-            auth_settings=["BearerToken"])
         # The read timeout is the silence detector: no bytes (not even a bookmark) for that long.
-        response = self.kube.api.call_api(method, url, header_params=headers,
-                                          _request_timeout=(10, SILENCE_SECONDS)).response
+        response = self.kube.open_stream(self.kind.path, query, urllib3.Timeout(connect=10, read=SILENCE_SECONDS))
         try:
-            if response.status != 200:
-                raise KubeError(response.status, str(response.reason or ""), response.read().decode(errors="replace"))
             for line in response:
                 if stop.is_set():
                     return

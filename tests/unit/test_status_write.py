@@ -186,34 +186,56 @@ def test_backoff_doubles_with_jitter_and_honours_retry_after(attempt: int, err: 
 
 
 class _Response:
+    """What urllib3 answers, as Kube reads it."""
+
     def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
-        self.status, self.reason, self._body, self._headers = status, "", json.dumps(body).encode(), headers
-
-    def read(self) -> bytes:
-        return self._body
-
-    def getheaders(self) -> dict[str, str]:
-        return self._headers
+        self.status, self.reason, self.data, self.headers = status, "", json.dumps(body).encode(), headers
 
 
-class _ThrottlingClient:
-    """The official client's ApiClient as Kube uses it, answering every call 429 with Retry-After."""
+class _Connection:
+    """stockade.kubeconn.Connection as Kube uses it, answering each call with the next of ``answers``."""
 
-    def __init__(self) -> None:
-        self.calls = 0
+    def __init__(self, *answers: _Response, relogin: bool = True) -> None:
+        self.answers, self.calls, self.relogins, self._relogin = list(answers), 0, 0, relogin
+        self.info = object()
 
-    def param_serialize(self, **kwargs: Any) -> tuple[Any, ...]:
-        return kwargs["method"], kwargs["resource_path"], kwargs["header_params"], kwargs["body"], None
-
-    def call_api(self, *args: Any, **kwargs: Any) -> _Response:
+    def request(self, *args: Any, **kwargs: Any) -> _Response:
         self.calls += 1
-        return _Response(429, {"reason": "TooManyRequests", "message": "slow down"}, {"Retry-After": "0.01"})
+        return self.answers[min(self.calls, len(self.answers)) - 1]
+
+    def relogin(self, stale: object) -> bool:
+        self.relogins += 1
+        self.info = object()
+        return self._relogin
+
+
+def _throttled() -> _Response:
+    return _Response(429, {"reason": "TooManyRequests", "message": "slow down"}, {"Retry-After": "0.01"})
+
+
+def _unauthorized() -> _Response:
+    return _Response(401, {"reason": "Unauthorized", "message": "Unauthorized"}, {})
 
 
 def test_kube_says_how_long_the_api_server_still_asked_to_wait() -> None:
-    api = _ThrottlingClient()
+    api = _Connection(_throttled())
     kube = Kube(api, ThreadPoolExecutor(max_workers=1))  # type: ignore[arg-type]
     with pytest.raises(KubeError) as raised:
         kube.request("GET", PATH)
     assert api.calls == RETRY_AFTER_TRIES + 1
     assert (raised.value.status, raised.value.retry_after, raised.value.transient) == (429, 0.01, True)
+
+
+def test_kube_logs_in_again_once_after_a_401_and_repeats_the_call() -> None:
+    api = _Connection(_unauthorized(), _Response(200, {"kind": "AgentRun"}, {}))
+    kube = Kube(api, ThreadPoolExecutor(max_workers=1))  # type: ignore[arg-type]
+    assert kube.request("GET", PATH) == {"kind": "AgentRun"}
+    assert (api.calls, api.relogins) == (2, 1)
+
+
+def test_kube_gives_the_401_back_when_the_credentials_did_not_change() -> None:
+    api = _Connection(_unauthorized(), relogin=False)
+    kube = Kube(api, ThreadPoolExecutor(max_workers=1))  # type: ignore[arg-type]
+    with pytest.raises(KubeError) as raised:
+        kube.request("GET", PATH)
+    assert (raised.value.status, api.calls, api.relogins) == (401, 1, 1)

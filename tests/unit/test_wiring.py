@@ -38,11 +38,11 @@ def test_every_configured_webhook_has_its_handler() -> None:
     assert configured <= ids, f"webhooks without a handler: {sorted(configured - ids)}"
 
 
-def test_one_startup_and_one_cleanup() -> None:
+def test_one_startup_one_cleanup_and_one_login() -> None:
     registry = kopf.get_default_registry()
     activities = [h for h in registry._activities.get_all_handlers() if h.fn.__module__.startswith("stockade")]
-    assert sorted(h.activity.value for h in activities) == ["cleanup", "startup"], \
-        "the app is built and started in one place"
+    assert sorted(h.activity.value for h in activities) == ["authentication", "cleanup", "startup"], \
+        "the app is built and started in one place, and kopf logs in as the operator does (stockade.kubeconn)"
 
 
 def test_the_composition_root_hands_each_part_what_it_uses(monkeypatch: pytest.MonkeyPatch) -> None:
