@@ -4,8 +4,8 @@ Credentials come from kopf's own login functions: the service account in a pod, 
 current context (its token, client certificate or basic auth). kopf's watches log in the same way (a
 ``@kopf.on.login`` handler returns the same answer), so the operator has one identity. The official client
 is loaded only for a kubeconfig user that runs a credential plugin (``exec``, ``auth-provider``) or reads
-a ``tokenFile``, which kopf's minimal login does not do: the client takes 35 MB of a 78 MB process before
-the first AgentRun, for what is otherwise a TLS context and one header.
+a ``tokenFile``, which kopf's minimal login does not do: otherwise the client is about 8 MB of resident
+memory (72 MB against 80 MB with the operator's modules imported) for a TLS context and one header.
 
 One urllib3 pool holds the kept-alive connections, all sharing one TLS context (the CA is loaded once, not
 per connection).
