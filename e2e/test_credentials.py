@@ -9,8 +9,6 @@ import os
 import stat
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +24,6 @@ _WHO = ("from stockade.kube import Kube; print(Kube.connect(workers=1).request('
         "'/apis/authentication.k8s.io/v1/selfsubjectreviews', {'apiVersion': 'authentication.k8s.io/v1', "
         "'kind': 'SelfSubjectReview'})['status']['userInfo']['username'])")
 REVIEW = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
-
-
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    name = f"creds-{uuid.uuid4().hex[:6]}"
-    kubectl("create", "namespace", name)
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def account(namespace: str, name: str) -> str:
@@ -57,15 +47,17 @@ def who(kube: Kube) -> str:
                ["status"]["userInfo"]["username"])
 
 
-def test_a_kubeconfig_token_is_the_operators_identity(namespace: str, tmp_path: Path,
+def test_a_kubeconfig_token_is_the_operators_identity(team_namespace: str, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    namespace = team_namespace
     token = account(namespace, "op")
     monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "config", {"token": token})))
     assert who(Kube.connect(workers=1)) == f"system:serviceaccount:{namespace}:op"
 
 
-def test_a_credential_plugin_is_run_through_the_official_client(namespace: str, tmp_path: Path,
+def test_a_credential_plugin_is_run_through_the_official_client(team_namespace: str, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    namespace = team_namespace
     token = account(namespace, "plugin")
     plugin = tmp_path / "plugin"
     credential = {"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
@@ -83,7 +75,8 @@ def test_a_credential_plugin_is_run_through_the_official_client(namespace: str, 
 
 
 def test_after_a_401_the_operator_logs_in_again_with_what_the_kubeconfig_says_now(
-        namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        team_namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    namespace = team_namespace
     config = write_kubeconfig(tmp_path / "config", {"token": account(namespace, "before")})
     monkeypatch.setenv("KUBECONFIG", str(config))
     kube = Kube.connect(workers=1)

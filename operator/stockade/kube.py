@@ -155,9 +155,7 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
-        if self.impersonate:
-            headers["Impersonate-User"] = self.impersonate
+        headers = self._headers({"Content-Type": content_type, "Accept": "application/json"})
         data = None if body is None else json.dumps(body).encode()
         relogged = False
         for attempt in range(RETRY_AFTER_TRIES + 1):
@@ -173,11 +171,8 @@ class Kube:
                 return result
             if response.status == 401 and not relogged:  # expired credentials: log in again, once
                 relogged = True
-                try:
-                    if self.connection.relogin(info):
-                        continue
-                except NoCredentials as err:
-                    log.warning("%s %s: 401, and logging in again failed: %s", method, path, err)
+                if self._relogin(info, method, path):
+                    continue
             wait = retry_after(response.status, response.headers)
             if wait is None or attempt == RETRY_AFTER_TRIES:
                 raise _kube_error(response.status, str(response.reason or ""), raw, wait)
@@ -185,12 +180,21 @@ class Kube:
             self.backoff.push(wait)
         raise AssertionError("unreachable")
 
+    def _headers(self, headers: dict[str, str]) -> dict[str, str]:
+        return {**headers, "Impersonate-User": self.impersonate} if self.impersonate else headers
+
+    def _relogin(self, stale: Any, method: str, path: str) -> bool:
+        """After a 401 on the credentials ``stale``: whether logging in again gave others (worth a retry)."""
+        try:
+            return self.connection.relogin(stale)
+        except NoCredentials as err:
+            log.warning("%s %s: 401, and logging in again failed: %s", method, path, err)
+            return False
+
     def open_stream(self, path: str, query: list[tuple[str, str]], timeout: urllib3.Timeout
                     ) -> urllib3.BaseHTTPResponse:
         """A GET whose body is read as it comes (a watch); the caller closes it. Raises KubeError."""
-        headers = {"Accept": "application/json"}
-        if self.impersonate:
-            headers["Impersonate-User"] = self.impersonate
+        headers = self._headers({"Accept": "application/json"})
         for relogged in (False, True):
             info = self.connection.info
             try:
@@ -201,12 +205,8 @@ class Kube:
                 return response
             raw = response.read()
             response.release_conn()
-            if response.status == 401 and not relogged:
-                try:
-                    if self.connection.relogin(info):
-                        continue
-                except NoCredentials as err:
-                    log.warning("GET %s: 401, and logging in again failed: %s", path, err)
+            if response.status == 401 and not relogged and self._relogin(info, "GET", path):
+                continue
             raise _kube_error(response.status, str(response.reason or ""), raw)
         raise AssertionError("unreachable")
 
